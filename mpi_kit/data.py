@@ -1,0 +1,290 @@
+"""ClevrPolicy datasets: K policies x M scenes, split by scene, saved as Hugging Face `datasets`.
+
+Every row is one (policy, scene) pair in TRL's conversational prompt/completion format with an `images`
+column, so the same rows feed SFTTrainer, GRPOTrainer and our evaluations. Kinds (paper §4):
+  qa     non-CoT QA: query names the policy, answer `\\boxed{Case k}`        (Direct SFT, RL)
+  cot    gold CoT from the tree path: `<think>...</think>\\boxed{Case k}`   (CoT SFT)
+  vmcpt  policy (text + policy images) + scene image + query + CoT         (VM-CPT)
+  rl     no-policy prompt, with the policy in a separate column            (GRPO / PolicyRollout)
+  eval   held-out scenes: no_policy, in_context and override splits        (evaluation)
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+from tqdm.auto import tqdm
+
+from .policy import Policy, PolicyError, override_policy, sample_policies
+from .scenes import Scene, load_clevr_scenes, sample_scenes, scene_image
+
+KINDS = ("qa", "cot", "vmcpt", "rl", "eval")
+QUERY = "According to Policy: {name}, what should be the response for the given image?"
+OVERRIDE_INTRO = "Suppose we have an updated Policy: {name} as follows:\n"
+OVERRIDE_QUERY = "According to the updated Policy: {name}, what should be the response for the given image?"
+
+_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
+_MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_PART)})
+FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "policy_name": datasets.Value("string"),
+    "scene_id": datasets.Value("string"),
+    "depth": datasets.Value("int32"),
+    "variant": datasets.Value("string"),
+    "case": datasets.Value("string"),
+    "path": datasets.List(datasets.Value("string")),
+    "prompt": _MESSAGES,
+    "completion": _MESSAGES,
+    "images": datasets.List(datasets.Image()),
+    "policy": datasets.List(_PART),              # the policy document as content parts (rl, vmcpt, eval)
+    "policy_images": datasets.List(datasets.Image()),
+})
+
+
+class DataError(ValueError):
+    """Bad data-building arguments or a dataset that lacks what a stage needs."""
+
+
+def query_text(policy_name: str) -> str:
+    return QUERY.format(name=policy_name)
+
+
+def answer_text(case: str) -> str:
+    return "\\boxed{" + case + "}"
+
+
+def policy_parts(policy: Policy) -> tuple[list[dict], list]:
+    """The policy document as chat content parts plus its images (in order)."""
+    parts, images = [], []
+    for p in policy.render():
+        if isinstance(p, str):
+            parts.append({"type": "text", "text": p})
+        else:
+            parts.append({"type": "image", "text": None})
+            images.append(p)
+    return parts, images
+
+
+def user_prompt(query: str, policy: list[dict] | None = None, intro: str | None = None) -> list[dict]:
+    """A one-turn conversational prompt: [intro] [policy parts] scene image, query."""
+    content = ([{"type": "text", "text": intro}] if intro else []) + list(policy or [])
+    if policy:
+        content.append({"type": "text", "text": "\n"})
+    content += [{"type": "image", "text": None}, {"type": "text", "text": query}]
+    return [{"role": "user", "content": content}]
+
+
+def with_policy(prompt: list[dict], policy: list[dict]) -> list[dict]:
+    """Insert the policy parts in front of a no-policy prompt's user content (PolicyRollout, in-context)."""
+    first = prompt[0]
+    content = list(policy) + [{"type": "text", "text": "\n"}] + list(first["content"])
+    return [{"role": first["role"], "content": content}] + list(prompt[1:])
+
+
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+@dataclass
+class DataConfig:
+    """What to build. Defaults are a small tiny-recipe set; the paper uses 10 policies x 2,000 scenes."""
+    out: str = field(default="runs/data", metadata={"help": "output folder"})
+    num_policies: int = field(default=4, metadata={"help": "K policies (paper: 10)"})
+    num_scenes: int = field(default=200, metadata={"help": "M scenes shared by all policies (paper: 2,000)"})
+    depth: int = field(default=4, metadata={"help": "tree depth N (2, 4 or 6)"})
+    variant: str = field(default="T", metadata={"help": "T (text policy) or M (some values as policy images)"})
+    test_fraction: float = field(default=0.2, metadata={"help": "share of scenes held out for evaluation"})
+    seed: int = field(default=0, metadata={"help": "one seed for policies, scenes, split and overrides"})
+    image_size: tuple[int, int] = field(default=(96, 64), metadata={"help": "scene image (width, height)"})
+    kinds: tuple[str, ...] = field(default=KINDS, metadata={"help": "which datasets to build"})
+    clevr_root: str | None = field(default=None, metadata={"help": "real CLEVR_v1.0 folder (else render)"})
+    clevr_split: str = field(default="val", metadata={"help": "CLEVR split to read scenes from"})
+    policy_prefix: str = field(default="", metadata={"help": "seed family for policies (pretraining uses 'base')"})
+
+    def check(self) -> None:
+        if self.num_policies < 1:
+            raise DataError(f"num_policies must be >= 1, got {self.num_policies}")
+        if self.num_scenes < 2:
+            raise DataError(f"num_scenes must be >= 2 (train and test), got {self.num_scenes}")
+        if not 0 < self.test_fraction < 1:
+            raise DataError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown:
+            raise DataError(f"unknown dataset kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+        if self.variant not in ("T", "M"):
+            raise DataError(f"variant must be 'T' or 'M', got {self.variant!r}")
+
+
+def _png(img) -> dict:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def split_scenes(scenes: list[Scene], test_fraction: float, seed: int) -> tuple[list[Scene], list[Scene]]:
+    """Hold out whole scenes: no test image is ever seen in training."""
+    order = list(range(len(scenes)))
+    random.Random(f"split/{seed}").shuffle(order)
+    n_test = max(1, round(len(scenes) * test_fraction))
+    test = set(order[:n_test])
+    return [s for i, s in enumerate(scenes) if i not in test], [s for i, s in enumerate(scenes) if i in test]
+
+
+def make_rows(policy: Policy, scene: Scene, image: dict, kind: str, policy_doc: tuple[list, list],
+              override: tuple[Policy, list, list] | None = None) -> dict:
+    """One dataset row for (policy, scene) of the given kind; `image` is the encoded scene image."""
+    parts, pimgs = policy_doc
+    case, path = policy.evaluate(scene)
+    query = query_text(policy.name)
+    row = {"id": f"{policy.name}/{scene.scene_id}", "policy_name": policy.name, "scene_id": scene.scene_id,
+           "depth": policy.depth, "variant": policy.variant, "case": case, "path": path,
+           "images": [image], "policy": [], "policy_images": []}
+    if kind == "qa":
+        row.update(prompt=user_prompt(query), completion=assistant(answer_text(case)))
+    elif kind == "cot":
+        row.update(prompt=user_prompt(query), completion=assistant(policy.gold_cot(scene)))
+    elif kind == "vmcpt":
+        row.update(prompt=user_prompt(query, parts), completion=assistant(policy.gold_cot(scene)),
+                   images=pimgs + [image], policy=parts, policy_images=pimgs)
+    elif kind == "rl":
+        row.update(prompt=user_prompt(query), completion=assistant(answer_text(case)), policy=parts,
+                   policy_images=pimgs)
+    elif kind == "in_context":
+        row.update(prompt=user_prompt(query, parts), completion=assistant(policy.gold_cot(scene)),
+                   images=pimgs + [image], policy=parts, policy_images=pimgs)
+    elif kind == "override":
+        new, nparts, nimgs = override
+        case, path = new.evaluate(scene)
+        row.update(case=case, path=path,
+                   prompt=user_prompt(OVERRIDE_QUERY.format(name=new.name), nparts,
+                                      intro=OVERRIDE_INTRO.format(name=new.name)),
+                   completion=assistant(new.gold_cot(scene)), images=nimgs + [image], policy=nparts,
+                   policy_images=nimgs)
+    else:
+        raise DataError(f"unknown row kind {kind!r}")
+    return row
+
+
+def _dataset(rows: list[dict]) -> datasets.Dataset:
+    return datasets.Dataset.from_list(rows, features=FEATURES)
+
+
+def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -> dict:
+    """Build policies, scenes and every requested dataset kind into `cfg.out`; return the JSON summary.
+
+    Deterministic: the same config gives byte-identical folders. Policies and scenes are saved as JSON
+    beside the datasets so that evaluation can re-walk the trees."""
+    cfg = cfg or DataConfig(**kw)
+    if kw and cfg is not None and not isinstance(cfg, DataConfig):
+        raise DataError("pass a DataConfig or keyword arguments")
+    cfg.check()
+    t0 = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    policies = sample_policies(cfg.num_policies, cfg.depth, cfg.seed, cfg.variant, prefix=cfg.policy_prefix)
+    if cfg.clevr_root:
+        scenes = load_clevr_scenes(cfg.clevr_root, cfg.clevr_split, limit=cfg.num_scenes)
+        if len(scenes) < 2:
+            raise DataError(f"{cfg.clevr_root} gave {len(scenes)} scenes; need at least 2")
+    else:
+        scenes = sample_scenes(cfg.num_scenes, cfg.seed)
+    train, test = split_scenes(scenes, cfg.test_fraction, cfg.seed)
+    images = {s.scene_id: _png(scene_image(s, tuple(cfg.image_size)))
+              for s in tqdm(scenes, desc="render scenes", disable=not progress)}
+    docs = {p.name: policy_parts(p) for p in policies}
+    overrides = {p.name: override_policy(p, random.Random(f"override/{cfg.seed}/{p.name}")) for p in policies}
+    odocs = {n: (o, *policy_parts(o)) for n, o in overrides.items()}
+
+    (out / "policies").mkdir(exist_ok=True)
+    (out / "overrides").mkdir(exist_ok=True)
+    for p in policies:
+        p.to_json(out / "policies" / f"{p.name}.json")
+        overrides[p.name].to_json(out / "overrides" / f"{p.name}.json")
+    with open(out / "scenes.jsonl", "w") as f:
+        test_ids = {s.scene_id for s in test}
+        for s in scenes:
+            f.write(json.dumps({**s.to_dict(), "split": "test" if s.scene_id in test_ids else "train"}) + "\n")
+
+    plan = {"qa": {"train": ("qa", train), "test": ("qa", test)},
+            "cot": {"train": ("cot", train), "test": ("cot", test)},
+            "vmcpt": {"train": ("vmcpt", train)},
+            "rl": {"train": ("rl", train)},
+            "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test), "override": ("override", test)}}
+    summary = {"config": {**asdict(cfg), "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)},
+               "policies": [p.name for p in policies], "num_scenes": {"train": len(train), "test": len(test)},
+               "datasets": {}}
+    total = sum(len(sc) * len(policies) for k in cfg.kinds for _, sc in plan[k].values())
+    bar = tqdm(total=total, desc="build rows", disable=not progress)
+    for kind in cfg.kinds:
+        splits = {}
+        for split, (row_kind, split_scenes_) in plan[kind].items():
+            rows = []
+            for p in policies:
+                for s in split_scenes_:
+                    rows.append(make_rows(p, s, images[s.scene_id], row_kind, docs[p.name], odocs[p.name]))
+                bar.update(len(split_scenes_))
+            splits[split] = _dataset(rows)
+        dd = datasets.DatasetDict(splits)
+        dd.save_to_disk(str(out / kind))
+        summary["datasets"][kind] = {k: len(v) for k, v in dd.items()}
+    bar.close()
+    summary["cases"] = {}
+    for p in policies:
+        counts: dict[str, int] = {}
+        for s in scenes:
+            c = p.evaluate(s)[0]
+            counts[c] = counts.get(c, 0) + 1
+        summary["cases"][p.name] = {"num_cases": len(p.cases), "cases_seen": len(counts),
+                                    "majority_share": round(max(counts.values()) / len(scenes), 4),
+                                    "policy_chars": len(p.text())}
+    summary["seconds"] = round(time.time() - t0, 2)
+    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "seconds"}, indent=1))
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ loading back
+
+def load_kit_data(out: str | Path, kind: str) -> datasets.DatasetDict:
+    """Reload one dataset kind written by build_datasets."""
+    if kind not in KINDS:
+        raise DataError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
+    path = Path(out) / kind
+    if not path.exists():
+        raise DataError(f"no {kind} dataset at {path}; build it with `mpi-kit data --out {out} --kinds {kind}`")
+    return datasets.load_from_disk(str(path))
+
+
+def load_policies(out: str | Path, overrides: bool = False) -> dict[str, Policy]:
+    folder = Path(out) / ("overrides" if overrides else "policies")
+    if not folder.exists():
+        raise DataError(f"no policies at {folder}; build data first with `mpi-kit data --out {out}`")
+    return {p.name: p for p in (Policy.from_json(f) for f in sorted(folder.glob("*.json")))}
+
+
+def load_scenes(out: str | Path, split: str | None = None) -> list[Scene]:
+    path = Path(out) / "scenes.jsonl"
+    if not path.exists():
+        raise DataError(f"no scenes at {path}; build data first with `mpi-kit data --out {out}`")
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [Scene.from_dict(r) for r in rows if split is None or r["split"] == split]
+
+
+def require_columns(ds: datasets.Dataset, columns: list[str], stage: str) -> None:
+    """Fail early, naming the missing columns and what the stage needs them for."""
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{stage}: dataset lacks column(s) {missing}; it has {ds.column_names}. "
+                        f"Build it with `mpi-kit data` or rename your columns.")
+    if len(ds) == 0:
+        raise DataError(f"{stage}: the dataset is empty; build more scenes or check your filters")
+
+
+__all__ = ["DataConfig", "DataError", "build_datasets", "load_kit_data", "load_policies", "load_scenes",
+           "query_text", "answer_text", "user_prompt", "with_policy", "policy_parts", "require_columns",
+           "PolicyError"]

@@ -1,0 +1,385 @@
+"""ClevrPolicy policies: binary decision trees over scene attributes, rendered as named policy documents.
+
+A decision node asks "Is there a <subject> object?" about the image. Conditions stack along true edges
+(the child of "a cyan object?" on its yes edge asks "a small cyan object?"), so a child on a true edge may
+not test its parent's attribute type (paper App. C.1.1). Every leaf is a unique outcome "Case k". The policy
+document has a name ("L4-Surinu"), a general instruction and numbered sections `# Condition 1`,
+`# Condition 1.1` (yes) / `# Condition 1.2` (no), ... that point to one another.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .scenes import ATTRIBUTES, Scene, SceneError, attribute_crop
+
+ATTR_ORDER = ("size", "color", "material", "shape")  # word order of a subject: "small cyan metal cube"
+INSTRUCTION = ("You are a visual assistant that follows Policy {name}. Look at the image and start at "
+               "Condition 1. Each condition asks about the objects in the image and says where to go next. "
+               "Follow the conditions until you reach a case, and respond with that case.")
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be built, loaded or evaluated; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Condition:
+    """One `# Condition <id>` section: it tests `attribute == value`, stacked on the subject it inherits.
+
+    `yes`/`no` name the next section (a condition id) or an outcome ("Case k")."""
+    id: str
+    attribute: str
+    value: str
+    yes: str
+    no: str
+    subject: dict = field(default_factory=dict, compare=False)  # derived: the full conjunction asked about
+
+
+@dataclass
+class Policy:
+    """A named decision-tree policy. `images` maps (attribute, value) to a policy image for -M policies."""
+    name: str
+    depth: int
+    conditions: dict[str, Condition]
+    cases: list[str]
+    root: str = "1"
+    instruction: str = INSTRUCTION
+    variant: str = "T"
+    image_values: list[tuple[str, str]] = field(default_factory=list)  # values shown as policy images (-M)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, scene: Scene) -> tuple[str, list[str]]:
+        """Walk the tree on a scene graph: returns (outcome like "Case 3", path of condition ids)."""
+        node, path = self.root, []
+        while node in self.conditions:
+            c = self.conditions[node]
+            path.append(node)
+            node = c.yes if scene.has(**c.subject) else c.no
+        return node, path
+
+    def answers(self, scene: Scene) -> list[bool]:
+        """The yes/no answer at each condition of the path (for CoTs)."""
+        return [scene.has(**self.conditions[i].subject) for i in self.evaluate(scene)[1]]
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return {"name": self.name, "depth": self.depth, "variant": self.variant, "root": self.root,
+                "instruction": self.instruction, "cases": list(self.cases),
+                "image_values": [list(v) for v in self.image_values],
+                "conditions": [{"id": c.id, "attribute": c.attribute, "value": c.value, "yes": c.yes, "no": c.no}
+                               for c in self.conditions.values()]}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Policy":
+        """Build and validate a policy from its JSON form; raises PolicyError saying what is wrong."""
+        if not isinstance(d, dict):
+            raise PolicyError(f"a policy must be a JSON object, got {type(d).__name__}")
+        for key in ("name", "conditions", "cases"):
+            if key not in d:
+                raise PolicyError(f"policy is missing {key!r}; a policy needs name, conditions and cases")
+        name = d["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise PolicyError("policy has no name; give it a unique name such as 'L4-Surinu'")
+        conds: dict[str, Condition] = {}
+        for i, c in enumerate(d["conditions"]):
+            missing = [k for k in ("id", "attribute", "value", "yes", "no") if k not in c]
+            if missing:
+                cid = c.get("id", f"#{i}")
+                raise PolicyError(f"policy {name}: condition {cid} is missing {', '.join(missing)}; a decision "
+                                  f"node needs both a 'yes' and a 'no' child")
+            if c["id"] in conds:
+                raise PolicyError(f"policy {name}: duplicate condition id {c['id']!r}; ids must be unique")
+            try:
+                from .scenes import check_attribute
+                check_attribute(c["attribute"], c["value"])
+            except SceneError as e:
+                raise PolicyError(f"policy {name}, condition {c['id']}: {e}") from None
+            conds[c["id"]] = Condition(c["id"], c["attribute"], c["value"], c["yes"], c["no"])
+        p = cls(name=name, depth=int(d.get("depth", 0)), conditions=conds, cases=list(d["cases"]),
+                root=d.get("root", "1"), instruction=d.get("instruction", INSTRUCTION),
+                variant=d.get("variant", "T"), image_values=[tuple(v) for v in d.get("image_values", [])])
+        p._link()
+        return p
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "Policy":
+        s = str(text_or_path)
+        if not s.lstrip().startswith("{"):
+            path = Path(s)
+            if not path.exists():
+                raise PolicyError(f"no policy file at {path}")
+            s = path.read_text()
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise PolicyError(f"policy JSON does not parse: {e}") from None
+        return cls.from_dict(d)
+
+    def _link(self) -> None:
+        """Check the tree (known targets, cases, no cycles, every node used once) and derive the subjects."""
+        if self.root not in self.conditions:
+            raise PolicyError(f"policy {self.name}: root condition {self.root!r} is not defined")
+        if len(set(self.cases)) != len(self.cases):
+            raise PolicyError(f"policy {self.name}: duplicate cases in {self.cases}")
+        seen: set[str] = set()
+        used_cases: list[str] = []
+        stack = [(self.root, {}, None, ())]  # (id, inherited subject, parent attribute if via yes, ancestors)
+        while stack:
+            cid, inherited, parent_attr, ancestors = stack.pop()
+            if cid in ancestors:
+                raise PolicyError(f"policy {self.name}: cycle: condition {cid} leads back to itself")
+            if cid in seen:
+                raise PolicyError(f"policy {self.name}: condition {cid} is reached from two places; "
+                                  f"a policy is a tree")
+            seen.add(cid)
+            c = self.conditions[cid]
+            if parent_attr == c.attribute:
+                raise PolicyError(f"policy {self.name}: condition {cid} is on a yes edge and tests "
+                                  f"{c.attribute} again, as its parent does; pick another attribute type")
+            base = inherited if c.attribute not in inherited else {}
+            c.subject = {**base, c.attribute: c.value}
+            for edge, target in (("yes", c.yes), ("no", c.no)):
+                if target in self.conditions:
+                    stack.append((target, c.subject if edge == "yes" else {},
+                                  c.attribute if edge == "yes" else None, ancestors + (cid,)))
+                elif target in self.cases:
+                    used_cases.append(target)
+                elif target.startswith("Case"):
+                    raise PolicyError(f"policy {self.name}: condition {cid} leads to unknown case {target!r}; "
+                                      f"declare it in 'cases'")
+                else:
+                    raise PolicyError(f"policy {self.name}: condition {cid} leads to {target!r}, which is "
+                                      f"neither a condition id nor a case")
+        unused = [c for c in self.conditions if c not in seen]
+        if unused:
+            raise PolicyError(f"policy {self.name}: conditions {unused} are not reachable from {self.root}")
+        if len(set(used_cases)) != len(used_cases):
+            raise PolicyError(f"policy {self.name}: an outcome is used by two leaves; each leaf is a unique case")
+
+    # ------------------------------------------------------------------ text
+    def subject_text(self, subject: dict, images: dict | None = None) -> str:
+        """'small cyan metal cube' word order; with -M, values shown as images become references."""
+        words, refs = [], []
+        for a in ATTR_ORDER:
+            if a not in subject:
+                continue
+            if images and (a, subject[a]) in images:
+                refs.append(f"the {a} shown in Policy Image {images[(a, subject[a])]}")
+            else:
+                words.append(subject[a])
+        if "shape" not in subject:
+            words.append("object")
+        phrase = " ".join(words)
+        return phrase + (" with " + " and ".join(refs) if refs else "")
+
+    def question(self, cid: str, images: dict | None = None) -> str:
+        s = self.subject_text(self.conditions[cid].subject, images)
+        return f"Is there {'an' if s[0] in 'aeiou' else 'a'} {s} in the image?"
+
+    def sections(self) -> list[str]:
+        """Condition ids in reading order (breadth first, yes before no)."""
+        order, queue = [], [self.root]
+        while queue:
+            cid = queue.pop(0)
+            order.append(cid)
+            c = self.conditions[cid]
+            queue += [t for t in (c.yes, c.no) if t in self.conditions]
+        return order
+
+    def image_index(self) -> dict:
+        return {tuple(v): i + 1 for i, v in enumerate(self.image_values)} if self.variant == "M" else {}
+
+    def render(self, variant: str | None = None, image_size: int = 48) -> list[str | object]:
+        """The policy document as parts: strings and (for -M) PIL policy images, in reading order."""
+        variant = variant or self.variant
+        images = {tuple(v): i + 1 for i, v in enumerate(self.image_values)} if variant == "M" else {}
+        parts: list = [f"Policy: {self.name}\n\n{self.instruction.format(name=self.name)}\n"]
+        if images:
+            parts.append("\n# Policy Images\n")
+            for (a, v), k in images.items():
+                parts.append(f"Policy Image {k} shows a {a}: ")
+                parts.append(attribute_crop(a, v, size=image_size))
+                parts.append("\n")
+        for cid in self.sections():
+            c = self.conditions[cid]
+            lines = [f"\n# Condition {cid}", self.question(cid, images)]
+            for word, t in (("yes", c.yes), ("no", c.no)):
+                lines.append(f"- If {word}, go to Condition {t}." if t in self.conditions
+                             else f"- If {word}, the response is {t}.")
+            parts.append("\n".join(lines) + "\n")
+        return _merge_text(parts)
+
+    def text(self) -> str:
+        """The -T document as one string (for -M, images appear as <image> markers)."""
+        return "".join(p if isinstance(p, str) else "<image>" for p in self.render())
+
+    def images(self) -> list:
+        return [p for p in self.render() if not isinstance(p, str)]
+
+    def gold_cot(self, scene: Scene) -> str:
+        """The reasoning a perfect reader writes: each visited condition, its answer, where it leads."""
+        case, path = self.evaluate(scene)
+        images = self.image_index()
+        steps = []
+        for cid in path:
+            c = self.conditions[cid]
+            yes = scene.has(**c.subject)
+            q = self.question(cid, images)
+            if images and any(tuple(kv) in images for kv in c.subject.items()):
+                q = q[:-1] + f" (that is, a {self.subject_text(c.subject)})?"
+            nxt = c.yes if yes else c.no
+            to = f"go to Condition {nxt}" if nxt in self.conditions else f"the response is {nxt}"
+            steps.append(f"Condition {cid}: {q} {'Yes' if yes else 'No'}, {to}.")
+        return "<think>" + " ".join(steps) + "</think>\\boxed{" + case + "}"
+
+
+def _merge_text(parts: list) -> list:
+    out: list = []
+    for p in parts:
+        if isinstance(p, str) and out and isinstance(out[-1], str):
+            out[-1] += p
+        else:
+            out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- generation
+
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+
+
+def policy_name(depth: int, rng: random.Random, taken: set[str] | None = None) -> str:
+    """A unique pronounceable name like 'L4-Surinu' (L = tree depth)."""
+    for _ in range(1000):
+        word = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(3)).capitalize()
+        name = f"L{depth}-{word}"
+        if not taken or name not in taken:
+            return name
+    raise PolicyError("could not find an unused policy name")
+
+
+_ALL_OBJECTS = [dict(zip(ATTRIBUTES, combo)) for combo in itertools.product(*ATTRIBUTES.values())]
+
+
+def _matches(obj: dict, subject: dict) -> bool:
+    return all(obj[a] == v for a, v in subject.items())
+
+
+def _feasible(constraints: list[tuple[dict, bool]]) -> bool:
+    """Can some scene satisfy every (subject, exists?) constraint? Objects are independent, so each positive
+    subject needs one object that matches it and no negative subject; brute force over the 96 object types."""
+    negs = [s for s, ok in constraints if not ok]
+    allowed = [o for o in _ALL_OBJECTS if not any(_matches(o, n) for n in negs)]
+    return bool(allowed) and all(any(_matches(o, s) for o in allowed) for s, ok in constraints if ok)
+
+
+_POOL: list = []
+
+
+def _reference_pool() -> list[Scene]:
+    """A fixed pool of sampled scenes used to keep conditions informative (balanced yes/no)."""
+    if not _POOL:
+        from .scenes import sample_scenes
+        _POOL.extend(sample_scenes(300, seed=12345, prefix="pool"))
+    return _POOL
+
+
+def sample_policy(depth: int, rng: random.Random | int, name: str | None = None, variant: str = "T",
+                  num_images: int = 3, taken: set[str] | None = None, max_tries: int = 50,
+                  balance: tuple[float, float] | None = (0.25, 0.75)) -> Policy:
+    """Sample a decision tree of `depth` levels with a unique case for every leaf.
+
+    Each node draws an attribute type and value. On a yes edge the child may not draw its parent's type (the
+    paper's rule) and extends the parent's subject; on a no edge it starts a fresh subject. A draw whose
+    answer is already decided by the path (e.g. "a cyan object?" under "no cyan object") is redrawn, and a
+    node with no informative draw left becomes a leaf: so some trees have fewer than 2^depth cases.
+    With `balance`, a draw is preferred when the share of reference scenes reaching the node that answer
+    yes lies in that range ("a small object?" is almost always yes), so that outcomes are not dominated by
+    one case; the most balanced feasible draw is kept otherwise.
+    """
+    if depth < 1:
+        raise PolicyError(f"depth must be >= 1, got {depth}")
+    if variant not in ("T", "M"):
+        raise PolicyError(f"variant must be 'T' (text) or 'M' (multimodal), got {variant!r}")
+    rng = random.Random(rng) if isinstance(rng, int) else rng
+    name = name or policy_name(depth, rng, taken)
+    raw: list[dict] = []
+    leaves: list[str] = []
+
+    def build(cid: str, level: int, inherited: dict, parent_attr: str | None, path: list, pool: list) -> str:
+        if level == depth:
+            leaves.append(cid)
+            return cid
+        best = None  # (imbalance, attr, value, subject)
+        for _ in range(max_tries):
+            choices = [a for a in ATTRIBUTES if a != parent_attr and a not in inherited] or \
+                      [a for a in ATTRIBUTES if a != parent_attr]
+            attr = rng.choice(choices)
+            value = rng.choice(ATTRIBUTES[attr])
+            subject = {**(inherited if attr not in inherited else {}), attr: value}
+            if not (_feasible(path + [(subject, True)]) and _feasible(path + [(subject, False)])):
+                continue
+            p_yes = sum(s.has(**subject) for s in pool) / len(pool) if len(pool) >= 20 else 0.5
+            imbalance = abs(p_yes - 0.5)
+            if best is None or imbalance < best[0]:
+                best = (imbalance, attr, value, subject)
+            if balance is None or balance[0] <= p_yes <= balance[1]:
+                break
+        if best is None:
+            leaves.append(cid)
+            return cid
+        _, attr, value, subject = best
+        node = {"id": cid, "attribute": attr, "value": value}
+        raw.append(node)
+        yes_pool = [s for s in pool if s.has(**subject)]
+        no_pool = [s for s in pool if not s.has(**subject)]
+        node["yes"] = build(cid + ".1", level + 1, subject, attr, path + [(subject, True)], yes_pool)
+        node["no"] = build(cid + ".2", level + 1, {}, None, path + [(subject, False)], no_pool)
+        return cid
+
+    build("1", 0, {}, None, [], _reference_pool() if balance else [])
+    numbers = list(range(len(leaves)))
+    rng.shuffle(numbers)
+    case_of = {leaf: f"Case {k}" for leaf, k in zip(leaves, numbers)}
+    for node in raw:
+        node["yes"] = case_of.get(node["yes"], node["yes"])
+        node["no"] = case_of.get(node["no"], node["no"])
+    image_values: list = []
+    if variant == "M":
+        used = sorted({(n["attribute"], n["value"]) for n in raw})
+        image_values = rng.sample(used, min(num_images, len(used)))
+    return Policy.from_dict({"name": name, "depth": depth, "variant": variant,
+                             "cases": sorted(case_of.values(), key=lambda c: int(c.split()[1])),
+                             "conditions": raw, "image_values": image_values})
+
+
+def sample_policies(k: int, depth: int, seed: int, variant: str = "T", prefix: str = "") -> list[Policy]:
+    """`k` policies with unique names from one seed (`prefix` keeps seed families apart, e.g. 'base')."""
+    rng = random.Random(f"{prefix}policies/{seed}/{depth}/{variant}")
+    taken: set[str] = set()
+    out = []
+    for _ in range(k):
+        p = sample_policy(depth, rng, variant=variant, taken=taken)
+        taken.add(p.name)
+        out.append(p)
+    return out
+
+
+def override_policy(policy: Policy, rng: random.Random | int) -> Policy:
+    """A Policy Override (paper Table 3): a new random tree of the same depth under the old name."""
+    rng = random.Random(rng) if isinstance(rng, int) else rng
+    for _ in range(100):
+        new = sample_policy(policy.depth, rng, name=policy.name, variant=policy.variant)
+        if new.to_dict()["conditions"] != policy.to_dict()["conditions"]:
+            return new
+    raise PolicyError(f"could not sample an override different from {policy.name}")
