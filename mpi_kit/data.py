@@ -216,7 +216,7 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
             "vmcpt": {"train": ("vmcpt", train)},
             "rl": {"train": ("rl", train)},
             "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test), "override": ("override", test)}}
-    summary = {"config": {**asdict(cfg), "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)},
+    summary = {"config": {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)},
                "policies": [p.name for p in policies], "num_scenes": {"train": len(train), "test": len(test)},
                "datasets": {}}
     total = sum(len(sc) * len(policies) for k in cfg.kinds for _, sc in plan[k].values())

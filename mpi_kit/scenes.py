@@ -217,9 +217,9 @@ def crop_object(scene: Scene, index: int, image: Image.Image | None = None, pad:
     image = image if image is not None else scene_image(scene)
     o = scene.objects[index]
     W, H = image.size
-    r = RADIUS[o.size] * H * pad
-    cx, cy = o.x * W, o.y * H
-    return image.crop((int(cx - r), int(cy - r), int(cx + r), int(cy + r)))
+    r = int(round(RADIUS[o.size] * H * pad))
+    cx, cy = int(round(o.x * W)), int(round(o.y * H))
+    return image.crop((cx - r, cy - r, cx + r, cy + r))
 
 
 def attribute_crop(attribute: str, value: str, size: int = 48, seed: int = 0) -> Image.Image:

@@ -1,0 +1,58 @@
+"""The project's set-up: one pinned version set, shared by pyproject.toml and environment.yml, that unsloth accepts."""
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+# Requires-Dist of unsloth 2026.10.9 / unsloth_zoo 2026.10.9 (their METADATA) for the packages we pin.
+UNSLOTH_CAPS = {
+    "torch": "<2.15.0,>=2.4.0",
+    "transformers": "!=4.53.0,!=4.54.0,!=4.55.0,!=4.55.1,!=4.57.0,!=4.57.4,!=4.57.5,!=5.0.0,!=5.1.0,<=5.17.0,>=4.52.4",
+    "trl": "!=0.19.0,<=1.15.0,>=0.18.2",
+    "datasets": "!=4.0.*,!=4.1.0,!=4.4.*,!=4.5.0,<5.0.0,>=3.4.1",
+    "peft": "!=0.11.0,>=0.18.0",
+    "bitsandbytes": "!=0.46.0,!=0.48.0,>=0.45.5",
+    "accelerate": ">=0.34.1",
+}
+
+
+def pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    out = {}
+    for r in map(Requirement, reqs):
+        spec = str(r.specifier)
+        assert spec.startswith("==") and "," not in spec, f"{r} is not pinned to one version"
+        out[r.name.lower()] = spec[2:]
+    return out
+
+
+def test_environment_yml_pins_the_same_versions():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_list = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    from_env = {Requirement(r).name.lower(): str(Requirement(r).specifier)[2:] for r in pip_list}
+    assert from_env == pins()
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_pins_admit_unsloth():
+    p = pins()
+    for name, spec in UNSLOTH_CAPS.items():
+        assert Requirement(f"{name}{spec}").specifier.contains(p[name]), f"{name}=={p[name]} breaks unsloth: {spec}"
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["unsloth"]
+    assert {Requirement(r).name for r in extra} == {"unsloth", "unsloth_zoo"}
+
+
+def test_installed_versions_match_pins():
+    from importlib.metadata import version
+
+    mismatched = {n: (v, version(n)) for n, v in pins().items() if version(n) != v}
+    assert not mismatched, f"installed versions differ from the pins (run `make test` to reinstall): {mismatched}"
+
+
+def test_ci_calls_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make demo" in readme

@@ -1,0 +1,45 @@
+"""Helpers to write a notebook from (kind, source) cells, with the kit's standard first cells.
+
+Notebooks are the teaching surface; their logic lives in mpi_kit. Each starts with a Colab badge and an
+install cell, and a `RECIPE` parameter cell (tiny on a CPU; a GPU recipe in Colab).
+"""
+import json
+import sys
+from pathlib import Path
+
+REPO = "mpi-kit/mpi-kit"  # GitHub path used by the Colab badge and the install cell
+
+
+def badge(name: str) -> str:
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{name})")
+
+
+INSTALL = f'''# Install mpi-kit with its pinned versions when it is missing (Colab); in a checkout it is already installed.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("mpi_kit") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/{REPO}"], check=True)'''
+
+
+def cell(kind: str, src: str, tags=None) -> dict:
+    c = {"cell_type": kind, "metadata": {"tags": tags} if tags else {}, "source": src.strip("\n")}
+    if kind == "code":
+        c.update(outputs=[], execution_count=None)
+    return c
+
+
+def notebook(name: str, title: str, cells: list[tuple[str, str]]) -> dict:
+    head = [cell("markdown", f"# {title}\n\n{badge(name)}"), cell("code", INSTALL)]
+    cells = head + [cell(k, s, ["parameters"] if s.startswith("RECIPE =") else None) for k, s in cells]
+    for i, c in enumerate(cells):
+        c["id"] = f"{Path(name).stem[:2]}-{i:02d}"
+    return {"cells": cells,
+            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                         "language_info": {"name": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+def write(name: str, title: str, cells) -> None:
+    path = Path(__file__).resolve().parent.parent / "notebooks" / name
+    path.write_text(json.dumps(notebook(name, title, cells), indent=1) + "\n")
+    print("wrote", path)
