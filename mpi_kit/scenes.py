@@ -192,7 +192,7 @@ def render_scene(scene: Scene, size: tuple[int, int] | int = CLEVR_SIZE, supersa
     d = ImageDraw.Draw(img)
     for o in sorted(scene.objects, key=lambda o: o.y):
         _draw_object(d, o, o.x * W * S, o.y * H * S, RADIUS[o.size] * H * S)
-    return img.resize((W, H), Image.LANCZOS) if S > 1 else img
+    return img.reduce(S) if S > 1 else img  # box-filter downscale: fast and antialiased
 
 
 def scene_image(scene: Scene, size: tuple[int, int] | int | None = None) -> Image.Image:
