@@ -1,0 +1,89 @@
+"""Stage 2 of TriMPI, CoT SFT, and the Direct SFT baseline (paper §4.1, §4.3, App. D.2), on TRL's SFTTrainer.
+
+The input is the scene image and the query only, never the policy; the target is the CoT + answer
+(`<think>...</think>\\boxed{Case k}`, mode "cot") or the answer alone (mode "direct"). Rows stay in TRL's
+prompt/completion format, so the loss falls on the completion only: never on the prompt, its image tokens or
+padding (full-sequence SFT on VLM data would train on `<|image_pad|>` placeholders).
+
+Paper defaults (Table 5): LoRA r=8, LR 1e-4; CoT SFT 5 epochs on 2.5K rows, Direct SFT 2 epochs on 20K, batch
+16x4. The GPU recipes keep 1e-4 but use r=16, since their one adapter also carries VM-CPT and RL (pass
+`**{"lora.r": 8}` for the paper's rank); the tiny recipe fully fine-tunes. SFT starts from the base model, or from
+a VM-CPT folder with `init=` (VM-CPT + CoT SFT, the TriMPI order).
+"""
+from __future__ import annotations
+
+from .data import DataError, load_kit_data
+from .training import check_rows, freeze_vision, load_stage_model, stage_recipe, train_stage, trainer_kwargs
+
+MODES = {"cot": ("cot", "sft_cot"), "direct": ("qa", "sft_direct")}  # mode -> (dataset kind, recipe section)
+PAPER_DEFAULTS = {"lora": True, "r": 8, "learning_rate": 1e-4, "cot_epochs": 5, "direct_epochs": 2,
+                  "batch": "16x4"}
+
+
+def _mode(mode: str) -> tuple[str, str]:
+    if mode not in MODES:
+        raise DataError(f"SFT mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return MODES[mode]
+
+
+def check_sft(ds, stage: str) -> None:
+    """Columns, non-empty, image counts; and no policy document in the prompt (SFT data never shows the policy)."""
+    check_rows(ds, stage)
+    for i, prompt in enumerate(ds["prompt"]):
+        text = "".join(p.get("text") or "" for m in prompt for p in m["content"] if p["type"] == "text")
+        if "# Condition" in text:
+            raise DataError(f"{stage}: row {i} has the policy in its prompt; SFT trains on (image, query) alone. "
+                            f"Use the cot or qa datasets (VM-CPT data goes to `mpi-kit cpt`)")
+
+
+def _trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class KitSFTTrainer(SFTTrainer):
+        """TRL 1.15 computes the SFT loss with a Triton kernel, which has no CPU driver ('0 active drivers'); off
+        CUDA/XPU, fall back to the model's own cross-entropy on the same labels (same loss, no entropy metrics)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if inputs["input_ids"].device.type in ("cuda", "xpu"):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return KitSFTTrainer
+
+
+def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, init=None, max_steps=None,
+                limit=None, save_steps=None, callbacks=(), progress=False, train_vision=False, dataset=None,
+                **overrides):
+    """(trainer, processor, info) for CoT or Direct SFT: TRL's SFTTrainer on prompt/completion rows with images,
+    completion-only loss, `max_length=None` (truncation could cut image tokens), fp32 on a CPU."""
+    from trl import SFTConfig
+
+    kind, section = _mode(mode)
+    stage = f"{'CoT' if mode == 'cot' else 'Direct'} SFT"
+    recipe = stage_recipe(recipe, init, **overrides)
+    ds = dataset if dataset is not None else load_kit_data(data_dir, kind)["train"]
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    check_sft(ds, stage)
+    ds = ds.select_columns(["prompt", "completion", "images"])
+    model, processor = load_stage_model(recipe, init)
+    frozen = 0 if train_vision else freeze_vision(model)
+    kw = trainer_kwargs(recipe, getattr(recipe, section), out, max_steps, save_steps, progress)
+    args = SFTConfig(**kw, max_length=None, completion_only_loss=True, packing=False, padding_free=False)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=ds, processing_class=processor,
+                         callbacks=list(callbacks))
+    info = {"mode": mode, "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
+            "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS}
+    return trainer, processor, info
+
+
+def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, init=None, resume=True, **kw) -> dict:
+    """Run CoT (mode="cot") or Direct (mode="direct") SFT into `out`, from the base model or `init` (a VM-CPT
+    folder); resumes from `out`'s last checkpoint; returns the summary written to summary.json."""
+    trainer, processor, info = sft_trainer(recipe, data_dir, out, mode, init=init, **kw)
+    return train_stage(trainer, f"sft_{mode}", out, processor, info, resume=resume)
+
+
+__all__ = ["run_sft", "sft_trainer", "check_sft", "MODES", "PAPER_DEFAULTS"]

@@ -1,0 +1,195 @@
+"""What every training stage shares: loading the starting model, trainer arguments from a recipe, resuming, and
+the run folder (final model + processor, `summary.json`).
+
+A stage run is a folder: `checkpoint-N/` subfolders while it trains (the last two are kept), then the final model
+and processor at the top, loadable with `load_model(out)` (a LoRA run saves its adapter; see `load_stage_model`).
+Rerunning into the same folder resumes from the last checkpoint and ends where an uninterrupted run ends: the
+optimizer, scheduler, RNG states and the data order all come back from the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .data import DataError, require_columns
+from .models import VISION_RE, as_recipe, count_parameters, load_model, peak_memory, resolve_device
+from .recipes import Recipe, StageSettings
+
+RECIPE_FILE = "mpi_recipe.json"
+
+
+class StageError(ValueError):
+    """A stage cannot run on what it was given (data, starting point, arguments); the message says what to fix."""
+
+
+# ------------------------------------------------------------------------------------------------ data checks
+
+def _text(messages: list[dict]) -> str:
+    return "".join(p.get("text") or "" for m in messages for p in m["content"] if p["type"] == "text")
+
+
+def _n_images(messages: list[dict]) -> int:
+    return sum(p["type"] == "image" for m in messages for p in m["content"])
+
+
+def check_rows(ds, stage: str, columns=("prompt", "completion", "images")) -> None:
+    """Columns present, dataset non-empty, and every row's image placeholders match its images (else the model
+    fails later with 'image features and image tokens do not match')."""
+    require_columns(ds, list(columns), stage)
+    for i, (prompt, completion, images) in enumerate(zip(ds["prompt"], ds["completion"], ds["images"])):
+        n = _n_images(prompt) + _n_images(completion)
+        if n != len(images):
+            raise DataError(f"{stage}: row {i} has {n} image placeholder(s) in its messages but {len(images)} "
+                            f"image(s) in its `images` column; they must match one to one, in order")
+        if not _text(completion).strip():
+            raise DataError(f"{stage}: row {i} has an empty completion; there is nothing to learn from it")
+
+
+# ---------------------------------------------------------------------------------------------- model loading
+
+def is_adapter_dir(path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "adapter_config.json").exists()
+
+
+def stage_recipe(recipe: "Recipe | str", init: str | None = None, **overrides) -> Recipe:
+    """The recipe a stage runs with: `init` (a previous stage's folder) replaces the model to start from, unless
+    it is a LoRA adapter folder, which keeps the recipe's base model and continues that adapter."""
+    recipe = as_recipe(recipe, **overrides)
+    if init is None:
+        return recipe
+    p = Path(init)
+    if not p.is_dir():
+        raise StageError(f"--init {init}: no such folder; pass the output folder of a previous stage")
+    if is_adapter_dir(p):
+        saved = p / RECIPE_FILE
+        base = json.loads(saved.read_text())["model"] if saved.exists() else recipe.model
+        return as_recipe(recipe, model=base)
+    if not (p / "config.json").exists():
+        raise StageError(f"--init {init}: holds neither a model (config.json) nor a LoRA adapter "
+                         f"(adapter_config.json); did that stage finish?")
+    return as_recipe(recipe, model=str(p))
+
+
+def load_stage_model(recipe: Recipe, init: str | None = None, trainable: bool = True):
+    """(model, processor) to train: the recipe's model (with its LoRA if enabled), or a previous stage's output.
+    A LoRA adapter folder is loaded onto the recipe's base and stays trainable (one adapter across stages)."""
+    device = resolve_device(recipe.device)
+    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate launch
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if init is not None and is_adapter_dir(init):
+        from peft import PeftModel
+        from transformers import AutoProcessor
+
+        from .models import apply_pixel_caps
+
+        model, _ = load_model(recipe, lora=False, device=device)
+        if recipe.quantization == "nf4":
+            from peft import prepare_model_for_kbit_training
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
+        model = PeftModel.from_pretrained(model, init, is_trainable=trainable)
+        model.mpi_recipe = recipe
+        return model, apply_pixel_caps(AutoProcessor.from_pretrained(init), recipe)
+    return load_model(recipe, device=device)
+
+
+def freeze_vision(model) -> int:
+    """Freeze the vision tower (ViT + merger): the stages train the language model. Returns parameters frozen."""
+    import re
+
+    vision = re.compile(VISION_RE + r"\.")
+    n = 0
+    for name, p in model.named_parameters():
+        if vision.match(name.removeprefix("base_model.model.")) and p.requires_grad:
+            p.requires_grad_(False)
+            n += p.numel()
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- trainer args
+
+def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | None = None,
+                   save_steps: int | None = None, progress: bool = False) -> dict:
+    """TrainingArguments / SFTConfig keywords for a stage: the recipe's hyperparameters, precision matching the
+    recipe (fp32 on a CPU: bf16 there is ~15x slower), per-step loss logging, periodic checkpoints, fixed seeds."""
+    kw = stage.trl_kwargs()
+    kw["warmup_steps"] = kw.pop("warmup_ratio")  # transformers 5: a float < 1 is a ratio of the total steps
+    if max_steps is not None:
+        kw["max_steps"] = int(max_steps)
+    steps = kw["max_steps"]
+    if save_steps is None:
+        save_steps = max(1, steps // 4) if steps > 0 else 200
+    return dict(kw, output_dir=str(out), bf16=recipe.precision == "bf16", fp16=recipe.precision == "fp16",
+                gradient_checkpointing=recipe.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+                use_cpu=resolve_device(recipe.device) == "cpu", seed=recipe.seed, data_seed=recipe.seed,
+                logging_steps=1, save_strategy="steps", save_steps=save_steps, save_total_limit=2,
+                report_to="none", disable_tqdm=not progress, dataloader_num_workers=0, remove_unused_columns=False)
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+def last_checkpoint(out) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if Path(out).is_dir() else None
+
+
+def train_stage(trainer, stage: str, out, processor, info: dict | None = None, resume: bool = True) -> dict:
+    """Train (resuming from the folder's last checkpoint when there is one), save the final model + processor
+    and write `summary.json`; returns the summary."""
+    out = Path(out)
+    ckpt = last_checkpoint(out) if resume else None
+    t0 = time.time()
+    step0 = 0
+    if ckpt:
+        step0 = json.loads((Path(ckpt) / "trainer_state.json").read_text())["global_step"]
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.time() - t0
+    state = trainer.state
+    model = trainer.model
+    trainer.save_model(str(out))
+    summary = {
+        "stage": stage,
+        "recipe": getattr(getattr(model, "mpi_recipe", None), "name", None),
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "completed": state.global_step >= state.max_steps,
+        "resumed_from": ckpt,
+        "loss": [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h],
+        "final_loss": next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None),
+        "train_loss": result.training_loss if state.global_step > step0 else None,
+        "seconds": round(seconds, 2),
+        "steps_per_second": round((state.global_step - step0) / seconds, 4) if seconds > 0 else None,
+        "peak_memory_gib": round(peak_memory(), 3),
+        "params": count_parameters(model),
+        "world_size": trainer.args.world_size,
+        **(info or {}),
+    }
+    if trainer.is_world_process_zero():
+        recipe = getattr(model, "mpi_recipe", None)
+        if recipe is not None:
+            recipe.to_json(out / RECIPE_FILE)
+        if processor is not None:
+            processor.save_pretrained(str(out))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
+    """A plotly figure of one or more stages' loss curves (name -> summary)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, s in summaries.items():
+        fig.add_trace(go.Scatter(x=[p["step"] for p in s["loss"]], y=[p["loss"] for p in s["loss"]],
+                                 mode="lines+markers", name=name))
+    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title="loss", height=350,
+                      margin=dict(l=40, r=20, t=40, b=40))
+    return fig
+
+
+__all__ = ["StageError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision", "trainer_kwargs",
+           "train_stage", "last_checkpoint", "loss_figure", "is_adapter_dir"]
