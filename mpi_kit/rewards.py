@@ -1,0 +1,67 @@
+"""Rewards for RL on policies: plain functions `fn(completions, **kwargs) -> list[float]`, as TRL expects.
+
+format:   1 if the completion is `<think>...</think>` followed by `\\boxed{...}` and nothing else, else 0.
+accuracy: 1 if the boxed answer equals the gold case exactly (paper Eq. 4), else 0.
+They are combined with weights 0.1 / 0.9 (`REWARD_WEIGHTS`): the paper does not state its weights; these are
+EasyR1's defaults, which the paper's RL settings match. Neither function raises, whatever the completion.
+"""
+from __future__ import annotations
+
+import re
+
+REWARD_WEIGHTS = (0.1, 0.9)
+_FORMAT = re.compile(r"\s*<think>(?:(?!</?think>).)*</think>\s*\\boxed\{[^{}]*\}\s*", re.DOTALL)
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def completion_text(completion) -> str:
+    """The text of a completion: a string, or TRL's conversational [{"role": "assistant", "content": ...}]."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content", "")
+        if isinstance(content, list):  # content parts
+            return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+        return content if isinstance(content, str) else str(content)
+    return "" if completion is None else str(completion)
+
+
+def parse_answer(text) -> str | None:
+    """The content of the last `\\boxed{...}`, stripped; None if there is none."""
+    try:
+        found = _BOXED.findall(completion_text(text))
+    except Exception:
+        return None
+    return found[-1].strip() if found else None
+
+
+def format_reward(completions, **kwargs) -> list[float]:
+    """1.0 for `<think>reasoning</think>\\boxed{answer}`, 0.0 otherwise."""
+    out = []
+    for c in completions:
+        try:
+            out.append(1.0 if _FORMAT.fullmatch(completion_text(c)) else 0.0)
+        except Exception:
+            out.append(0.0)
+    return out
+
+
+def accuracy_reward(completions, case=None, **kwargs) -> list[float]:
+    """1.0 when the last boxed answer is exactly the gold `case` column (e.g. "Case 3"), 0.0 otherwise."""
+    golds = case if isinstance(case, (list, tuple)) else [case] * len(completions)
+    out = []
+    for c, gold in zip(completions, golds):
+        try:
+            answer = parse_answer(c)
+            out.append(1.0 if answer is not None and gold is not None and answer == str(gold).strip() else 0.0)
+        except Exception:
+            out.append(0.0)
+    return out
+
+
+REWARD_FUNCS = (format_reward, accuracy_reward)
+
+
+def total_reward(completion, case) -> float:
+    """The weighted reward of one completion, as the trainer computes it."""
+    return sum(w * f([completion], case=[case])[0] for w, f in zip(REWARD_WEIGHTS, REWARD_FUNCS))
