@@ -1,0 +1,258 @@
+"""TriMPI stage 3: GRPO / DAPO on TRL's GRPOTrainer, and PolicyRollout (PoRo, paper §4.3, Eq. 3).
+
+PolicyRollout samples, per prompt, G completions from (Q, I) and G more from (P, Q, I) with the policy P in
+context, pools all 2G into one group for the advantages, then treats every completion as if it came from
+(Q, I): prompt ids, images, old/reference/current log-probs, ratios and gradients are all computed on the
+no-policy prompt, so policy tokens never enter the backward pass. TRL already repeats each prompt
+`num_generations` times in a row and normalises advantages over those copies, so with num_generations = 2G
+only the *generation* of copies G..2G-1 has to change: that is all `PolicyRolloutTrainer` overrides.
+With policy_rollout=False and no dynamic sampling it is exactly `GRPOTrainer`.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import pad
+
+from .compat import patch_trl_cpu_logprobs
+from .rewards import parse_answer
+
+patch_trl_cpu_logprobs()
+
+NO_POLICY, POLICY_AWARE = "no-policy", "policy-aware"
+# keys of TRL's generation output aligned with completion tokens: (B, C) tensors, right-padded
+_COMPLETION_KEYS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
+                    "sampling_per_token_logps", "tool_mask")
+
+
+def insert_policy(prompt: list[dict], policy: list[dict], policy_images: list) -> list[dict]:
+    """A prepared conversational prompt with the policy document (text parts and policy images) in front of
+    the user's content: (Q, I) -> (P, Q, I)."""
+    images = iter(policy_images or [])
+    parts = []
+    for p in policy:
+        if p.get("type") == "image":
+            parts.append({"type": "image", "image": next(images)})
+        else:
+            parts.append({"type": "text", "text": p.get("text") or ""})
+    first = copy.copy(prompt[0])
+    content = first["content"] if isinstance(first["content"], list) else [{"type": "text", "text": first["content"]}]
+    first["content"] = parts + [{"type": "text", "text": "\n"}] + list(content)
+    return [first] + list(prompt[1:])
+
+
+class PolicyRolloutTrainer(GRPOTrainer):
+    """GRPOTrainer with PolicyRollout and DAPO-style dynamic sampling.
+
+    policy_rollout: the group of num_generations = 2G holds G no-policy and G policy-aware rollouts (the row's
+        `policy` / `policy_images` columns are put in context for the second half).
+    policy_microbatch: generate the policy-aware half in chunks of this many prompts (long prompts, less memory).
+    dynamic_sampling_retries: regenerate the batch up to this many times; each group keeps its first sample set
+        whose rewards differ; groups still all-equal after the last retry are dropped from the loss (DAPO).
+    """
+
+    def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,
+                 dynamic_sampling_retries: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if policy_rollout and self.num_generations % 2:
+            raise ValueError(f"PolicyRollout pools G no-policy + G policy-aware rollouts, so num_generations must be "
+                             f"even (2G); got {self.num_generations}")
+        self.policy_rollout = policy_rollout
+        self.policy_microbatch = policy_microbatch
+        self.dynamic_sampling_retries = dynamic_sampling_retries
+        self._rows = None
+        self._prompts = None
+
+    # ------------------------------------------------------------------ which copies are policy-aware
+    def policy_aware_mask(self, n_local: int) -> list[bool]:
+        """Copy k of a group (k = global index mod 2G) is policy-aware when k >= G."""
+        G2 = self.num_generations if self.model.training else self.num_generations_eval
+        start = self.accelerator.process_index * n_local
+        return [self.policy_rollout and (start + i) % G2 >= G2 // 2 for i in range(n_local)]
+
+    # ------------------------------------------------------------------ generation
+    def _generate(self, prompts: list):
+        self._prompts = prompts
+        try:
+            return super()._generate(prompts)
+        finally:
+            self._prompts = None
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if not self.policy_rollout or self._prompts is None or self._rows is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        aware = self.policy_aware_mask(len(self._prompts))
+        completions: list = [None] * len(aware)
+        plain_idx = [i for i, a in enumerate(aware) if not a]
+        aware_idx = [i for i, a in enumerate(aware) if a]
+        chunk = self.policy_microbatch or max(1, len(aware_idx))
+        jobs = [(plain_idx, [self._prompts[i] for i in plain_idx])]
+        for s in range(0, len(aware_idx), chunk):
+            idx = aware_idx[s:s + chunk]
+            jobs.append((idx, [insert_policy(self._prompts[i], self._rows[i].get("policy") or [],
+                                             self._rows[i].get("policy_images") or []) for i in idx]))
+        for idx, prompts in jobs:
+            if not idx:
+                continue
+            ids, imgs, mm = self._tokenize_prompts(prompts)
+            out, _ = super()._generate_single_turn(ids, imgs, mm, num_generations, has_tool_images)
+            for i, c in zip(idx, out):
+                completions[i] = c
+        return completions, None  # sampling log-probs came from other prompts: no importance correction
+
+    # ------------------------------------------------------------------ rollout log columns
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        eos = set(self.eos_token_ids) | {self._tokenizer.pad_token_id}
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        self._log_completion_extra("parsed_answer", [parse_answer(t) for t in texts])
+        self._log_completion_extra("length", [len(ids) for ids in completion_ids_list])
+        self._log_completion_extra("truncated", [bool(ids) and ids[-1] not in eos for ids in completion_ids_list])
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def _score_once(self, inputs, attempt: int):
+        aware = self.policy_aware_mask(len(inputs))
+        self._log_completion_extra("source", [POLICY_AWARE if a else NO_POLICY for a in aware])
+        self._log_completion_extra("prompt_id", [x.get("id") for x in inputs])
+        self._log_completion_extra("scene_id", [x.get("scene_id") for x in inputs])
+        self._log_completion_extra("gold", [x.get("case") for x in inputs])
+        self._log_completion_extra("attempt", [attempt] * len(inputs))
+        self._rows = inputs
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._rows = None
+
+    def _generate_and_score_completions(self, inputs):
+        out = self._score_once(inputs, 0)
+        if not self.dynamic_sampling_retries or not self.model.training:
+            return out
+        return self._dynamic_sampling(inputs, out)
+
+    # ------------------------------------------------------------------ DAPO dynamic sampling
+    def _group_ids(self, n: int) -> list[int]:
+        start = self.accelerator.process_index * n
+        return [(start + i) // self.num_generations for i in range(n)]
+
+    def _dynamic_sampling(self, inputs, out):
+        """Keep, per group, the first attempt whose rewards are not all equal; drop groups that never get one."""
+        groups = self._group_ids(len(inputs))
+        filled = {g: False for g in groups}
+        choice = [0] * len(inputs)  # attempt whose rows each position takes
+        attempts = [out]
+
+        def update(k: int, res) -> None:
+            for g in filled:
+                rows = [i for i, gi in enumerate(groups) if gi == g]
+                if not filled[g] and res["advantages"][rows].abs().max() > 1e-6:
+                    filled[g] = True
+                    for i in rows:
+                        choice[i] = k
+
+        update(0, out)
+        retries = 0
+        while retries < self.dynamic_sampling_retries:
+            missing = torch.tensor([float(not all(filled.values()))], device=self.accelerator.device)
+            if self.accelerator.gather(missing).sum() == 0:  # every process is full
+                break
+            retries += 1
+            attempts.append(self._score_once(inputs, retries))
+            update(retries, attempts[-1])
+        dropped = [i for i, g in enumerate(groups) if not filled[g]]
+        merged = self._merge_attempts(attempts, choice, dropped)
+        n_dropped = torch.tensor([len({groups[i] for i in dropped})], device=self.accelerator.device, dtype=torch.float)
+        mode = "train"
+        self._metrics[mode]["dynamic_sampling/retries"].append(float(retries))
+        self._metrics[mode]["dynamic_sampling/dropped_groups"].append(self.accelerator.gather(n_dropped).sum().item())
+        return merged
+
+    def _merge_attempts(self, attempts: list[dict], choice: list[int], dropped: list[int]) -> dict:
+        """Row i of the result comes from attempts[choice[i]]. Prompts and images are the same in every attempt;
+        completion-aligned tensors are right-padded to a common width. Dropped rows get an empty loss mask."""
+        base = dict(attempts[0])
+        if len(attempts) > 1:
+            width = max(a["completion_ids"].size(1) for a in attempts)
+            for key in _COMPLETION_KEYS:
+                if key not in base or base[key] is None:
+                    continue
+                value = 0 if key != "completion_ids" else self._tokenizer.pad_token_id
+                rows = [attempts[k][key][i] for i, k in enumerate(choice)]
+                base[key] = pad(rows, padding_value=value, padding_side="right").to(base[key].device)
+                if base[key].size(1) < width:
+                    extra = base[key].new_full((base[key].size(0), width - base[key].size(1)), value)
+                    base[key] = torch.cat([base[key], extra], dim=1)
+            base["advantages"] = torch.stack([attempts[k]["advantages"][i] for i, k in enumerate(choice)])
+            P = base["prompt_ids"].size(1)
+            for key in ("token_type_ids", "mm_token_type_ids"):
+                if key in base:
+                    base[key] = torch.cat([base[key][:, :P], base[key].new_zeros((base[key].size(0), width))], dim=1)
+        if dropped:
+            base["completion_mask"] = base["completion_mask"].clone()
+            base["completion_mask"][dropped] = 0
+        mask = base["completion_mask"] * base["tool_mask"] if "tool_mask" in base else base["completion_mask"]
+        base["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        return base
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+ALGOS = ("grpo", "dapo")
+
+
+def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
+               init=None, max_steps=None, limit=None, save_steps=None, callbacks=(), progress=False,
+               num_generations: int | None = None, policy_microbatch: int | None = None, dataset=None,
+               train_vision=False, **overrides):
+    """(trainer, processor, info) for GRPO or DAPO, with or without PolicyRollout, on the rl train split.
+
+    Presets come from the recipe's `grpo` / `dapo` sections (paper: GRPO clip 0.2/0.3 with KL 0.01 to the
+    reference; DAPO clip 0.2/0.28, no KL, token-level loss, dynamic sampling with 20 retries). G is the
+    recipe's num_generations (or `num_generations`); PolicyRollout samples 2G per prompt, G of them with the
+    policy in context."""
+    from trl import GRPOConfig
+
+    from .data import load_kit_data, require_columns
+    from .rewards import REWARD_FUNCS, REWARD_WEIGHTS
+    from .training import freeze_vision, load_stage_model, stage_recipe, trainer_kwargs
+
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    recipe = stage_recipe(recipe, init, **overrides)
+    settings = getattr(recipe, algo)
+    ds = dataset if dataset is not None else load_kit_data(data_dir, "rl")["train"]
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    require_columns(ds, ["prompt", "images", "case"] + (["policy", "policy_images"] if policy_rollout else []),
+                    f"RL ({algo}{' + PolicyRollout' if policy_rollout else ''})")
+    if policy_rollout and not any(ds[0]["policy"] or []):
+        raise ValueError("PolicyRollout needs the policy of every row in its `policy` column; this dataset's is "
+                         "empty. Build it with `mpi-kit data --kinds rl`.")
+    model, processor = load_stage_model(recipe, init)
+    frozen = 0 if train_vision else freeze_vision(model)
+    G = num_generations or settings.num_generations
+    kw = trainer_kwargs(recipe, settings, out, max_steps, save_steps, progress)
+    kw.pop("dynamic_sampling_retries", None)
+    kw["num_generations"] = 2 * G if policy_rollout else G
+    args = GRPOConfig(**kw, reward_weights=list(REWARD_WEIGHTS), log_completions=True, num_completions_to_print=0)
+    trainer = PolicyRolloutTrainer(model=model, args=args, train_dataset=ds, processing_class=processor,
+                                   reward_funcs=list(REWARD_FUNCS), callbacks=list(callbacks),
+                                   policy_rollout=policy_rollout, policy_microbatch=policy_microbatch,
+                                   dynamic_sampling_retries=settings.dynamic_sampling_retries)
+    info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "group_size": kw["num_generations"],
+            "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
+            "num_examples": len(ds), "vision_frozen_params": frozen,
+            "reward_weights": {"format": REWARD_WEIGHTS[0], "accuracy": REWARD_WEIGHTS[1]}}
+    return trainer, processor, info
+
+
+def run_rl(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
+           resume=True, **kw) -> dict:
+    """Run GRPO/DAPO (optionally with PolicyRollout) into `out`, resuming from its last checkpoint; the rollout
+    log is `out/completions/completions_*.parquet`. Returns the summary written to summary.json."""
+    from .training import train_stage
+
+    trainer, processor, info = rl_trainer(recipe, data_dir, out, algo, policy_rollout, **kw)
+    name = f"{'poro_' if policy_rollout else ''}{algo}"
+    return train_stage(trainer, name, out, processor, info, resume=resume)
