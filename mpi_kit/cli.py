@@ -2,12 +2,15 @@
 
     mpi-kit data --out runs/data --num-policies 10 --num-scenes 2000 --depth 6
     mpi-kit demo --out runs/demo
+    mpi-kit cpt --recipe tiny --data runs/data --out runs/vm_cpt [--max-steps N] [--init DIR]
+    mpi-kit sft --recipe tiny --data runs/data --out runs/sft_cot --mode cot [--init runs/vm_cpt]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +60,63 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="tiny", help="recipe name, hub id or local model folder (default: tiny)")
+    p.add_argument("--data", required=True, help="data folder written by `mpi-kit data`")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, final model, summary.json; rerun to resume")
+    p.add_argument("--init", default=None, help="start from a previous stage's folder (e.g. VM-CPT before SFT)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: max_steps/4)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training rows")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides, e.g. vm_cpt.learning_rate=1e-4 lora.r=8 (values parsed as JSON)")
+
+
+def _stage_kwargs(args) -> dict:
+    from .recipes import RecipeError
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return dict(init=args.init, max_steps=args.max_steps, save_steps=args.save_steps, limit=args.limit,
+                progress=True, **overrides)
+
+
+def _run_stage(args, run) -> int:
+    from .recipes import RecipeError
+    from .training import StageError
+
+    try:
+        summary = run()
+    except (RecipeError, StageError) as e:
+        print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: one report, from the main process
+        return 0
+    print(json.dumps({k: summary[k] for k in ("stage", "steps", "final_loss", "seconds", "steps_per_second",
+                                              "peak_memory_gib")}, indent=1))
+    print(f"wrote {args.out} (model, processor, summary.json)")
+    return 0
+
+
+def cmd_cpt(args) -> int:
+    from .cpt import run_cpt
+
+    return _run_stage(args, lambda: run_cpt(args.recipe, args.data, args.out, **_stage_kwargs(args)))
+
+
+def cmd_sft(args) -> int:
+    from .sft import run_sft
+
+    return _run_stage(args, lambda: run_sft(args.recipe, args.data, args.out, args.mode, **_stage_kwargs(args)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DataConfig
 
@@ -69,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("cpt", help="TriMPI stage 1: VM-CPT on the vmcpt data (runs under `accelerate launch` too)")
+    _stage_args(p)
+    p.set_defaults(func=cmd_cpt)
+    p = sub.add_parser("sft", help="CoT SFT (stage 2) or the Direct SFT baseline (runs under `accelerate launch` too)")
+    _stage_args(p)
+    p.add_argument("--mode", choices=["cot", "direct"], default="cot", help="cot: CoT + answer; direct: answer only")
+    p.set_defaults(func=cmd_sft)
     return parser
 
 

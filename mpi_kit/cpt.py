@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from .data import DataError, load_kit_data
-from .training import StageError, check_rows, freeze_vision, load_stage_model, stage_recipe, train_stage, \
+from .training import ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, stage_recipe, train_stage, \
     trainer_kwargs
 
 VISUAL_TOKENS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
@@ -108,7 +108,7 @@ def cpt_trainer(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, init=None, m
     model, processor = load_stage_model(recipe, init)
     frozen = 0 if train_vision else freeze_vision(model)
     args = TrainingArguments(**trainer_kwargs(recipe, recipe.vm_cpt, out, max_steps, save_steps, progress))
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=VMCPTCollator(processor),
+    trainer = type("CPTTrainer", (ResumeFix, Trainer), {})(model=model, args=args, train_dataset=ds, data_collator=VMCPTCollator(processor),
                       processing_class=processor, callbacks=list(callbacks))
     info = {"data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS}

@@ -13,7 +13,7 @@ a VM-CPT folder with `init=` (VM-CPT + CoT SFT, the TriMPI order).
 from __future__ import annotations
 
 from .data import DataError, load_kit_data
-from .training import check_rows, freeze_vision, load_stage_model, stage_recipe, train_stage, trainer_kwargs
+from .training import ResumeFix, check_rows, freeze_vision, load_stage_model, stage_recipe, train_stage, trainer_kwargs
 
 MODES = {"cot": ("cot", "sft_cot"), "direct": ("qa", "sft_direct")}  # mode -> (dataset kind, recipe section)
 PAPER_DEFAULTS = {"lora": True, "r": 8, "learning_rate": 1e-4, "cot_epochs": 5, "direct_epochs": 2,
@@ -40,7 +40,7 @@ def _trainer_class():
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class KitSFTTrainer(SFTTrainer):
+    class KitSFTTrainer(ResumeFix, SFTTrainer):
         """TRL 1.15 computes the SFT loss with a Triton kernel, which has no CPU driver ('0 active drivers'); off
         CUDA/XPU, fall back to the model's own cross-entropy on the same labels (same loss, no entropy metrics)."""
 

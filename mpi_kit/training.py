@@ -126,10 +126,28 @@ def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | N
                 gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
                 use_cpu=resolve_device(recipe.device) == "cpu", seed=recipe.seed, data_seed=recipe.seed,
                 logging_steps=1, save_strategy="steps", save_steps=save_steps, save_total_limit=2,
-                report_to="none", disable_tqdm=not progress, dataloader_num_workers=0, remove_unused_columns=False)
+                report_to="none", ddp_find_unused_parameters=False, disable_tqdm=not progress, dataloader_num_workers=0, remove_unused_columns=False)
 
 
 # ------------------------------------------------------------------------------------------------- running
+
+class ResumeFix:
+    """Trainer mixin. transformers 5.17 resumes a full model with a raw `load_state_dict(strict=False)`, but Qwen-VL
+    checkpoints are saved in the original key layout (`visual.*`, `model.layers.*`): no key matches, and training
+    silently goes on from the weights it started with (huggingface/transformers#43701). Reload the checkpoint
+    through `from_pretrained`, which maps the keys, and copy it in strictly. Adapters (peft) resume as before."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model if model is not None else self.model
+        ckpt = Path(resume_from_checkpoint)
+        full = (ckpt / "model.safetensors").exists() or (ckpt / "model.safetensors.index.json").exists()
+        if hasattr(model, "peft_config") or not full:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        loaded = type(model).from_pretrained(str(ckpt), dtype=dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
 
 def last_checkpoint(out) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
@@ -192,4 +210,4 @@ def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
 
 
 __all__ = ["StageError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision", "trainer_kwargs",
-           "train_stage", "last_checkpoint", "loss_figure", "is_adapter_dir"]
+           "train_stage", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir"]

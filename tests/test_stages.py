@@ -1,0 +1,236 @@
+"""TriMPI stages 1-2 on a ~0.2M-parameter random Qwen2.5-VL (tiny architecture, smaller dims, tokenizer trained on
+the test data): VM-CPT labels every text token and no visual token, SFT labels the completion only, a few steps
+lower the loss and move only the trained weights, a stopped run resumes to the uninterrupted result, the CLI runs
+under a 2-process `accelerate launch`, and bad inputs fail with clear errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from mpi_kit.cli import main
+from mpi_kit.cpt import VMCPTCollator, check_vmcpt, run_cpt, visual_token_ids
+from mpi_kit.data import DataError, build_datasets, load_kit_data
+from mpi_kit.models import load_model
+from mpi_kit.sft import run_sft, sft_trainer
+from mpi_kit.training import StageError, load_stage_model, stage_recipe
+
+SMALL = dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vit_hidden=32, vit_depth=2,
+             vit_heads=2, vit_mlp=64)
+FAST = {"vm_cpt.per_device_train_batch_size": 2, "sft_cot.per_device_train_batch_size": 2,
+        "sft_direct.per_device_train_batch_size": 2}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _texts(msgs):
+    return "".join(p["text"] or "" for m in msgs for p in m["content"] if p["type"] == "text")
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("stages")
+    t = build_datasets(out=str(root / "T"), num_policies=2, num_scenes=8, depth=2, progress=False)
+    m = build_datasets(out=str(root / "M"), num_policies=1, num_scenes=4, depth=2, variant="M", progress=False,
+                       kinds=("vmcpt",))
+    assert t["datasets"]["vmcpt"]["train"] and m["datasets"]["vmcpt"]["train"]
+    return {"T": str(root / "T"), "M": str(root / "M"), "root": root}
+
+
+@pytest.fixture(scope="session")
+def base(data):
+    """A random tiny-architecture checkpoint (tokenizer trained on the test data), saved like assets/tiny-vlm."""
+    from mpi_kit.tiny import build_tiny, save_tiny
+
+    texts = []
+    for v in ("T", "M"):
+        for r in load_kit_data(data[v], "vmcpt")["train"]:
+            texts.append(_texts(r["prompt"]) + _texts(r["completion"]))
+    model, processor = build_tiny(texts * 4, dims=SMALL)
+    return str(save_tiny(model, processor, data["root"] / "base"))
+
+
+@pytest.fixture(scope="session")
+def processor(base):
+    return load_model("tiny", model=base)[1]
+
+
+def _run(fn, *a, **kw):
+    return fn("tiny", *a, **{**FAST, **kw})
+
+
+# --------------------------------------------------------------------------------------------------- labels
+
+@pytest.mark.parametrize("variant", ["T", "M"])
+def test_vmcpt_labels_every_text_token_and_no_visual_token(data, processor, variant):
+    rows = [load_kit_data(data[variant], "vmcpt")["train"][i] for i in range(3)]
+    batch = VMCPTCollator(processor)(rows)
+    ids, labels, att = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    visual = torch.isin(ids, torch.tensor(visual_token_ids(processor)))
+    tok = processor.tokenizer
+    assert (labels[visual] == -100).all() and (labels[att == 0] == -100).all()
+    text = (att == 1) & ~visual
+    assert torch.equal(labels[text], ids[text])  # every text token, policy and template included, carries loss
+    for i, row in enumerate(rows):
+        n_img = len(row["images"])
+        assert (ids[i] == tok.convert_tokens_to_ids("<|vision_start|>")).sum() == n_img
+        assert n_img == (len(row["policy_images"]) + 1) and (n_img > 1) == (variant == "M")
+        learned = tok.decode(labels[i][labels[i] != -100])
+        for part in row["policy"]:  # the whole policy text is under the loss, each piece in order
+            if part["type"] == "text":
+                assert part["text"] in learned
+        assert _texts(row["completion"]) in learned and row["policy_name"] in learned
+        assert "<|image_pad|>" not in learned and "<|vision_start|>" not in learned
+
+
+@pytest.mark.parametrize("mode", ["cot", "direct"])
+def test_sft_labels_only_the_completion(data, base, tmp_path, mode):
+    trainer, processor, _ = sft_trainer("tiny", data["T"], tmp_path, mode, model=base)
+    rows = [trainer.train_dataset[i] for i in range(3)]
+    batch = trainer.data_collator(rows)  # SFTTrainer's own collator, as training sees it
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert (labels[torch.isin(ids, torch.tensor(visual_token_ids(processor)))] == -100).all()
+    for i, row in enumerate(rows):
+        learned = processor.tokenizer.decode(labels[i][labels[i] != -100])
+        assert learned == _texts(row["completion"]) + "<|im_end|>\n"
+        assert ("<think>" in learned) == (mode == "cot") and "\\boxed{Case" in learned
+        assert "# Condition" not in processor.tokenizer.decode(ids[i])  # no policy in the SFT input
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_vmcpt_lowers_loss_and_trains_only_the_language_model(data, base, tmp_path):
+    before = _state(load_model("tiny", model=base)[0])
+    s = _run(run_cpt, data["T"], tmp_path / "cpt", model=base, max_steps=6, **{"vm_cpt.learning_rate": 1e-3})
+    assert s["completed"] and s["steps"] == 6 and len(s["loss"]) == 6
+    assert s["loss"][-1]["loss"] < s["loss"][0]["loss"]
+    assert s["params"]["trainable"] < s["params"]["total"] and s["vision_frozen_params"] > 0
+    summary = json.loads((tmp_path / "cpt" / "summary.json").read_text())
+    assert summary["final_loss"] == s["final_loss"] and summary["peak_memory_gib"] > 0
+    after = _state(load_model(str(tmp_path / "cpt"))[0])  # the final model loads back by folder
+    vision = [k for k in before if k.startswith("model.visual.")]
+    lm = [k for k in before if k.startswith("model.language_model.layers.")]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert all(not torch.equal(before[k], after[k]) for k in lm if k.endswith("q_proj.weight"))
+
+
+def test_lora_sft_from_vmcpt_trains_only_the_adapter(data, base, tmp_path):
+    cpt = tmp_path / "cpt"
+    _run(run_cpt, data["T"], cpt, model=base, max_steps=2)
+    start = _state(load_model(str(cpt))[0])
+    lora = {"lora.enabled": True, "lora.r": 8, "sft_cot.learning_rate": 1e-3}
+    s = _run(run_sft, data["T"], tmp_path / "sft", "cot", model=base, init=str(cpt), max_steps=4, **lora)
+    assert s["init"] == str(cpt) and s["loss"][-1]["loss"] < s["loss"][0]["loss"]
+    assert s["params"]["trainable"] < 0.2 * s["params"]["total"]
+    out = tmp_path / "sft"
+    assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    recipe = stage_recipe("tiny", str(out), **lora)
+    assert recipe.model == str(cpt)  # an adapter continues on its own base (the VM-CPT model)
+    model, _ = load_stage_model(recipe, str(out), trainable=False)
+    merged = _state(model.merge_and_unload())
+    changed = [k for k in start if not torch.equal(start[k], merged[k])]
+    assert changed and all(".language_model." in k and k.endswith(("proj.weight",)) for k in changed)
+    assert not any(k.startswith("model.visual.") for k in changed)  # vision tower never touched
+
+
+class StopAt(TrainerCallback):
+    """Simulate an interruption: stop (after a checkpoint) at step k."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.k:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize("stage", ["cpt", "sft-lora"])
+def test_interrupted_then_resumed_equals_uninterrupted(data, base, tmp_path, stage):
+    """Full fine-tune (VM-CPT) and LoRA (Direct SFT): a run stopped at step 2 and rerun into the same folder ends
+    with the same loss curve and weights as one uninterrupted run."""
+    if stage == "cpt":
+        def run(out, **kw):
+            return _run(run_cpt, data["T"], out, model=base, max_steps=5, save_steps=10, **kw)
+    else:
+        def run(out, **kw):
+            return _run(run_sft, data["T"], out, "direct", model=base, max_steps=5, save_steps=10,
+                        **{"lora.enabled": True, "sft_direct.learning_rate": 1e-3}, **kw)
+    full = run(tmp_path / "full")
+    stopped = run(tmp_path / "resumed", callbacks=[StopAt(2)])
+    assert stopped["steps"] == 2 and not stopped["completed"]
+    resumed = run(tmp_path / "resumed")
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["completed"]
+    assert [p["loss"] for p in resumed["loss"]] == pytest.approx([p["loss"] for p in full["loss"]], abs=1e-6)
+    if stage == "cpt":
+        a = _state(load_model(str(tmp_path / "full"))[0])
+        b = _state(load_model(str(tmp_path / "resumed"))[0])
+    else:
+        from safetensors.torch import load_file
+        a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("full", "resumed"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_cli_runs_under_accelerate_with_two_processes(data, base, tmp_path):
+    """`accelerate launch --num_processes 2 --cpu` starts ONE process (accelerate's multi-CPU path needs mpirun);
+    `--multi_gpu --num_processes 2` on a CPU-only machine runs torchrun + gloo DDP, two real processes."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpi_kit", "sft",
+           "--recipe", base, "--data", data["T"], "--out", str(out), "--mode", "direct", "--max-steps", "2",
+           "--set", "sft_direct.per_device_train_batch_size=2"]
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["steps"] == 2 and (out / "model.safetensors").exists()
+    assert r.stdout.count('"stage"') == 1  # one report, from the main process
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+def test_bad_inputs_get_clear_errors(data, base, tmp_path):
+    vm = load_kit_data(data["T"], "vmcpt")["train"]
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['images'\]"):
+        check_vmcpt(vm.remove_columns("images"))
+    with pytest.raises(DataError, match="empty"):
+        check_vmcpt(vm.select([]))
+    with pytest.raises(DataError, match="empty"):
+        _run(run_sft, data["T"], tmp_path / "e", "cot", model=base, dataset=load_kit_data(data["T"], "cot")["train"].select([]))
+
+    def strip_name(r):  # a policy document without its 'Policy: <name>' header
+        c = r["prompt"][0]["content"]
+        c[0] = {**c[0], "text": c[0]["text"].replace(f"Policy: {r['policy_name']}\n\n", "")}
+        return r
+    with pytest.raises(DataError, match=r"no policy document stating its name \('Policy: "):
+        check_vmcpt(vm.map(strip_name))
+    nameless = vm.map(lambda r: {**r, "policy_name": "", "prompt": [{**r["prompt"][0], "content": [
+        {**p, "text": (p["text"] or "").replace("Policy: ", "policy ") if p["type"] == "text" else None}
+        for p in r["prompt"][0]["content"]]}]})
+    with pytest.raises(DataError, match="no policy name"):
+        check_vmcpt(nameless)
+    with pytest.raises(DataError, match="no policy document"):  # CoT rows passed as VM-CPT data
+        check_vmcpt(load_kit_data(data["T"], "cot")["train"])
+    with pytest.raises(DataError, match="policy in its prompt"):
+        _run(run_sft, data["T"], tmp_path / "v", "cot", model=base, dataset=vm)
+    with pytest.raises(DataError, match="image placeholder"):
+        check_vmcpt(vm.map(lambda r: {**r, "images": r["images"] * 2}))
+    with pytest.raises(DataError, match="mode must be one of"):
+        _run(run_sft, data["T"], tmp_path / "m", "chat", model=base)
+    with pytest.raises(StageError, match="neither a model"):
+        _run(run_sft, data["T"], tmp_path / "i", "cot", model=base, init=str(tmp_path))
+
+
+def test_cli_errors_exit_2(data, tmp_path, capsys):
+    assert main(["cpt", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "no vmcpt dataset" in capsys.readouterr().err
+    assert main(["sft", "--data", data["T"], "--out", str(tmp_path / "o"), "--set", "sft_cot.lr=1"]) == 2
+    assert "unknown" in capsys.readouterr().err
