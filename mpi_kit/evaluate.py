@@ -1,0 +1,195 @@
+"""Evaluations of policy internalization, as tidy rows (one dict per measurement) that notebooks and the CLI share.
+
+- accuracy with no policy in context (the MPI setting), with it back in context (In-Context / paper Table 4), and
+  under a Policy Override (a new tree under the old name, paper Table 3);
+- branching error: how far the condition IDs a model's reasoning cites are from the gold paths' (paper §5.6);
+- Policy Referral: a judge scores how accurately the reasoning cites the policy, 0-10 (paper used an LLM judge;
+  `RuleJudge` checks each cited condition against the policy deterministically);
+- efficiency: prompt tokens and prefill time with and without the policy (paper Fig. 6).
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from typing import Protocol
+
+import torch
+
+from .policy import Policy
+from .rewards import parse_answer
+
+SETTINGS = {"no_policy": "no_policy", "in_context": "in_context", "override": "override"}
+_CITED = re.compile(r"Condition (\d+(?:\.\d+)*)")
+_STEP = re.compile(r"Condition (\d+(?:\.\d+)*): (.*?\?) (Yes|No), (?:go to Condition (\d+(?:\.\d+)*)|the response is "
+                   r"(Case \d+))\.")
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+@torch.no_grad()
+def generate_completions(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8,
+                         progress: bool = False) -> list[str]:
+    """Greedy completions for dataset rows (conversational `prompt` + `images`), batched and left-padded."""
+    from tqdm.auto import tqdm
+    from trl.data_utils import prepare_multimodal_messages
+
+    rows = list(rows)
+    tok = getattr(processor, "tokenizer", processor)
+    tok.padding_side = "left"
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for k in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress):
+        chunk = rows[k:k + batch_size]
+        texts = [processor.apply_chat_template(prepare_multimodal_messages(r["prompt"], images=r["images"]),
+                                               add_generation_prompt=True) for r in chunk]
+        batch = processor(text=texts, images=[r["images"] for r in chunk], return_tensors="pt",
+                          padding=True).to(device)
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        out += processor.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- accuracy
+
+def score_rows(rows, completions: list[str], method: str = "", setting: str = "no_policy") -> list[dict]:
+    """One tidy row per example: gold, parsed answer, correct, cited condition IDs."""
+    out = []
+    for r, c in zip(rows, completions):
+        parsed = parse_answer(c)
+        out.append({"method": method, "setting": setting, "depth": r["depth"], "variant": r["variant"],
+                    "policy": r["policy_name"], "scene_id": r["scene_id"], "gold": r["case"],
+                    "gold_path": list(r["path"]), "parsed": parsed, "correct": parsed == r["case"],
+                    "cited": cited_conditions(c), "completion": c})
+    return out
+
+
+def evaluate_accuracy(model, processor, data_dir, setting: str = "no_policy", method: str = "", limit=None,
+                      max_new_tokens: int = 256, batch_size: int = 8, progress: bool = False) -> list[dict]:
+    """Held-out accuracy in one setting: 'no_policy' (MPI), 'in_context' (policy in the prompt) or 'override'
+    (a new tree under the old name in the prompt). Returns the per-example rows (see `summarize`)."""
+    from .data import load_kit_data
+
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    ds = load_kit_data(data_dir, "eval")[setting]
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    completions = generate_completions(model, processor, ds, max_new_tokens, batch_size, progress)
+    return score_rows(ds, completions, method, setting)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Accuracy (%) per (method, setting, depth, variant)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["setting"], r["depth"], r["variant"]), []).append(r["correct"])
+    return [{"method": m, "setting": s, "depth": d, "variant": v, "n": len(ok),
+             "accuracy": round(100 * sum(ok) / len(ok), 2)} for (m, s, d, v), ok in groups.items()]
+
+
+# ------------------------------------------------------------------------------------------ branching error
+
+def cited_conditions(text: str) -> list[str]:
+    """Condition IDs a reasoning cites, in order, each section counted once per visit ("Condition 1.2: ...")."""
+    return [m.group(1) for m in re.finditer(r"Condition (\d+(?:\.\d+)*):", text or "")]
+
+
+def citation_distribution(paths: list[list[str]]) -> dict[str, float]:
+    """Share (%) of all citations that go to each condition ID."""
+    counts = Counter(c for p in paths for c in p)
+    total = sum(counts.values())
+    return {k: 100 * v / total for k, v in counts.items()} if total else {}
+
+
+def branching_error(rows: list[dict]) -> float:
+    """Distance between the distribution of condition IDs the model cites and the gold CoTs' (paper §5.6):
+    the total variation distance in percent, 0 (same branching) to 100 (disjoint). Our definition: the paper's
+    "average absolute difference" does not give its normalisation, so numbers compare by ordering, not value."""
+    model = citation_distribution([r["cited"] for r in rows])
+    gold = citation_distribution([r["gold_path"] for r in rows])
+    if not model or not gold:  # no citations at all on one side: nothing in common
+        return 0.0 if model == gold else 100.0
+    keys = set(model) | set(gold)
+    return round(sum(abs(model.get(k, 0.0) - gold.get(k, 0.0)) for k in keys) / 2, 2)
+
+
+# ---------------------------------------------------------------------------------------------- referral
+
+class ReferralJudge(Protocol):
+    """Scores how accurately a response cites a policy, 0-10 (paper: Claude-4 with the Fig. 9 prompt). Plug in a
+    model judge by implementing `__call__(policy, response) -> float`."""
+
+    def __call__(self, policy: Policy, response: str) -> float: ...
+
+
+class RuleJudge:
+    """A deterministic judge: every step "Condition X: <question>? Yes/No, go to ..." is checked against the
+    policy (X exists, the question is X's, the next section is the one X names for that answer). Score = 10 x the
+    share of correct steps; 0 for a response that cites nothing."""
+
+    def __call__(self, policy: Policy, response: str) -> float:
+        steps = _STEP.findall(response or "")
+        cited = cited_conditions(response)
+        if not cited:
+            return 0.0
+        images = policy.image_index()
+        good = 0
+        for cid, question, yes, nxt, case in steps:
+            c = policy.conditions.get(cid)
+            if c is None:
+                continue
+            q = policy.question(cid, images)
+            target = c.yes if yes == "Yes" else c.no
+            if question.split(" (that is")[0].rstrip("?") == q.rstrip("?") and (nxt or case) == target:
+                good += 1
+        return round(10 * good / max(len(cited), len(steps)), 2)
+
+
+def referral_scores(rows: list[dict], policies: dict[str, Policy], judge: ReferralJudge | None = None) -> float:
+    """Mean referral score over rows (the paper averages 100 responses)."""
+    judge = judge or RuleJudge()
+    scores = [judge(policies[r["policy"]], r["completion"]) for r in rows]
+    return round(sum(scores) / len(scores), 2) if scores else 0.0
+
+
+# -------------------------------------------------------------------------------------------- efficiency
+
+@torch.no_grad()
+def prefill_seconds(model, processor, rows, batch_size: int = 1, repeats: int = 3) -> tuple[float, int]:
+    """(median seconds of one prefill forward over a batch of prompts, mean prompt tokens per row)."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    rows = list(rows)[:batch_size]
+    texts = [processor.apply_chat_template(prepare_multimodal_messages(r["prompt"], images=r["images"]),
+                                           add_generation_prompt=True) for r in rows]
+    getattr(processor, "tokenizer", processor).padding_side = "left"
+    device = next(model.parameters()).device
+    batch = processor(text=texts, images=[r["images"] for r in rows], return_tensors="pt", padding=True).to(device)
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        t = time.perf_counter()
+        model(**batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    tokens = int(batch["attention_mask"].sum()) / len(rows)
+    return sorted(times[1:])[len(times[1:]) // 2], int(tokens)
+
+
+def efficiency(model, processor, data_dir, batch_sizes=(1, 8)) -> list[dict]:
+    """Prompt tokens and prefill time with the policy in context vs without it (MPI), at each batch size."""
+    from .data import load_kit_data
+
+    ev = load_kit_data(data_dir, "eval")
+    rows = []
+    for bs in batch_sizes:
+        t_np, n_np = prefill_seconds(model, processor, ev["no_policy"], bs)
+        t_ic, n_ic = prefill_seconds(model, processor, ev["in_context"], bs)
+        rows.append({"batch_size": bs, "depth": ev["no_policy"][0]["depth"],
+                     "variant": ev["no_policy"][0]["variant"],
+                     "prompt_tokens_in_context": n_ic, "prompt_tokens_no_policy": n_np,
+                     "token_reduction_pct": round(100 * (1 - n_np / n_ic), 1),
+                     "prefill_s_in_context": round(t_ic, 4), "prefill_s_no_policy": round(t_np, 4),
+                     "prefill_reduction_pct": round(100 * (1 - t_np / t_ic), 1)})
+    return rows

@@ -1,0 +1,62 @@
+"""Evaluations on fixtures whose right value is known by construction."""
+import pytest
+
+from mpi_kit.data import build_datasets, load_kit_data, load_policies, load_scenes
+from mpi_kit.evaluate import (RuleJudge, branching_error, cited_conditions, referral_scores, score_rows,
+                              summarize)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "d"
+    build_datasets(out=str(out), num_policies=3, num_scenes=40, depth=4, progress=False, kinds=("eval",))
+    return out
+
+
+def gold_completion(row):
+    return row["completion"][0]["content"][0]["text"]
+
+
+@pytest.mark.parametrize("setting", ["no_policy", "in_context", "override"])
+def test_gold_stub_scores_100_and_no_branching_error(data, setting):
+    ds = load_kit_data(data, "eval")[setting]
+    rows = score_rows(ds, [gold_completion(r) for r in ds], "gold", setting)
+    [s] = summarize(rows)
+    assert s["accuracy"] == 100.0 and s["n"] == len(ds)
+    assert branching_error(rows) == 0.0
+    assert all(r["cited"] == r["gold_path"] for r in rows)
+
+
+def test_case0_stub_scores_the_share_of_case0(data):
+    ds = load_kit_data(data, "eval")["no_policy"]
+    rows = score_rows(ds, ["<think>x</think>\\boxed{Case 0}"] * len(ds), "case0")
+    share = 100 * sum(r["case"] == "Case 0" for r in ds) / len(ds)
+    assert summarize(rows)[0]["accuracy"] == pytest.approx(share, abs=0.01)
+    assert branching_error(rows) == 100.0  # cites nothing the gold paths cite
+
+
+def test_branching_error_of_a_wrong_branch(data):
+    ds = load_kit_data(data, "eval")["no_policy"]
+    rows = score_rows(ds, [gold_completion(r) for r in ds])
+    for r in rows:  # always take the first condition only: half the citation mass moves
+        r["cited"] = r["cited"][:1]
+    assert 0 < branching_error(rows) < 100
+
+
+def test_rule_judge(data):
+    policies = load_policies(data)
+    ds = load_kit_data(data, "eval")["no_policy"]
+    rows = score_rows(ds, [gold_completion(r) for r in ds])
+    assert referral_scores(rows, policies) == 10.0
+    judge = RuleJudge()
+    r = rows[0]
+    p = policies[r["policy"]]
+    text = r["completion"]
+    assert judge(p, "no citations at all \\boxed{Case 1}") == 0.0
+    # flip every answer: each step now names the wrong next section
+    flipped = text.replace("Yes, ", "@@").replace("No, ", "Yes, ").replace("@@", "No, ")
+    assert judge(p, flipped) == 0.0
+    # cite a section that does not exist
+    assert judge(p, text.replace("Condition 1:", "Condition 9:", 1)) < 10.0
+    assert cited_conditions("Condition 1: a? Yes, go to Condition 1.1. Condition 1.1: b? No, the response is "
+                            "Case 2.") == ["1", "1.1"]
