@@ -86,4 +86,38 @@ def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, 
     return train_stage(trainer, f"sft_{mode}", out, processor, info, resume=resume)
 
 
-__all__ = ["run_sft", "sft_trainer", "check_sft", "MODES", "PAPER_DEFAULTS"]
+# ----------------------------------------------------------------------------------------------- answering
+
+def answer(model, processor, rows, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+    """Greedy completions for rows of a no-policy dataset (eval `no_policy`, cot/qa `test`): image + query only."""
+    import torch
+
+    model.eval()
+    outs = []
+    for i in range(0, len(rows), batch_size):
+        chunk = [rows[j] for j in range(i, min(i + batch_size, len(rows)))]
+        texts = [processor.apply_chat_template(list(r["prompt"]), add_generation_prompt=True, tokenize=False)
+                 for r in chunk]
+        batch = processor(text=texts, images=[list(r["images"]) for r in chunk], padding=True, padding_side="left",
+                          return_tensors="pt", add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        outs += processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return outs
+
+
+def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:
+    """Exact-match accuracy of the boxed answer (paper Eq. 4) on `rows`, with the completions and the majority-
+    case share (what always answering the commonest case would score)."""
+    from collections import Counter
+
+    from .rewards import parse_answer
+
+    texts = answer(model, processor, rows, max_new_tokens)
+    gold = [rows[i]["case"] for i in range(len(rows))]
+    hits = [parse_answer(t) == g for t, g in zip(texts, gold)]
+    majority = Counter(gold).most_common(1)[0][1] / max(len(gold), 1)
+    return {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits), "majority": majority, "completions": texts}
+
+
+__all__ = ["run_sft", "sft_trainer", "check_sft", "MODES", "PAPER_DEFAULTS", "answer", "accuracy"]

@@ -95,6 +95,27 @@ def load_stage_model(recipe: Recipe, init: str | None = None, trainable: bool = 
     return load_model(recipe, device=device)
 
 
+def tiny_or_random(recipe: "Recipe | str", data_dir, out="runs/tiny-random") -> Recipe:
+    """The recipe, or, when it is `tiny` and the shipped model (assets/tiny-vlm) is missing, the same recipe on a
+    random-weight tiny model (tokenizer trained on `data_dir`'s texts) so that notebooks still run end to end.
+    A random model learns the stages' mechanics, not perception: its answers mean nothing until the real one lands."""
+    recipe = as_recipe(recipe)
+    if recipe.name != "tiny" or Path(recipe.model).exists():
+        return recipe
+    from .data import load_kit_data
+    from .tiny import build_tiny, save_tiny
+
+    if not (Path(out) / "config.json").exists():
+        texts = []
+        for kind in ("vmcpt", "cot", "qa"):
+            if (Path(data_dir) / kind).exists():
+                for r in load_kit_data(data_dir, kind)["train"]:
+                    texts += [p["text"] for m in r["prompt"] + r["completion"] for p in m["content"] if p["text"]]
+        save_tiny(*build_tiny(texts), out)
+    print(f"note: {recipe.model} is missing; using a random-weight tiny model at {out}")
+    return as_recipe(recipe, model=str(Path(out).resolve()))
+
+
 def freeze_vision(model) -> int:
     """Freeze the vision tower (ViT + merger): the stages train the language model. Returns parameters frozen."""
     import re
@@ -210,4 +231,4 @@ def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
 
 
 __all__ = ["StageError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision", "trainer_kwargs",
-           "train_stage", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir"]
+           "train_stage", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir", "tiny_or_random"]
