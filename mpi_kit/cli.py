@@ -4,6 +4,8 @@
     mpi-kit demo --out runs/demo
     mpi-kit cpt --recipe tiny --data runs/data --out runs/vm_cpt [--max-steps N] [--init DIR]
     mpi-kit sft --recipe tiny --data runs/data --out runs/sft_cot --mode cot [--init runs/vm_cpt]
+    mpi-kit rl --recipe tiny --data runs/data --out runs/poro --algo grpo --policy-rollout --init runs/sft_cot
+    mpi-kit inspect runs/poro
 """
 from __future__ import annotations
 
@@ -27,8 +29,15 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         elif isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         else:
-            parser.add_argument(flag, default=default, help=help_,
-                                type=type(default) if default is not None else str)
+            parser.add_argument(flag, default=default, help=help_, type=_scalar_type(f, default))
+
+
+def _scalar_type(f, default):
+    """The argparse type of a field: its default's type, or the first of int/float named in `X | None`."""
+    if default is not None:
+        return type(default)
+    ann = str(f.type)
+    return int if ann.startswith("int") else float if ann.startswith("float") else str
 
 
 def _dataclass_from_args(cls, args: argparse.Namespace):
@@ -49,14 +58,34 @@ def cmd_data(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The kit's main job on the tiny recipe. For now: policies, data and a report."""
-    from .data import DataConfig, build_datasets
-    from .report import data_report
+    """The kit's main job on the tiny recipe: TriMPI and the key baselines at N = 4, the table and a report."""
+    from .pipeline import DEMO_METHODS, PipelineConfig, run_pipeline, table
+    from .recipes import TINY_MODEL_DIR
 
-    out = Path(args.out)
-    build_datasets(DataConfig(out=str(out / "data"), num_policies=4, num_scenes=200, depth=4, seed=args.seed))
-    path = data_report(out / "data")
-    print(f"report: {path}")
+    if not (TINY_MODEL_DIR / "config.json").exists():  # a checkout without the shipped model: data only
+        from .data import DataConfig, build_datasets
+        from .report import data_report
+
+        print(f"no tiny model at {TINY_MODEL_DIR}; building data and a data report only "
+              f"(train it with `python -m mpi_kit.pretrain`)", file=sys.stderr)
+        build_datasets(DataConfig(out=str(Path(args.out) / "data"), num_policies=4, num_scenes=200, depth=4,
+                                  seed=args.seed))
+        print(f"report: {data_report(Path(args.out) / 'data')}")
+        return 0
+    results = run_pipeline(PipelineConfig(out=args.out, depths=(4,), methods=DEMO_METHODS, seed=args.seed,
+                                          num_policies=4, num_scenes=120, eval_limit=args.eval_limit,
+                                          forgetting=True))
+    print(table(results))
+    print(f"report: {results['report']}")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import PipelineConfig, run_pipeline, table
+
+    results = run_pipeline(_dataclass_from_args(PipelineConfig, args))
+    print(table(results))
+    print(f"results: {Path(args.out) / 'results.json'}\nreport: {results['report']}")
     return 0
 
 
@@ -117,6 +146,25 @@ def cmd_sft(args) -> int:
     return _run_stage(args, lambda: run_sft(args.recipe, args.data, args.out, args.mode, **_stage_kwargs(args)))
 
 
+def cmd_rl(args) -> int:
+    from .rl import run_rl
+
+    kw = _stage_kwargs(args)
+    if args.num_generations is not None:
+        kw["num_generations"] = args.num_generations
+    return _run_stage(args, lambda: run_rl(args.recipe, args.data, args.out, args.algo, args.policy_rollout, **kw))
+
+
+def cmd_inspect(args) -> int:
+    """Per-step table of an RL run's rollout log (re-recording the shipped demo run first with --record)."""
+    from .inspector import record_demo_run, summary_table
+
+    if args.record:
+        record_demo_run(args.run_dir)
+    print(summary_table(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DataConfig
 
@@ -128,7 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the main job on the tiny recipe and write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation (default: all)")
     p.set_defaults(func=cmd_demo)
+    from .pipeline import PipelineConfig
+
+    p = sub.add_parser("pipeline", help="the paper's methods x N x every evaluation -> results.json + report.html")
+    _add_dataclass_args(p, PipelineConfig)
+    p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("cpt", help="TriMPI stage 1: VM-CPT on the vmcpt data (runs under `accelerate launch` too)")
     _stage_args(p)
     p.set_defaults(func=cmd_cpt)
@@ -136,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_args(p)
     p.add_argument("--mode", choices=["cot", "direct"], default="cot", help="cot: CoT + answer; direct: answer only")
     p.set_defaults(func=cmd_sft)
+    p = sub.add_parser("rl", help="TriMPI stage 3: GRPO or DAPO, optionally with PolicyRollout (accelerate launch too)")
+    _stage_args(p)
+    p.add_argument("--algo", choices=["grpo", "dapo"], default="grpo", help="grpo (KL 0.01) or dapo (no KL, "
+                   "token-level loss, dynamic sampling)")
+    p.add_argument("--policy-rollout", action="store_true", help="PolicyRollout: G no-policy + G policy-aware "
+                   "rollouts pooled per prompt, all trained on the no-policy prompt")
+    p.add_argument("--num-generations", type=int, default=None, help="G (default: the recipe's); PoRo samples 2G")
+    p.set_defaults(func=cmd_rl)
+    p = sub.add_parser("inspect", help="per-step summary of an RL run's rollout log (completions/*.parquet)")
+    p.add_argument("run_dir", help="an RL run folder (or a packed one, e.g. assets/rollouts)")
+    p.add_argument("--record", action="store_true", help="first re-record the shipped demo run into RUN_DIR "
+                   "(data, short CoT SFT, a few PoRo-GRPO steps on the tiny recipe; minutes on a CPU)")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 

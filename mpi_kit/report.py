@@ -37,3 +37,61 @@ def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> 
     path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
                     + "".join(parts) + "</body></html>")
     return path
+
+
+def pipeline_report(out: str | Path, results: dict) -> Path:
+    """Write `out/report.html`: the comparison against the paper, one plotly chart per evaluation."""
+    import plotly.graph_objects as go
+
+    from .paper import METHODS
+
+    out = Path(out)
+    rows = list(results["methods"].values())
+    depths = sorted({r["depth"] for r in rows})
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    get = lambda m, d, k: next((r.get(k) for r in rows if r["method"] == m and r["depth"] == d), None)
+    paper = results["paper"]
+    figs = []
+
+    def bars(title, key, paper_key=None, ytitle="accuracy (%)"):
+        fig = go.Figure()
+        for d in depths:
+            fig.add_trace(go.Bar(name=f"ours N={d}", x=methods, y=[get(m, d, key) for m in methods]))
+            ref = paper.get(paper_key, {}) if paper_key else {}
+            ref = ref.get(str(d), ref.get(d, {}))
+            if ref:
+                fig.add_trace(go.Scatter(name=f"paper 7B N={d}", x=methods, y=[ref.get(m) for m in methods],
+                                         mode="markers", marker=dict(symbol="diamond", size=11)))
+        fig.update_layout(title=title, barmode="group", yaxis_title=ytitle, height=420)
+        figs.append(fig)
+
+    bars("Accuracy with no policy in context (In-Context: policy in the prompt)", "accuracy", "accuracy_7b")
+    bars("Policy Override: a new tree under the old name, in context", "override", "override_7b")
+    bars("Policy back in context after training", "policy_in_context", "in_context_after_7b")
+    bars("Branching error (lower is better; TV distance of cited condition IDs, %)", "branching_error",
+         ytitle="branching error")
+    bars("Policy Referral (rule judge, 0-10)", "referral", "referral_7b", ytitle="score")
+    if any(get(m, d, "perception") is not None for m in methods for d in depths):
+        bars("Forgetting: perception and counting accuracy after training (In-Context = base model)",
+             "perception")
+    eff = [dict(e, N=int(n)) for n, es in results.get("efficiency", {}).items() for e in es]
+    parts = ["<h1>mpi-kit: the paper's comparison on the "
+             f"{results['config']['recipe']} recipe</h1><pre>{html.escape(_table_text(results))}</pre>"]
+    parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+    if eff:
+        cols = list(eff[0])
+        parts.append("<h2>Efficiency: prompt tokens and prefill time, with vs without the policy</h2>"
+                     "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{e[c]}</td>" for c in cols) + "</tr>" for e in eff)
+                     + f"</table><p>Paper (7B): up to {paper['efficiency']['prompt_token_reduction_pct']}% fewer "
+                     f"prompt tokens, {paper['efficiency']['prefill_time_reduction_pct']}% less prefill time.</p>")
+    parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
+    path = out / "report.html"
+    path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
+                    + "".join(parts) + "</body></html>")
+    return path
+
+
+def _table_text(results: dict) -> str:
+    from .pipeline import table
+    return table(results)

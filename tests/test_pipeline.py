@@ -1,0 +1,54 @@
+"""The comparison pipeline on a ~0.2M-parameter random model: results.json holds every method x N x evaluation,
+the report is written, and a rerun reuses finished stages and evaluations."""
+import json
+
+import pytest
+import torch
+
+from mpi_kit.cli import main
+from mpi_kit.data import build_datasets, load_kit_data
+from mpi_kit.pipeline import PipelineConfig, run_pipeline, table
+
+SMALL = dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vit_hidden=32, vit_depth=2,
+             vit_heads=2, vit_mlp=64)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from mpi_kit.tiny import build_tiny, save_tiny
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("pipe")
+    build_datasets(out=str(root / "d"), num_policies=2, num_scenes=6, depth=2, progress=False, kinds=("vmcpt",))
+    texts = ["".join(p["text"] or "" for m in r["prompt"] + r["completion"] for p in m["content"])
+             for r in load_kit_data(root / "d", "vmcpt")["train"]]
+    model, processor = build_tiny(texts * 4, dims=SMALL)
+    return str(save_tiny(model, processor, root / "base"))
+
+
+def test_pipeline_results_and_resume(base, tmp_path):
+    cfg = PipelineConfig(out=str(tmp_path / "run"), depths=(2,), methods=("In-Context", "CoT SFT"), num_policies=2,
+                         num_scenes=8, sft_steps=1, eval_limit=2, max_new_tokens=8, forgetting=False, model=base)
+    res = run_pipeline(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(saved["methods"]) == {"N2/In-Context", "N2/CoT SFT"}
+    for r in saved["methods"].values():
+        assert {"accuracy", "override", "branching_error", "referral"} <= set(r)
+    assert "policy_in_context" in saved["methods"]["N2/CoT SFT"]
+    assert saved["efficiency"]["2"][0]["prompt_tokens_in_context"] > saved["efficiency"]["2"][0][
+        "prompt_tokens_no_policy"]
+    assert saved["paper"]["accuracy_7b"]["6"]["TriMPI w/ PoRo-DAPO"] == 77.8
+    assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
+    assert "CoT SFT" in table(res)
+    stage_summary = tmp_path / "run" / "N2" / "cot_sft" / "summary.json"
+    before = stage_summary.stat().st_mtime_ns
+    # a rerun with one more method: the finished stage and evaluations are reused
+    res2 = run_pipeline(PipelineConfig(**{**cfg.__dict__, "methods": ("In-Context", "CoT SFT", "Direct SFT")}))
+    assert stage_summary.stat().st_mtime_ns == before
+    assert res2["methods"]["N2/CoT SFT"] == saved["methods"]["N2/CoT SFT"]
+    assert "N2/Direct SFT" in res2["methods"]
+
+
+def test_unknown_method_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown methods"):
+        run_pipeline(PipelineConfig(out=str(tmp_path), methods=("CoT SFT", "RLHF")))
