@@ -327,9 +327,24 @@ def _merge(d: dict, overrides: dict, path: str = "") -> dict:
     return out
 
 
+def auto_recipe(gpu_memory_gib: float | None = None) -> str:
+    """The recipe name for the GPU at hand (Colab's T4, L4, A100): none -> "tiny", < 20 GiB (T4 16 GB) ->
+    "qwen2.5-vl-3b", >= 20 GiB (L4, 3090/4090, A100) -> "qwen2.5-vl-7b". Pass the memory to skip detection."""
+    if gpu_memory_gib is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "tiny"
+        gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return "qwen2.5-vl-3b" if gpu_memory_gib < 20 else "qwen2.5-vl-7b"
+
+
 def get_recipe(name: str, /, **overrides: Any) -> Recipe:
     """A named recipe with overrides: `get_recipe("tiny", precision="bf16", lora={"enabled": True},
-    **{"grpo.learning_rate": 5e-6})`. Unknown names, fields or bad values raise RecipeError."""
+    **{"grpo.learning_rate": 5e-6})`; "auto" picks by GPU (`auto_recipe`). Unknown names, fields or bad values
+    raise RecipeError."""
+    if name == "auto":
+        name = auto_recipe()
     if name not in RECIPES:
         raise RecipeError(f"unknown recipe {name!r}.{_suggest(name, RECIPES)} Known recipes: {', '.join(RECIPES)}")
     try:

@@ -1,6 +1,8 @@
 """Every notebook runs top to bottom headless on the tiny recipe, and is committed without outputs."""
+import ast
 import json
 import time
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -18,7 +20,16 @@ def test_committed_without_outputs(path):
     first = nb["cells"][0]["source"]
     assert "colab-badge.svg" in first and path.name in first
     assert "pip" in nb["cells"][1]["source"]
-    assert any(c["source"].startswith("RECIPE =") for c in nb["cells"])
+    assert any(c["source"].startswith('RECIPE = "auto"') for c in nb["cells"])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_install_cell_pins_match_pyproject(path):
+    src = json.loads(path.read_text())["cells"][1]["source"]
+    pins = ast.literal_eval(next(line for line in src.splitlines() if line.startswith("PINS = "))[7:])
+    project = tomllib.loads((path.parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {"torch", "transformers", "trl", "peft", "bitsandbytes"} <= {p.split("==")[0] for p in pins}
+    assert set(pins) <= set(project), f"{path.name}: install-cell pins differ from pyproject.toml"
 
 
 @pytest.mark.slow

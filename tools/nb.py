@@ -15,10 +15,22 @@ def badge(name: str) -> str:
             f"(https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{name})")
 
 
-INSTALL = f'''# Install mpi-kit with its pinned versions when it is missing (Colab); in a checkout it is already installed.
+def colab_pins() -> list[str]:
+    """The pins the install cell carries: the GPU-relevant core of pyproject.toml (tests check they match)."""
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    core = ("torch", "torchvision", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets")
+    return [d for d in deps["dependencies"] if d.split("==")[0] in core]
+
+
+INSTALL = f'''# Colab: install mpi-kit with the pinned, tested versions (a checkout already has them: then this does nothing).
 import importlib.util, subprocess, sys
+PINS = {colab_pins()!r}
 if importlib.util.find_spec("mpi_kit") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/{REPO}"], check=True)'''
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *PINS, "mpi-kit @ git+https://github.com/{REPO}"],
+                   check=True)'''
+RECIPE_CELL = '''RECIPE = "auto"  # "auto": tiny on a CPU, qwen2.5-vl-3b on a T4 (16 GB), qwen2.5-vl-7b on an L4/A100; or name one'''
 
 
 def cell(kind: str, src: str, tags=None) -> dict:
@@ -30,6 +42,9 @@ def cell(kind: str, src: str, tags=None) -> dict:
 
 def notebook(name: str, title: str, cells: list[tuple[str, str]]) -> dict:
     head = [cell("markdown", f"# {title}\n\n{badge(name)}"), cell("code", INSTALL)]
+    # the RECIPE line is always the standard one (auto-picks by GPU); the rest of that cell is kept
+    cells = [(k, RECIPE_CELL + "".join(src.partition("\n")[1:]) if src.startswith("RECIPE =") else src)
+             for k, src in cells]
     cells = head + [cell(k, s, ["parameters"] if s.startswith("RECIPE =") else None) for k, s in cells]
     for i, c in enumerate(cells):
         c["id"] = f"{Path(name).stem[:2]}-{i:02d}"
