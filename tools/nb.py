@@ -58,3 +58,31 @@ def write(name: str, title: str, cells) -> None:
     path = Path(__file__).resolve().parent.parent / "notebooks" / name
     path.write_text(json.dumps(notebook(name, title, cells), indent=1) + "\n")
     print("wrote", path)
+
+
+def refresh(path: Path) -> bool:
+    """Rewrite a notebook's standard cells in place (badge, install cell with current pins, the RECIPE line),
+    keeping everything else; strips outputs. Returns True if the file changed."""
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    title = cells[0]["source"] if isinstance(cells[0]["source"], str) else "".join(cells[0]["source"])
+    cells[0]["source"] = f"{title.splitlines()[0]}\n\n{badge(path.name)}"
+    cells[1]["source"] = INSTALL
+    for c in cells:
+        src = c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+        if c["cell_type"] == "code":
+            c["outputs"], c["execution_count"] = [], None
+            if src.startswith("RECIPE ="):
+                src = RECIPE_CELL + "".join(src.partition("\n")[1:])
+                c["metadata"]["tags"] = ["parameters"]
+        c["source"] = src
+    nb["metadata"].pop("widgets", None)
+    new = json.dumps(nb, indent=1) + "\n"
+    changed = new != path.read_text()
+    path.write_text(new)
+    return changed
+
+
+if __name__ == "__main__":  # python tools/nb.py: refresh the standard cells of every notebook
+    for p in sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        print(("refreshed " if refresh(p) else "unchanged ") + p.name)
