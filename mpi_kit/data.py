@@ -70,12 +70,13 @@ def policy_parts(policy: Policy) -> tuple[list[dict], list]:
     return parts, images
 
 
-def user_prompt(query: str, policy: list[dict] | None = None, intro: str | None = None) -> list[dict]:
-    """A one-turn conversational prompt: [intro] [policy parts] scene image, query."""
+def user_prompt(query: str, policy: list[dict] | None = None, intro: str | None = None,
+                n_images: int = 1) -> list[dict]:
+    """A one-turn conversational prompt: [intro] [policy parts] scene image(s), query."""
     content = ([{"type": "text", "text": intro}] if intro else []) + list(policy or [])
     if policy:
         content.append({"type": "text", "text": "\n"})
-    content += [{"type": "image", "text": None}, {"type": "text", "text": query}]
+    content += [{"type": "image", "text": None} for _ in range(n_images)] + [{"type": "text", "text": query}]
     return [{"role": "user", "content": content}]
 
 
