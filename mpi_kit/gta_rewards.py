@@ -254,3 +254,44 @@ GTA_REWARD_WEIGHTS = REWARD_WEIGHTS  # 0.1 format, 0.9 accuracy, as for ClevrPol
 
 __all__ = ["CallScore", "parse_call", "score_call", "arg_score", "safe_eval", "token_f1", "iou", "parse_bbox",
            "gta_reward", "gta_format_reward", "GTA_REWARD_FUNCS", "GTA_REWARD_WEIGHTS", "EXACT", "TEXT"]
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+def score_rows(rows, completions: list[str], method: str = "", setting: str = "no_policy") -> list[dict]:
+    """One tidy row per example: gold and predicted tool names, tool/args/overall scores, why, the cited rules."""
+    out = []
+    for r, c in zip(rows, completions):
+        s = score_call(c, r["answer"])
+        call, _ = parse_call(c)
+        out.append({"method": method, "setting": setting, "id": r["id"], "tool_type": r["tool"], "gold": r["case"],
+                    "pred": call["name"] if call else None, "tool": s.tool, "args": s.args, "overall": s.overall,
+                    "reason": s.reason, "gold_rules": list(r["path"]),
+                    "cited": re.findall(r"Rule ([A-Za-z]+\.\d)", completion_text(c)), "completion": c})
+    return out
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Tool Acc, Arg Score and Overall (%) per (method, setting), as the paper reports them."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["setting"]), []).append(r)
+    return [{"method": m, "setting": s, "n": len(g),
+             **{k: round(100 * sum(r[k] for r in g) / len(g), 2) for k in ("tool", "args", "overall")}}
+            for (m, s), g in groups.items()]
+
+
+def evaluate_gta(model, processor, data_dir, setting: str = "no_policy", method: str = "", limit=None,
+                 max_new_tokens: int = 256, batch_size: int = 8, progress: bool = False) -> list[dict]:
+    """Greedy next-tool-call predictions on a GTA eval split ('no_policy', 'in_context' or 'override'), scored."""
+    from .data import load_kit_data
+    from .evaluate import generate_completions
+
+    ds = load_kit_data(data_dir, "eval")[setting]
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    completions = generate_completions(model, processor, ds, max_new_tokens, batch_size, progress)
+    return score_rows(ds, completions, method, setting)
+
+
+__all__ += ["score_rows", "summarize", "evaluate_gta"]

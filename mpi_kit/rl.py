@@ -204,13 +204,14 @@ ALGOS = ("grpo", "dapo")
 def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
                init=None, max_steps=None, limit=None, save_steps=None, callbacks=(), progress=False,
                num_generations: int | None = None, policy_microbatch: int | None = None, dataset=None,
-               train_vision=False, **overrides):
+               train_vision=False, reward_funcs=None, reward_weights=None, **overrides):
     """(trainer, processor, info) for GRPO or DAPO, with or without PolicyRollout, on the rl train split.
 
     Presets come from the recipe's `grpo` / `dapo` sections (paper: GRPO clip 0.2/0.3 with KL 0.01 to the
     reference; DAPO clip 0.2/0.28, no KL, token-level loss, dynamic sampling with 20 retries). G is the
     recipe's num_generations (or `num_generations`); PolicyRollout samples 2G per prompt, G of them with the
-    policy in context."""
+    policy in context. `reward_funcs`/`reward_weights` replace the ClevrPolicy rewards (GTAPolicy passes
+    `gta_rewards.GTA_REWARD_FUNCS`, which read the `answer` column)."""
     from trl import GRPOConfig
 
     from .data import load_kit_data, require_columns
@@ -224,6 +225,8 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     ds = dataset if dataset is not None else load_kit_data(data_dir, "rl")["train"]
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
+    reward_funcs = list(reward_funcs or REWARD_FUNCS)
+    reward_weights = list(reward_weights or REWARD_WEIGHTS)
     require_columns(ds, ["prompt", "images", "case"] + (["policy", "policy_images"] if policy_rollout else []),
                     f"RL ({algo}{' + PolicyRollout' if policy_rollout else ''})")
     if policy_rollout and not any(ds[0]["policy"] or []):
@@ -235,15 +238,15 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     kw = trainer_kwargs(recipe, settings, out, max_steps, save_steps, progress)
     kw.pop("dynamic_sampling_retries", None)
     kw["num_generations"] = 2 * G if policy_rollout else G
-    args = GRPOConfig(**kw, reward_weights=list(REWARD_WEIGHTS), log_completions=True, num_completions_to_print=0)
+    args = GRPOConfig(**kw, reward_weights=reward_weights, log_completions=True, num_completions_to_print=0)
     trainer = PolicyRolloutTrainer(model=model, args=args, train_dataset=ds, processing_class=processor,
-                                   reward_funcs=list(REWARD_FUNCS), callbacks=list(callbacks),
+                                   reward_funcs=reward_funcs, callbacks=list(callbacks),
                                    policy_rollout=policy_rollout, policy_microbatch=policy_microbatch,
                                    dynamic_sampling_retries=settings.dynamic_sampling_retries)
     info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "group_size": kw["num_generations"],
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
-            "reward_weights": {"format": REWARD_WEIGHTS[0], "accuracy": REWARD_WEIGHTS[1]}}
+            "reward_weights": dict(zip(("format", "accuracy"), reward_weights))}
     return trainer, processor, info
 
 
