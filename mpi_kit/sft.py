@@ -37,18 +37,14 @@ def check_sft(ds, stage: str) -> None:
 
 
 def _trainer_class():
-    from transformers import Trainer
     from trl import SFTTrainer
 
-    class KitSFTTrainer(ResumeFix, SFTTrainer):
-        """TRL 1.15 computes the SFT loss with a Triton kernel, which has no CPU driver ('0 active drivers'); off
-        CUDA/XPU, fall back to the model's own cross-entropy on the same labels (same loss, no entropy metrics)."""
+    from .compat import patch_trl_cpu_logprobs
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if inputs["input_ids"].device.type in ("cuda", "xpu"):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+    patch_trl_cpu_logprobs()  # TRL 1.15 scores the loss with a Triton kernel even on a CPU
+
+    class KitSFTTrainer(ResumeFix, SFTTrainer):
+        """SFTTrainer that resumes Qwen-VL checkpoints correctly (see `ResumeFix`)."""
 
     return KitSFTTrainer
 
