@@ -1,6 +1,7 @@
 """The `mpi-kit` command line: the same functions the notebooks call, one subcommand per job.
 
     mpi-kit data --out runs/data --num-policies 10 --num-scenes 2000 --depth 6
+    mpi-kit gta-data --out runs/gta [--gta-root gta_dataset]
     mpi-kit demo --out runs/demo
     mpi-kit cpt --recipe tiny --data runs/data --out runs/vm_cpt [--max-steps N] [--init DIR]
     mpi-kit sft --recipe tiny --data runs/data --out runs/sft_cot --mode cot [--init runs/vm_cpt]
@@ -54,6 +55,15 @@ def cmd_data(args) -> int:
     summary = build_datasets(_dataclass_from_args(DataConfig, args))
     print(json.dumps({k: summary[k] for k in ("policies", "num_scenes", "datasets", "seconds")}, indent=1))
     print(f"wrote {args.out} (summary.json beside the datasets)")
+    return 0
+
+
+def cmd_gta_data(args) -> int:
+    from .gta_data import GTADataConfig, build_gta_datasets
+
+    summary = build_gta_datasets(_dataclass_from_args(GTADataConfig, args))
+    print(json.dumps({k: summary[k] for k in ("source", "num_instances", "datasets", "seconds")}, indent=1))
+    print(f"wrote {args.out} (summary.json, policy.txt, instances.jsonl beside the datasets)")
     return 0
 
 
@@ -173,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build ClevrPolicy policies and datasets")
     _add_dataclass_args(p, DataConfig)
     p.set_defaults(func=cmd_data)
+    from .gta_data import GTADataConfig
+
+    p = sub.add_parser("gta-data", help="build GTAPolicy next-tool-call datasets (generated, or from GTA's files)")
+    _add_dataclass_args(p, GTADataConfig)
+    p.set_defaults(func=cmd_gta_data)
     p = sub.add_parser("demo", help="run the main job on the tiny recipe and write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")

@@ -395,7 +395,8 @@ class GTADataConfig:
     seed: int = field(default=0, metadata={"help": "one seed for profiles, scenes, split"})
     image_size: tuple[int, int] = field(default=(96, 64), metadata={"help": "image (width, height)"})
     kinds: tuple[str, ...] = field(default=KINDS, metadata={"help": "which datasets to build"})
-    override: str = field(default="", metadata={"help": "override as JSON {rule id: targets} (default: OCR etc.)"})
+    override: str = field(default="", metadata={"help": "override as JSON {rule id: new targets}; empty: "
+                                                        "OCR.1, OCR.2, CountGivenObject.3, ImageStylization.2"})
 
     def check(self) -> None:
         if not 0 < self.test_fraction < 1:

@@ -397,3 +397,13 @@ def test_build_gta_datasets(tmp_path):
     for kind in ("cot", "eval"):
         for split, ds in load_kit_data(tmp_path / "d", kind).items():
             assert ds.to_list() == load_kit_data(tmp_path / "again", kind)[split].to_list()
+
+
+def test_cli_gta_data(tmp_path, capsys):
+    from mpi_kit.cli import main
+
+    assert main(["gta-data", "--out", str(tmp_path / "g"), "--num-instances", "20", "--kinds", "qa", "eval"]) == 0
+    assert json.loads((tmp_path / "g" / "summary.json").read_text())["datasets"]["qa"] == {"train": 16, "test": 4}
+    assert main(["gta-data", "--out", str(tmp_path / "h"), "--override", '{"OCR.9": "OCR_v1"}']) == 2
+    assert "unknown rule 'OCR.9'" in capsys.readouterr().err
+    assert main(["gta-data", "--out", str(tmp_path / "h"), "--gta-root", str(tmp_path / "none")]) == 2
