@@ -43,6 +43,17 @@ def insert_policy(prompt: list[dict], policy: list[dict], policy_images: list) -
     return [first] + list(prompt[1:])
 
 
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def vision_token_ids(processor) -> list[int]:
+    """Ids of the image placeholder tokens, never to be sampled: a completion holding one makes the next forward
+    pass count more image tokens than image features ("Image features and image tokens do not match")."""
+    tok = getattr(processor, "tokenizer", processor)
+    ids = [tok.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    return [i for i in ids if i is not None and i != tok.unk_token_id]
+
+
 class PolicyRolloutTrainer(GRPOTrainer):
     """GRPOTrainer with PolicyRollout and DAPO-style dynamic sampling.
 
@@ -238,7 +249,8 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     kw = trainer_kwargs(recipe, settings, out, max_steps, save_steps, progress)
     kw.pop("dynamic_sampling_retries", None)
     kw["num_generations"] = 2 * G if policy_rollout else G
-    args = GRPOConfig(**kw, reward_weights=reward_weights, log_completions=True, num_completions_to_print=0)
+    args = GRPOConfig(**kw, reward_weights=reward_weights, log_completions=True, num_completions_to_print=0,
+                      generation_kwargs={"suppress_tokens": vision_token_ids(processor)})
     trainer = PolicyRolloutTrainer(model=model, args=args, train_dataset=ds, processing_class=processor,
                                    reward_funcs=reward_funcs, callbacks=list(callbacks),
                                    policy_rollout=policy_rollout, policy_microbatch=policy_microbatch,

@@ -1,0 +1,536 @@
+"""Rollout inspector: read an RL run's rollout log back and look at it one group at a time.
+
+GRPO learns only from differences *inside* a group (one prompt, its G or 2G completions): a batch mean hides
+all-equal groups (zero advantage, no gradient), truncated completions, and whether PolicyRollout's policy-aware
+half is where the reward comes from. So everything here is per group: `load_rollouts` reads TRL's per-step
+`completions/completions_*.parquet` (with PolicyRollout's columns), `group_table` / `step_stats` /
+`filter_groups` / `policy_rescues` are plain pandas (testable, usable without widgets), `rollout_figures` plots
+the run over steps, and `RolloutInspector` is the widget (built-in ipywidgets only; it works on a recorded run,
+with no model and no GPU). `pack_run` / `record_demo_run` make the small recorded run shipped in assets/rollouts.
+"""
+from __future__ import annotations
+
+import difflib
+import html
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from .rewards import REWARD_FUNCS, REWARD_WEIGHTS, completion_text, parse_answer
+from .rl import NO_POLICY, POLICY_AWARE
+
+ASSET_RUN = Path(__file__).resolve().parent.parent / "assets" / "rollouts"
+REWARD_COLUMNS = [f.__name__ for f in REWARD_FUNCS]  # format_reward, accuracy_reward
+SOURCE_COLOR = {NO_POLICY: "#3b6fb6", POLICY_AWARE: "#b5651d"}
+SHORT = {"format_reward": "fmt", "accuracy_reward": "acc"}
+EPS = 1e-4  # TRL's advantage normaliser: (r - mean) / (std + 1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def _plain(x):
+    """Parquet gives numpy arrays where TRL wrote lists: turn them back, recursively."""
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        x = x.tolist()
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return x
+
+
+def _prompt_text(prompt) -> str:
+    prompt = _plain(prompt)
+    if isinstance(prompt, str):
+        return prompt
+    parts = []
+    for m in prompt or []:
+        content = m.get("content") if isinstance(m, dict) else m
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts += ["<image>" if p.get("type") == "image" else (p.get("text") or "") for p in content or []]
+    return "".join(parts)
+
+
+def load_rollouts(run_dir) -> pd.DataFrame:
+    """Every step's rollout log of a run, one row per completion.
+
+    Adds `text` (the completion), `prompt_text`, `reward` (the weighted total the trainer used), `correct`
+    (parsed answer == gold) and `group`, the key "step/prompt_id/attempt" of the group a row was normalised in.
+    Logs from plain TRL runs (no PolicyRollout columns) load too: every row is then a no-policy rollout."""
+    folder = Path(run_dir) / "completions"
+    files = sorted(folder.glob("completions_*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no rollout log in {folder}: an RL run writes completions/completions_*.parquet "
+                                f"(log_completions=True, as `mpi_kit.rl.rl_trainer` sets)")
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    df["text"] = [completion_text(_plain(c)) for c in df["completion"]]
+    df["prompt_text"] = [_prompt_text(p) for p in df["prompt"]]
+    if "prompt_id" not in df:
+        df["prompt_id"] = pd.factorize(df["prompt_text"])[0].astype(str)
+    defaults = {"attempt": 0, "source": NO_POLICY, "scene_id": None, "gold": None, "truncated": False}
+    for col, value in defaults.items():
+        if col not in df:
+            df[col] = value
+    if "parsed_answer" not in df:
+        df["parsed_answer"] = [parse_answer(t) for t in df["text"]]
+    if "length" not in df:
+        df["length"] = df["text"].str.len()
+    rewards = [c for c in REWARD_COLUMNS if c in df]
+    df["reward"] = sum(w * df[c] for w, c in zip(REWARD_WEIGHTS, REWARD_COLUMNS) if c in df) if rewards else 0.0
+    df["correct"] = [p is not None and g is not None and p == g for p, g in zip(df["parsed_answer"], df["gold"])]
+    df["group"] = [f"{s}/{p}/{a}" for s, p, a in zip(df["step"], df["prompt_id"], df["attempt"])]
+    return df.drop(columns=["prompt"])
+
+
+def run_summary(run_dir) -> dict:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def find_data_dir(run_dir, data_dir=None) -> Path | None:
+    """Where a run's scenes and policies live: `data_dir` if given, else `run_dir/data` (a packed run), else
+    summary.json's "data" (absolute, or relative to the working directory or the run). None if none exists."""
+    run_dir = Path(run_dir)
+    recorded = run_summary(run_dir).get("data")
+    candidates = [data_dir, run_dir / "data"] + ([recorded, run_dir / recorded] if recorded else [])
+    for c in candidates:
+        if c is not None and (Path(c) / "scenes.jsonl").exists():
+            return Path(c)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+def group_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per group: reward mean/std, zero_std (no learning signal), truncation, and accuracy and reward
+    of each half (no-policy / policy-aware), so that PolicyRollout's contribution is visible per group."""
+    rows = []
+    for key, g in df.groupby("group", sort=False):
+        half = {s: g[g["source"] == s] for s in (NO_POLICY, POLICY_AWARE)}
+        rows.append({
+            "group": key, "step": int(g["step"].iloc[0]), "prompt_id": g["prompt_id"].iloc[0],
+            "attempt": int(g["attempt"].iloc[0]), "scene_id": g["scene_id"].iloc[0], "gold": g["gold"].iloc[0],
+            "size": len(g), "reward_mean": g["reward"].mean(), "reward_std": g["reward"].std(ddof=1) if len(g) > 1 else 0.0,
+            "zero_std": bool(g["reward"].nunique() <= 1), "truncated": int(g["truncated"].sum()),
+            "correct": int(g["correct"].sum()), "wrong": int((~g["correct"]).sum()),
+            "acc_no_policy": half[NO_POLICY]["correct"].mean() if len(half[NO_POLICY]) else float("nan"),
+            "acc_policy_aware": half[POLICY_AWARE]["correct"].mean() if len(half[POLICY_AWARE]) else float("nan"),
+            "reward_no_policy": half[NO_POLICY]["reward"].mean() if len(half[NO_POLICY]) else float("nan"),
+            "reward_policy_aware": half[POLICY_AWARE]["reward"].mean() if len(half[POLICY_AWARE]) else float("nan"),
+        })
+    return pd.DataFrame(rows)
+
+
+def filter_rows(df: pd.DataFrame, zero_std: bool = False, truncated: bool = False, source: str = "all",
+                wrong: bool = False) -> pd.DataFrame:
+    """The completions that pass every filter that is on: in a zero-std group, truncated, from one source
+    (no-policy / policy-aware), or with a wrong (or missing) answer."""
+    keep = pd.Series(True, index=df.index)
+    if zero_std:
+        keep &= df.groupby("group")["reward"].transform("nunique") <= 1
+    if truncated:
+        keep &= df["truncated"].astype(bool)
+    if source != "all":
+        keep &= df["source"] == source
+    if wrong:
+        keep &= ~df["correct"]
+    return df[keep]
+
+
+def filter_groups(df: pd.DataFrame, **filters) -> pd.DataFrame:
+    """`group_table` of the groups with at least one completion passing `filter_rows(df, **filters)`."""
+    table = group_table(df)
+    return table[table["group"].isin(set(filter_rows(df, **filters)["group"]))].reset_index(drop=True)
+
+
+def step_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """Per step: reward mean/std, fraction of zero-std groups, format and accuracy rewards, reward and
+    accuracy of each half, truncation and length; what TRL logs as batch means, recomputed from the groups."""
+    groups = group_table(df)
+    rows = []
+    for step, d in df.groupby("step"):
+        gs = groups[groups["step"] == step]
+        src = {s: d[d["source"] == s] for s in (NO_POLICY, POLICY_AWARE)}
+        rows.append({
+            "step": int(step), "groups": len(gs), "completions": len(d),
+            "reward_mean": d["reward"].mean(), "reward_std": d["reward"].std(ddof=0),
+            "frac_zero_std": gs["zero_std"].mean(),
+            **{c.removesuffix("_reward"): d[c].mean() for c in REWARD_COLUMNS if c in d},
+            "reward_no_policy": src[NO_POLICY]["reward"].mean() if len(src[NO_POLICY]) else float("nan"),
+            "reward_policy_aware": src[POLICY_AWARE]["reward"].mean() if len(src[POLICY_AWARE]) else float("nan"),
+            "acc_no_policy": src[NO_POLICY]["correct"].mean() if len(src[NO_POLICY]) else float("nan"),
+            "acc_policy_aware": src[POLICY_AWARE]["correct"].mean() if len(src[POLICY_AWARE]) else float("nan"),
+            "frac_truncated": d["truncated"].mean(), "mean_length": d["length"].mean(),
+            "rescued_groups": int(((gs["acc_no_policy"] == 0) & (gs["acc_policy_aware"] > 0)).sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def policy_rescues(df: pd.DataFrame) -> pd.DataFrame:
+    """Groups where only the policy-aware half found the right answer: without PolicyRollout these groups would
+    have had no accuracy reward at all, and the advantage their correct completions got is the signal PoRo adds."""
+    table = group_table(df)
+    rescued = table[(table["acc_no_policy"] == 0) & (table["acc_policy_aware"] > 0)]
+    best = df[df["correct"] & (df["source"] == POLICY_AWARE)].groupby("group")["advantage"].max()
+    out = rescued.assign(advantage_of_correct=rescued["group"].map(best))
+    return out[["step", "prompt_id", "gold", "acc_no_policy", "acc_policy_aware", "reward_mean",
+                "advantage_of_correct", "group"]].reset_index(drop=True)
+
+
+def rescore(text: str, gold: str | None, group_rewards=None, index: int | None = None) -> dict:
+    """The kit's rewards on an (edited) completion: format, accuracy, weighted total, parsed answer, and, given
+    the group's rewards and this completion's position in it, the advantage it would now get."""
+    fmt, acc = (f([text], case=[gold])[0] for f in REWARD_FUNCS)
+    total = sum(w * r for w, r in zip(REWARD_WEIGHTS, (fmt, acc)))
+    out = {"format_reward": fmt, "accuracy_reward": acc, "reward": total, "parsed_answer": parse_answer(text)}
+    if group_rewards is not None and index is not None:
+        r = pd.Series(list(group_rewards), dtype=float)
+        r.iloc[index] = total
+        out["advantage"] = float((total - r.mean()) / (r.std(ddof=1) + EPS)) if len(r) > 1 else 0.0
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+def rollout_figures(df: pd.DataFrame, title: str = "") -> list:
+    """Plotly figures over steps: reward mean +- std, fraction of zero-std groups (and truncated completions),
+    format vs accuracy reward, and no-policy vs policy-aware reward and accuracy. Show them with `fig.show()`."""
+    import plotly.graph_objects as go
+
+    s = step_stats(df)
+    x = s["step"]
+    layout = dict(height=300, margin=dict(l=40, r=20, t=40, b=40), xaxis_title="step")
+    pre = f"{title}: " if title else ""
+
+    def fig(name, traces, **kw):
+        f = go.Figure(traces)
+        f.update_layout(title=pre + name, **layout, **kw)
+        return f
+
+    lines = lambda col, name, **kw: go.Scatter(x=x, y=s[col], mode="lines+markers", name=name, **kw)
+    figs = [
+        fig("reward (mean ± std over completions)",
+            [go.Scatter(x=x, y=s["reward_mean"], error_y=dict(type="data", array=s["reward_std"]),
+                        mode="lines+markers", name="reward")], yaxis_title="reward"),
+        fig("groups with no learning signal", [lines("frac_zero_std", "zero-std groups"),
+                                               lines("frac_truncated", "truncated completions")],
+            yaxis=dict(range=[-0.05, 1.05], title="fraction")),
+        fig("format vs accuracy reward", [lines(c.removesuffix("_reward"), c.removesuffix("_reward"))
+                                          for c in REWARD_COLUMNS if c.removesuffix("_reward") in s],
+            yaxis=dict(range=[-0.05, 1.05], title="mean reward")),
+    ]
+    if (df["source"] == POLICY_AWARE).any():
+        figs.append(fig("PolicyRollout: the two halves of each group", [
+            lines("reward_no_policy", "reward, no-policy", line=dict(color=SOURCE_COLOR[NO_POLICY])),
+            lines("reward_policy_aware", "reward, policy-aware", line=dict(color=SOURCE_COLOR[POLICY_AWARE])),
+            lines("acc_no_policy", "accuracy, no-policy", line=dict(color=SOURCE_COLOR[NO_POLICY], dash="dot")),
+            lines("acc_policy_aware", "accuracy, policy-aware",
+                  line=dict(color=SOURCE_COLOR[POLICY_AWARE], dash="dot"))],
+            yaxis=dict(range=[-0.05, 1.05], title="mean")))
+    return figs
+
+
+# ------------------------------------------------------------------------------------------------ HTML pieces
+
+def diff_html(old: str, new: str) -> str:
+    """`new` with the words that are not in `old` highlighted (how a completion drifted since an earlier step)."""
+    a, b = old.split(" "), new.split(" ")
+    out = []
+    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        words = html.escape(" ".join(b[j1:j2]))
+        out.append(words if op == "equal" else f"<span style='background:#fff3b0'>{words}</span>" if words else "")
+    return " ".join(w for w in out if w)
+
+
+def completion_card(row, base: str | None = None, dim: bool = False, max_chars: int = 700) -> str:
+    """One completion as an HTML card: source, rewards, advantage, length, truncation, parsed vs gold, text."""
+    color = SOURCE_COLOR.get(row["source"], "#555")
+    adv = float(row["advantage"])
+    bar = (f"<div style='height:6px;background:#eee'><div style='height:6px;width:{min(abs(adv), 2) * 50:.0f}%;"
+           f"background:{'#2a9d3f' if adv > 0 else '#c0392b'}'></div></div>")
+    ok = "✓" if row["correct"] else "✗"
+    text = row["text"] if len(row["text"]) <= max_chars else row["text"][:max_chars] + " […]"
+    body = diff_html(base, text) if base is not None else html.escape(text)
+    flags = " · <b style='color:#c0392b'>truncated</b>" if row["truncated"] else ""
+    rewards = " ".join(f"{SHORT.get(c, c)} {row[c]:.0f}" for c in REWARD_COLUMNS if c in row)
+    return (f"<div style='border:2px solid {color};border-radius:6px;padding:4px;width:230px;font-size:12px;"
+            f"opacity:{0.35 if dim else 1}'>"
+            f"<div style='color:{color};font-weight:bold'>{row['source']}</div>"
+            f"reward <b>{row['reward']:.2f}</b> ({rewards}) · adv <b>{adv:+.2f}</b>{bar}"
+            f"len {row['length']}{flags}<br>answer <b>{html.escape(str(row['parsed_answer']))}</b> {ok} "
+            f"gold {html.escape(str(row['gold']))}"
+            f"<div style='white-space:pre-wrap;font-family:monospace;font-size:11px;max-height:220px;"
+            f"overflow:auto;background:#fafafa;margin-top:3px'>{body}</div></div>")
+
+
+def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame | None = None) -> str:
+    """A group's completions side by side, no-policy half on the first line, policy-aware half on the second.
+    Completions not in `keep` (row index) are dimmed; with `base` (the same prompt at an earlier step), each
+    card highlights the words that changed from the card in the same position there."""
+    lines = []
+    for source in (NO_POLICY, POLICY_AWARE):
+        half = group[group["source"] == source]
+        earlier = base[base["source"] == source]["text"].tolist() if base is not None else []
+        if len(half):
+            cards = [completion_card(r, earlier[i] if i < len(earlier) else None, keep is not None and k not in keep)
+                     for i, (k, r) in enumerate(half.iterrows())]
+            lines.append(f"<div style='display:flex;gap:6px;flex-wrap:wrap;margin-bottom:6px'>{''.join(cards)}</div>")
+    return "".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the widget
+
+def _scene_lookup(data_dir):
+    """(scene_id -> Scene, policy name -> Policy, image size) from a data folder; empty when there is none."""
+    if data_dir is None:
+        return {}, {}, None
+    from .data import load_policies, load_scenes
+
+    scenes = {s.scene_id: s for s in load_scenes(data_dir)}
+    try:
+        policies = load_policies(data_dir)
+    except Exception:
+        policies = {}
+    cfg = json.loads((Path(data_dir) / "summary.json").read_text()).get("config", {}) \
+        if (Path(data_dir) / "summary.json").exists() else {}
+    return scenes, policies, tuple(cfg.get("image_size", (96, 64)))
+
+
+try:
+    import ipywidgets as _w
+    _Box = _w.VBox
+except ImportError:  # pragma: no cover - the pure functions above still work
+    _w, _Box = None, object
+
+
+class RolloutInspector(_Box):
+    """One group at a time: its scene image (and policy path), its 2G completions side by side, a step slider
+    to watch the same prompt drift, filters, and a reward playground that re-scores an edited completion.
+
+        RolloutInspector("runs/poro_grpo")          # or RolloutInspector(df) for an already loaded log
+    """
+
+    def __init__(self, run, data_dir=None, image_width: int = 240):
+        w = _w
+        self.run_dir = None if isinstance(run, pd.DataFrame) else Path(run)
+        self.df = run if isinstance(run, pd.DataFrame) else load_rollouts(run)
+        self.data_dir = find_data_dir(self.run_dir, data_dir) if self.run_dir else data_dir
+        self.scenes, self.policies, self.image_size = _scene_lookup(self.data_dir)
+        self.image_width = image_width
+        self.visible = group_table(self.df)
+        self._quiet = False  # set while a handler updates other controls, so their observers wait
+
+        self.zero_std = w.Checkbox(False, description="zero-std groups", indent=False)
+        self.truncated = w.Checkbox(False, description="truncated", indent=False)
+        self.wrong = w.Checkbox(False, description="wrong answers", indent=False)
+        sources = ["all"] + [s for s in (NO_POLICY, POLICY_AWARE) if (self.df["source"] == s).any()]
+        self.source = w.Dropdown(options=sources, value="all", description="source", layout=w.Layout(width="220px"))
+        self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="420px"))
+        self.step = w.SelectionSlider(options=[0], description="step", continuous_update=False)
+        self.drift = w.Checkbox(False, description="highlight changes since first step", indent=False)
+        self.count = w.HTML()
+        self.scene = w.HTML()
+        self.cards = w.HTML()
+        self.pick = w.Dropdown(description="completion", layout=w.Layout(width="300px"))
+        self.edit = w.Textarea(layout=w.Layout(width="100%", height="90px"))
+        self.gold = w.Text(description="gold", layout=w.Layout(width="220px"))
+        self.score = w.HTML()
+
+        for c in (self.zero_std, self.truncated, self.wrong, self.source):
+            c.observe(self._refilter, names="value")
+        self.prompt.observe(self._new_prompt, names="value")
+        for c in (self.step, self.drift):
+            c.observe(self._show, names="value")
+        self.pick.observe(self._load_playground, names="value")
+        for c in (self.edit, self.gold):
+            c.observe(self._rescore, names="value")
+
+        head = self._header()
+        super().__init__([
+            w.HTML(head),
+            w.HBox([self.zero_std, self.truncated, self.wrong, self.source]),
+            w.HBox([self.prompt, self.count]),
+            w.HBox([self.step, self.drift]),
+            w.HBox([self.scene, self.cards]),
+            w.HTML("<b>Reward playground</b>: edit a completion (or the gold answer) and watch it re-scored "
+                   "with the kit's reward functions, and the advantage it would get in its group."),
+            w.HBox([self.pick, self.gold]), self.edit, self.score])
+        self._refilter()
+
+    # -------------------------------------------------------------- state
+    def _header(self) -> str:
+        s = run_summary(self.run_dir) if self.run_dir else {}
+        bits = [f"{k}: <b>{s[k]}</b>" for k in ("stage", "recipe", "steps", "G", "group_size") if k in s]
+        n = self.df["group"].nunique()
+        where = f"images from {self.data_dir}" if self.data_dir else "no data folder found: no scene images"
+        return f"{' · '.join(bits)}{' · ' if bits else ''}{n} groups, {len(self.df)} completions · {where}"
+
+    def current_group(self) -> pd.DataFrame:
+        """The completions of the group on screen (all of them, filtered or not)."""
+        hits = self.visible[(self.visible["prompt_id"] == self.prompt.value) & (self.visible["step"] == self.step.value)]
+        if hits.empty:
+            return self.df.iloc[:0]
+        return self.df[self.df["group"] == hits["group"].iloc[-1]]  # the last attempt: the one trained on
+
+    def _refilter(self, _=None):
+        filters = dict(zero_std=self.zero_std.value, truncated=self.truncated.value, source=self.source.value,
+                       wrong=self.wrong.value)
+        self.kept = set(filter_rows(self.df, **filters).index)
+        self.visible = filter_groups(self.df, **filters)
+        prompts = list(dict.fromkeys(self.visible["prompt_id"]))
+        self.count.value = f"&nbsp;{len(self.visible)} of {self.df['group'].nunique()} groups match"
+        old = self.prompt.value
+        self._quiet = True
+        self.prompt.options = prompts
+        self.prompt.value = old if old in prompts else (prompts[0] if prompts else None)
+        self._quiet = False
+        self._new_prompt()
+
+    def _new_prompt(self, _=None):
+        steps = sorted(set(self.visible[self.visible["prompt_id"] == self.prompt.value]["step"])) or [0]
+        if self._quiet:
+            return
+        old = self.step.value
+        self._quiet = True
+        self.step.options = steps
+        self.step.value = old if old in steps else steps[0]
+        self._quiet = False
+        self._show()
+
+    def _show(self, _=None):
+        if self._quiet:
+            return
+        g = self.current_group()
+        if g.empty:
+            self.scene.value, self.cards.value = "", "<i>no group matches these filters</i>"
+            self.pick.options = []
+            return
+        self.scene.value = self._scene_html(g.iloc[0])
+        base = None
+        if self.drift.value:
+            first = self.visible[self.visible["prompt_id"] == self.prompt.value]["group"].iloc[0]
+            base = self.df[self.df["group"] == first]
+        self.cards.value = group_html(g, self.kept, base)
+        self.pick.options = [(f"#{i} {r['source']} (reward {r['reward']:.2f})", k)
+                             for i, (k, r) in enumerate(g.iterrows())]
+        self.pick.value = g.index[0]
+        self._load_playground()
+
+    def _scene_html(self, row) -> str:
+        from .widgets import image_html, tree_svg
+        from .scenes import scene_image
+
+        g = self.current_group()
+        head = (f"<b>{html.escape(str(row['prompt_id']))}</b><br>step {row['step']} · attempt {row['attempt']} · "
+                f"gold <b>{html.escape(str(row['gold']))}</b><br>reward {g['reward'].mean():.2f} ± "
+                f"{g['reward'].std(ddof=0):.2f}{' · <b>zero std</b>' if g['reward'].nunique() <= 1 else ''}<br>")
+        scene = self.scenes.get(row["scene_id"])
+        if scene is None:
+            return head + "<i>(no scene image: data folder not found)</i>"
+        out = head + image_html(scene_image(scene, self.image_size), self.image_width)
+        policy = self.policies.get(str(row["prompt_id"]).split("/")[0])
+        if policy is not None:
+            case, path = policy.evaluate(scene)
+            out += f"<br><small>{policy.name}: gold path {' → '.join(path)} → {case}</small><br>"
+            out += tree_svg(policy, path, case, width=self.image_width, height=120)
+        return f"<div style='width:{self.image_width + 10}px'>{out}</div>"
+
+    def _load_playground(self, _=None):
+        if self.pick.value is None or self.pick.value not in self.df.index:
+            return
+        row = self.df.loc[self.pick.value]
+        with self.hold_trait_notifications():
+            self.gold.value = str(row["gold"])
+            self.edit.value = row["text"]
+        self._rescore()
+
+    def _rescore(self, _=None):
+        g = self.current_group()
+        if self.pick.value is None or g.empty or self.pick.value not in g.index:
+            self.score.value = ""
+            return
+        i = list(g.index).index(self.pick.value)
+        r = rescore(self.edit.value, self.gold.value, g["reward"].tolist(), i)
+        logged = g.loc[self.pick.value]
+        self.last_score = r
+        self.score.value = (f"format <b>{r['format_reward']:.0f}</b> · accuracy <b>{r['accuracy_reward']:.0f}</b> · "
+                            f"reward <b>{r['reward']:.2f}</b> (logged {logged['reward']:.2f}) · parsed "
+                            f"<b>{html.escape(str(r['parsed_answer']))}</b> · advantage in this group "
+                            f"<b>{r['advantage']:+.2f}</b> (logged {logged['advantage']:+.2f})")
+
+
+def inspect_run(run, data_dir=None, figures: bool = True):
+    """Show a run's charts (plotly, via fig.show(): Colab-safe) and return its RolloutInspector."""
+    if figures:
+        df = run if isinstance(run, pd.DataFrame) else load_rollouts(run)
+        for f in rollout_figures(df):
+            f.show()
+    return RolloutInspector(run, data_dir)
+
+
+# ------------------------------------------------------------------------------------------------ recorded runs
+
+def pack_run(run_dir, dest, data_dir=None) -> Path:
+    """Copy what the inspector needs from a run (rollout log, summary.json, and the data folder's scenes.jsonl,
+    summary.json and policies) into `dest`, without model weights or checkpoints: a run to share or ship."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    src_data = find_data_dir(run_dir, data_dir)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(run_dir / "completions", dest / "completions")
+    summary = run_summary(run_dir)
+    if src_data is not None:
+        used = set(load_rollouts(run_dir)["scene_id"])
+        (dest / "data").mkdir(parents=True)
+        lines = [l for l in (src_data / "scenes.jsonl").read_text().splitlines()
+                 if l.strip() and json.loads(l)["scene_id"] in used]
+        (dest / "data" / "scenes.jsonl").write_text("\n".join(lines) + "\n")
+        shutil.copytree(src_data / "policies", dest / "data" / "policies")
+        if (src_data / "summary.json").exists():
+            shutil.copy(src_data / "summary.json", dest / "data" / "summary.json")
+        summary["data"] = "data"
+    (dest / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return dest
+
+
+DEMO = dict(num_policies=2, num_scenes=48, depth=2, sft_steps=60, rl_steps=6, seed=0)
+
+
+def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", **kw) -> Path:
+    """Re-record the shipped rollout log: ClevrPolicy data (N = 2), a short CoT SFT so that some completions are
+    well formed and rewards vary, then a few PoRo-GRPO steps; packed into `dest` (a few hundred KB).
+    Takes minutes on 2 CPU cores. The settings are `DEMO` (overridable here)."""
+    from .data import DataConfig, build_datasets
+    from .recipes import get_recipe
+    from .rl import run_rl
+    from .sft import run_sft
+    from .training import tiny_or_random
+
+    o = {**DEMO, **kw}
+    work = Path(work)
+    rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    data = work / "data"
+    build_datasets(DataConfig(out=str(data), num_policies=o["num_policies"], num_scenes=o["num_scenes"],
+                              depth=o["depth"], seed=o["seed"], image_size=tuple(rec.render_size),
+                              kinds=("cot", "rl")), progress=False)
+    rec = tiny_or_random(rec, data, work / "base")
+    run_sft(rec, data, work / "sft_cot", "cot", max_steps=o["sft_steps"])
+    run_rl(rec, data, work / "poro_grpo", "grpo", True, init=str(work / "sft_cot"), max_steps=o["rl_steps"])
+    return pack_run(work / "poro_grpo", dest, data)
+
+
+def summary_table(run_dir) -> str:
+    """A per-step text table of a run's rollouts (what `mpi-kit inspect RUN_DIR` prints)."""
+    s = step_stats(load_rollouts(run_dir))
+    cols = ["step", "groups", "reward_mean", "reward_std", "frac_zero_std", "format", "accuracy",
+            "reward_no_policy", "reward_policy_aware", "rescued_groups", "frac_truncated", "mean_length"]
+    return s[[c for c in cols if c in s]].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+__all__ = ["load_rollouts", "find_data_dir", "group_table", "filter_rows", "filter_groups", "step_stats",
+           "policy_rescues", "rescore", "rollout_figures", "RolloutInspector", "inspect_run", "pack_run",
+           "record_demo_run", "summary_table", "ASSET_RUN"]
