@@ -310,6 +310,16 @@ class GTAPolicy:
         name, rule, _ = self.decide(tool, profile, context)
         return name, rule.id if rule else None
 
+    def versions(self, profile: UserProfile, context: dict | None = None) -> list[dict]:
+        """For one user: every versioned tool, the name to call and the rule that decides it (what a user of the
+        rule explorer sees)."""
+        rows = []
+        for t in TOOLS.values():
+            if t.versions:
+                name, rid = self.resolve(t.type, profile, context if t.type == "OCR" else None)
+                rows.append({"tool": t.type, "call": name, "rule": rid})
+        return rows
+
     # ---------------------------------------------------------------------------------------- text
     def tool_descriptions(self) -> str:
         lines = [f"There are {len(TOOLS)} types of tools. Some come in several versions with the same arguments; "

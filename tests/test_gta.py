@@ -407,3 +407,15 @@ def test_cli_gta_data(tmp_path, capsys):
     assert main(["gta-data", "--out", str(tmp_path / "h"), "--override", '{"OCR.9": "OCR_v1"}']) == 2
     assert "unknown rule 'OCR.9'" in capsys.readouterr().err
     assert main(["gta-data", "--out", str(tmp_path / "h"), "--gta-root", str(tmp_path / "none")]) == 2
+
+
+def test_rule_explorer_and_versions():
+    from mpi_kit.widgets import rule_explorer
+
+    rows = BASE_POLICY.versions(P("B", 600, 30), {"math_image": True})
+    assert {r["tool"] for r in rows} == {t for t in TOOLS if TOOLS[t].versions}
+    assert {"tool": "OCR", "call": "MathOCR", "rule": "OCR.4"} in rows
+    box = rule_explorer()
+    assert "OCR_v4" in box.children[-1].value and "OCR_v1" in box.children[-1].value  # base | override
+    box.children[1].value = 100  # credits slider
+    assert "OCR_v5" in box.children[-1].value
