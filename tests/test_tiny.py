@@ -1,0 +1,119 @@
+"""The tiny base VLM: standard save/load, batched generation with images, the tokenizer, the shipped weights,
+and deterministic pretraining steps. One process builds one small model (session fixtures: imports cost ~10 s)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpi_kit import pretrain as pt
+from mpi_kit import tiny
+from mpi_kit.policy import sample_policy
+from mpi_kit.scenes import sample_scene
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-vlm"
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    return pt.tokenizer_corpus(pt.PretrainConfig(tokenizer_policies=3))
+
+
+@pytest.fixture(scope="session")
+def fresh(corpus):
+    """A freshly built (random-weight) tiny model and its processor."""
+    pt.set_threads()
+    return tiny.build_tiny(corpus, seed=0)
+
+
+@pytest.fixture(scope="session")
+def saved(fresh, tmp_path_factory):
+    return tiny.save_tiny(*fresh, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def shipped():
+    if not (SHIPPED / "model.safetensors").exists():
+        pytest.skip("assets/tiny-vlm is not built; run python -m mpi_kit.pretrain")
+    return tiny.load_tiny(SHIPPED)
+
+
+def test_round_trip_through_auto_classes(fresh, saved):
+    from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    model, processor = fresh
+    model2 = AutoModelForImageTextToText.from_pretrained(saved).eval()
+    processor2 = AutoProcessor.from_pretrained(saved)
+    assert isinstance(model2, Qwen2_5_VLForConditionalGeneration)
+    assert processor2.chat_template == tiny.chat_template()
+    ex = pt.make_example("exist", "test/0")
+    prompt = processor2.apply_chat_template(ex["prompt"], add_generation_prompt=True)
+    batch = processor2(text=[prompt], images=[ex["images"]], return_tensors="pt")
+    assert int((batch["input_ids"] == model2.config.image_token_id).sum()) == 24  # 96x64 px -> 6 x 4 tokens
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model2(**batch).logits)
+
+
+def test_tokenizer_round_trips_policy_text(fresh):
+    tok = fresh[1].tokenizer
+    policy = sample_policy(6, random.Random("test/tokenizer"))
+    for text in (policy.text(), policy.gold_cot(sample_scene(1)), "unseen ünïcode ✓ text 12.5"):
+        assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.tokenize("<think>x</think>")[0] == "<think>" and tok.tokenize("</think>") == ["</think>"]
+    assert len(tok.tokenize(" 1.2.1.2")) == 1  # condition ids are single tokens
+    n6 = len(tok(policy.text())["input_ids"])
+    assert n6 < 3000 < fresh[0].config.text_config.max_position_embeddings
+
+
+def test_batched_generation_with_images(fresh):
+    model, processor = fresh
+    ex = [pt.make_example("exist", "test/1"), pt.make_example("policy", "test/2", 2)]  # very different lengths
+    outs, n_tokens, _ = pt.answer(model, processor, ex, max_new_tokens=4, batch_size=2)
+    assert len(outs) == 2 and all(isinstance(o, str) for o in outs) and n_tokens > 0
+    assert processor.tokenizer.padding_side == "left"
+
+
+def test_shipped_model_sees(shipped):
+    """A small held-out perception check on the shipped weights (fails if the model stops seeing)."""
+    model, processor = shipped
+    ex = [pt.make_example("exist", f"test-shipped/{i}") for i in range(24)]
+    outs, _, _ = pt.answer(model, processor, ex, max_new_tokens=4, batch_size=24)
+    acc = sum(o.strip() == e["answer"] for o, e in zip(outs, ex)) / len(ex)
+    assert acc >= 0.7, (acc, list(zip(outs, [e["answer"] for e in ex])))
+    assert sum(p.numel() for p in model.parameters()) < 10_000_000
+    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 25 * 2**20
+    assert "Held-out accuracy" in (SHIPPED / "README.md").read_text()
+
+
+def _two_steps(corpus):
+    """Two dense steps on the vision tower, then two answer steps on the language model."""
+    model, processor = tiny.build_tiny(corpus, seed=0)
+    torch.manual_seed(0)
+    probe = pt.DenseProbe(model.model.visual, model.config.text_config.hidden_size)
+    opt = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    for i in range(2):
+        probe(**pt.dense_batch("test", i, 4, processor.image_processor))["loss"].backward()
+        opt.step(), opt.zero_grad()
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+    collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+    opt = torch.optim.AdamW(model.model.language_model.parameters(), lr=1e-3)
+    model.train()
+    for i in range(2):
+        b = pt.mixed_batch("test", i, {"exist": 1, "policy2": 1}, {"exist": 4, "policy2": 2})
+        model(**collate([{k: e[k] for k in ("prompt", "completion", "images")} for e in b])).loss.backward()
+        opt.step(), opt.zero_grad()
+    return model.state_dict()
+
+
+def test_pretraining_steps_are_deterministic(corpus):
+    a, b = _two_steps(corpus), _two_steps(corpus)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_examples_are_seeded_and_correct():
+    e1, e2 = pt.make_example("count", "x/1"), pt.make_example("count", "x/1")
+    assert e1["answer"] == e2["answer"] and e1["images"][0].tobytes() == e2["images"][0].tobytes()
+    e = pt.make_example("policy", "x/2", 4)
+    assert pt.boxed(e["completion"][0]["content"][0]["text"]) == e["answer"]
+    assert pt.cell_targets(sample_scene(3)).shape == (24, 16)
