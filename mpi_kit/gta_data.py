@@ -77,21 +77,18 @@ class Instance:
     def cot(self, policy: GTAPolicy = BASE_POLICY) -> str:
         """Reverse CoT: a rationale written for the known answer, citing the rules, then the JSON call."""
         name, rule, branch = policy.decide(self.tool, self.profile, self.context)
-        steps = [f"The user has {self.profile.text()}."]
-        if self.why:
-            steps.append(self.why)
+        steps = [self.why] if self.why else []
         if rule is None:
-            steps.append(f"{self.tool} has a single version, so the call is {name}.")
+            steps.append(f"{self.tool} has one version.")
         else:
             conds = [_cond_text(c) for c in rule.when] + [_cond_text(c) for c in rule.then[branch][0]]
             if not rule.then[branch][0] and branch > 0:
                 conds += [f"not ({_cond_text(c)})" for c in rule.then[branch - 1][0]]
-            steps.append(f"Rule {rule.id}: {' and '.join(conds)}, so the call is {name}.")
-        if "image" in self.arguments:
-            steps.append(f"Rule Tip.3: the image is named {self.arguments['image']}.")
+            steps.append(f"Rule {rule.id}: {' and '.join(conds)}, so {name}.")
         return "<think>" + " ".join(steps) + "</think>" + json.dumps(self.answer(policy))
 
     def cited_rules(self, policy: GTAPolicy = BASE_POLICY) -> list[str]:
+        """The rules the answer follows: the one deciding the version, the tips of the step, Tip.3 for image names."""
         rid = policy.resolve(self.tool, self.profile, self.context)[1]
         return ([rid] if rid else []) + list(self.tips) + (["Tip.3"] if "image" in self.arguments else [])
 

@@ -51,8 +51,8 @@ class Tool:
                                                     if a.optional else "") for a in self.args})
 
 
-IMAGE = Arg("image", 'string: the exact image name, e.g. "image/image_1.jpg"')
-BBOX = Arg("bbox", 'string: a box "(x1, y1, x2, y2)" in pixels')
+IMAGE = Arg("image", "string: an image name")
+BBOX = Arg("bbox", 'string: "(x1, y1, x2, y2)"')
 TOOLS: dict[str, Tool] = {t.type: t for t in (
     Tool("Calculator", "A calculator that evaluates one arithmetic expression.",
          (Arg("expression", 'string: a Python arithmetic expression, e.g. "(3 + 4) * 2"'),)),
