@@ -56,7 +56,8 @@ class PipelineConfig:
     sft_steps: int | None = field(default=None, metadata={"help": "SFT optimizer steps (default: recipe)"})
     rl_steps: int | None = field(default=None, metadata={"help": "RL optimizer steps (default: recipe)"})
     eval_limit: int | None = field(default=None, metadata={"help": "examples per evaluation (default: all)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "generation budget at evaluation"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "generation budget at evaluation (default: 24 + 24 N; a gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens)"})
     forgetting: bool = field(default=True, metadata={"help": "measure perception/counting before and after"})
     model: str | None = field(default=None, metadata={"help": "override the recipe's model path"})
 
@@ -97,10 +98,11 @@ def load_for_eval(cfg: PipelineConfig, stage_dir: Path | None, overrides: dict):
 
 def evaluate_method(method: str, model, processor, data_dir: Path, cfg: PipelineConfig) -> dict:
     """Every evaluation of one trained model at one N, as a dict of tidy numbers."""
-    from .data import load_policies
+    from .data import load_kit_data, load_policies
     from .evaluate import branching_error, evaluate_accuracy, referral_scores, summarize
 
-    kw = dict(limit=cfg.eval_limit, max_new_tokens=cfg.max_new_tokens, method=method)
+    depth = int(load_kit_data(data_dir, "eval")["no_policy"][0]["depth"])
+    kw = dict(limit=cfg.eval_limit, max_new_tokens=cfg.max_new_tokens or 24 + 24 * depth, method=method)
     main_setting = "in_context" if method == "In-Context" else "no_policy"
     rows = evaluate_accuracy(model, processor, data_dir, main_setting, **kw)
     res = {"accuracy": summarize(rows)[0]["accuracy"], "n": len(rows),
