@@ -1,33 +1,33 @@
 """Base pretraining of the tiny VLM: what an instruct VLM brings to MPI, learned here on 2 CPU cores.
 
 Stage "see": the ViT + merger learn dense targets straight from the scene graph: a linear probe on every merged
-image token predicts which attributes the object centred in that 16x16 px cell has (end-to-end training on answers
+image token predicts the attributes of the object centred in that 16x16 px cell (end-to-end training on answers
 alone does not learn to see at this scale; dense per-cell targets do, see docs/stack.md).
-Stage "read": the whole model learns, from answers only, to describe a scene, to answer existence and counting
-questions, and to follow a policy given in context (policy text + image + query -> gold CoT + boxed case).
-Every scene and policy is sampled fresh from a dedicated seed range and name prefix (PRETRAIN_*), never the
-policies later internalized.
+Stage "read": the language model (vision frozen) learns from answers to describe a scene and to answer existence
+and counting questions. Stage "follow": it learns to follow a policy given in context (policy text + image +
+query -> gold CoT + boxed case, N = 2, 4, 6), with perception replay.
+Every scene is drawn from a "PRETRAIN/<task>/..." seed and every policy from the "base/<stage>/..." seed family,
+never the policies that the kit later internalizes (`mpi_kit.data` draws those from "policies/<seed>/...").
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
+import re
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mpi_kit.data import assistant, policy_parts, query_text, user_prompt
+from mpi_kit.policy import ATTR_ORDER, sample_policy
 from mpi_kit.scenes import ATTRIBUTES, Scene, render_scene, sample_scene
 from mpi_kit.tiny import IMAGE_SIZE, MERGE, PATCH
 
-# Pretraining draws scenes from seeds "PRETRAIN/..." and policies named "PT-..." from seeds >= PRETRAIN_SEED,
-# so nothing here coincides with the scenes and policies of the internalization tasks.
-PRETRAIN_SEED = 900_000
-PRETRAIN_PREFIX = "PT"
 VALUES = [(a, v) for a in ATTRIBUTES for v in ATTRIBUTES[a]]  # 15 attribute values, the dense probe's classes
 CELL = PATCH * MERGE
 
@@ -76,8 +76,6 @@ class DenseProbe(nn.Module):
 
 # ------------------------------------------------------------------------------------------- text examples
 
-from mpi_kit.data import policy_parts, query_text, user_prompt, assistant  # noqa: E402
-from mpi_kit.policy import ATTR_ORDER, sample_policy  # noqa: E402
 
 TASKS = ("describe", "exist", "count", "policy")
 PLURAL = {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", "object": "objects"}
@@ -169,17 +167,20 @@ def dense_batch(stage_key: str, i: int, batch_size: int, image_processor, image_
 
 
 def mixed_batch(stage_key: str, i: int, mix: dict[str, float], sizes: dict[str, int]) -> list[dict]:
-    """One homogeneous batch: a task drawn by `mix` weights, `sizes[task]` examples of it (long policy
-    prompts come in small batches, short perception questions in large ones)."""
+    """One batch. A "policy<N>" draw gives `sizes[policy<N>]` policy examples (long prompts, small batches);
+    any other draw gives a batch of `sizes["perception"]` perception examples whose tasks are drawn per example
+    from the perception part of `mix` (mixed tasks in a batch teach the model to read the question)."""
     rng = random.Random(f"PRETRAIN/{stage_key}/{i}")
     task = rng.choices(list(mix), weights=list(mix.values()))[0]
-    kind, depth = (task[:-1], int(task[-1])) if task.startswith("policy") else (task, None)
-    return [make_example(kind, f"{stage_key}/{i}/{j}", depth) for j in range(sizes[task])]
+    if task.startswith("policy"):
+        return [make_example("policy", f"{stage_key}/{i}/{j}", int(task[6:])) for j in range(sizes[task])]
+    percept = {k: v for k, v in mix.items() if not k.startswith("policy")}
+    tasks = rng.choices(list(percept), weights=list(percept.values()), k=sizes["perception"])
+    return [make_example(t, f"{stage_key}/{i}/{j}") for j, t in enumerate(tasks)]
 
 
 # ----------------------------------------------------------------------------------------------- pretraining
 
-from dataclasses import asdict, dataclass, field  # noqa: E402
 
 
 @dataclass
@@ -189,18 +190,18 @@ class PretrainConfig:
     work: str = "runs/pretrain"             # checkpoints (resume from here)
     seed: int = 0
     tokenizer_policies: int = 30            # per depth, for the tokenizer corpus
-    see_steps: int = 200                    # stage 1: dense per-cell attribute targets on the ViT + merger
+    tokenizer_questions: int = 300          # per perception task, for the tokenizer corpus
+    see_steps: int = 600                    # stage 1: dense per-cell attribute targets on the ViT + merger
     see_batch: int = 16
     see_lr: float = 3e-3
-    read_steps: int = 150                   # stage 2: describe / exist / count, vision frozen
-    read_lr: float = 2e-3
-    read_mix: dict = field(default_factory=lambda: {"describe": 0.2, "exist": 0.4, "count": 0.4})
-    follow_steps: int = 60                  # stage 3: policies in context (N = 2, 4, 6) + perception replay
-    follow_lr: float = 1e-3
+    read_steps: int = 300                   # stage 2: describe / exist / count, vision frozen
+    read_lr: float = 1e-3
+    read_mix: dict = field(default_factory=lambda: {"describe": 0.05, "exist": 0.5, "count": 0.45})
+    follow_steps: int = 80                  # stage 3: policies in context (N = 2, 4, 6) + perception replay
+    follow_lr: float = 5e-4
     follow_mix: dict = field(default_factory=lambda: {"policy2": 0.3, "policy4": 0.25, "policy6": 0.15,
-                                                      "exist": 0.15, "count": 0.15})
-    sizes: dict = field(default_factory=lambda: {"describe": 32, "exist": 32, "count": 32, "policy2": 8,
-                                                 "policy4": 4, "policy6": 1})
+                                                      "describe": 0.03, "exist": 0.14, "count": 0.13})
+    sizes: dict = field(default_factory=lambda: {"perception": 16, "policy2": 8, "policy4": 4, "policy6": 1})
     save_steps: int = 40
 
 
@@ -213,7 +214,7 @@ def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
             texts += [p["text"] for p in e["prompt"][0]["content"] if p["type"] == "text"]
             texts.append(e["completion"][0]["content"][0]["text"])
     for t in ("describe", "exist", "count"):
-        for i in range(300):
+        for i in range(cfg.tokenizer_questions):
             e = make_example(t, f"tokenizer/{i}")
             texts += [e["prompt"][0]["content"][1]["text"], e["answer"]]
     texts.append("You are a helpful assistant.")
@@ -247,11 +248,24 @@ def _args(cfg: PretrainConfig, stage: str, steps: int, lr: float, warmup: int):
 
 
 def _train(trainer, stage_dir: Path) -> float:
+    """Train, resuming from the stage's last checkpoint; returns the stage's wall seconds, counting the time
+    spent before an interruption (each checkpoint stores the seconds so far in elapsed.json)."""
+    from transformers import TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
     last = get_last_checkpoint(str(stage_dir)) if stage_dir.exists() else None
+    before = json.loads((Path(last) / "elapsed.json").read_text())["seconds"] if last and \
+        (Path(last) / "elapsed.json").exists() else 0.0
     t = time.time()
+
+    class Elapsed(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.exists():
+                (ckpt / "elapsed.json").write_text(json.dumps({"seconds": before + time.time() - t}))
+
+    trainer.add_callback(Elapsed())
     trainer.train(resume_from_checkpoint=last)
-    return time.time() - t
+    return before + time.time() - t
 
 
 def pretrain(cfg: PretrainConfig | None = None) -> dict:
@@ -272,7 +286,7 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
 
     def finish(stage, model, processor, seconds):
         save_tiny(model, processor, work / stage / "final")
-        timings[stage] = timings.get(stage, 0) + seconds
+        timings[stage] = seconds
         timings[f"load_avg_{stage}"] = round(os.getloadavg()[1], 1)  # other jobs on the machine slow us down
         log_path.write_text(json.dumps(timings, indent=1))
 
@@ -325,7 +339,6 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
-import re  # noqa: E402
 
 BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
@@ -357,6 +370,12 @@ def answer(model, processor, examples: list[dict], max_new_tokens: int, batch_si
     return texts, n_tokens, seconds
 
 
+def majority_share(examples: list[dict]) -> float:
+    """Accuracy of always giving the most common gold answer: the floor a model must beat to show it sees."""
+    from collections import Counter
+    return Counter(e["answer"] for e in examples).most_common(1)[0][1] / len(examples)
+
+
 def evaluate(model, processor, n_perception: int = 200, n_policy: int = 50, depths=(2, 4, 6),
              progress: bool = True) -> dict:
     """Held-out accuracy: existence, counting (exact), captions (exact), in-context policy following at each N.
@@ -378,6 +397,7 @@ def evaluate(model, processor, n_perception: int = 200, n_policy: int = 50, dept
         else:
             ok = [o.strip() == e["answer"] for o, e in zip(outs, ex)]
             res[task] = sum(ok) / n
+            res[f"{task}_majority"] = majority_share(ex)
         res.setdefault("n", {})[task if depth is None else f"in_context_N{depth}"] = n
     res["perception"] = (res["exist"] + res["count"]) / 2
     res["generation_tokens_per_s"] = tokens / seconds
@@ -388,6 +408,15 @@ def evaluate(model, processor, n_perception: int = 200, n_policy: int = 50, dept
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def _limits(res: dict) -> str:
+    if res["perception"] >= 0.9:
+        return ""
+    return ("**Below the kit's aim of >= 90% on perception.** The vision tower sees (dense probe above), but within "
+            "this CPU budget the language model has not yet learned to read the visual tokens reliably from answers. "
+            "Treat this model as a mechanics stand-in (it runs every TriMPI stage end to end), not as a perceiving "
+            "VLM.\n")
 
 
 def write_card(out, info: dict, res: dict) -> Path:
@@ -427,8 +456,9 @@ It loads like any checkpoint: `AutoProcessor.from_pretrained(path)`, `AutoModelF
 
 Dense probe after "see", held-out cells holding an object centre (exact value set per attribute):
 {', '.join(f"{k} {_pct(v)}" for k, v in info.get('probe', {}).items())} ("object_here" over all cells).
+{info.get('notes', '')}
 Machine load average (5 min) at the end of each stage: {', '.join(f"{k[9:]} {v}" for k, v in sec.items() if k.startswith('load'))} (2 cores; above 2 means other jobs shared them).
-Batches are homogeneous; examples per batch: {', '.join(f"{k} {v}" for k, v in cfg['sizes'].items())}.
+A policy batch holds one depth; a perception batch mixes its tasks per example. Examples per batch: {', '.join(f"{k} {v}" for k, v in cfg['sizes'].items())}.
 Every scene and every policy is sampled fresh from its own seed: scenes from `PRETRAIN/<task>/...`, policies
 from the `base/<stage>/...` seed family (names look like the kit's, `L4-Surinu`), never the policies that the
 kit later internalizes (those come from `mpi_kit.data`'s `policies/<seed>/...` family). Loss on the completion
@@ -438,8 +468,8 @@ only (TRL's `DataCollatorForVisionLanguageModeling`), HF `Trainer` for every sta
 
 | task | accuracy | n |
 |---|---|---|
-| existence ("Is there a small cyan object in the image?", 1-3 attribute values, balanced yes/no) | {_pct(res['exist'])} | {n['exist']} |
-| counting ("How many metal cubes are in the image?", exact) | {_pct(res['count'])} | {n['count']} |
+| existence ("Is there a small cyan object in the image?", 1-3 attribute values; always answering the majority answer scores {_pct(res['exist_majority'])}) | {_pct(res['exist'])} | {n['exist']} |
+| counting ("How many metal cubes are in the image?", exact; majority answer scores {_pct(res['count_majority'])}) | {_pct(res['count'])} | {n['count']} |
 | **perception** (mean of the two) | **{_pct(res['perception'])}** | |
 | caption, whole caption exact ("There are 5 objects: a large red metal cube, ...") | {_pct(res['describe'])} | {n['describe']} |
 | in-context policy following, N = 2 (policy in the prompt, boxed case exact) | {_pct(res['in_context_N2'])} | {n['in_context_N2']} |
@@ -447,7 +477,8 @@ only (TRL's `DataCollatorForVisionLanguageModeling`), HF `Trainer` for every sta
 | in-context policy following, N = 6 | {_pct(res['in_context_N6'])} | {n['in_context_N6']} |
 
 For reference, the paper's Qwen2.5-VL-3B scores 36.6 / 10.9 / 4.8% in context at N = 2 / 4 / 6.
-Greedy generation speed on this CPU (2 threads, fp32, batched): **{res['generation_tokens_per_s']:.0f} new tokens/s**.
+{_limits(res)}
+Greedy generation speed on this CPU ({info.get('threads', 2)} thread(s), fp32, batched, load as above): **{res['generation_tokens_per_s']:.0f} new tokens/s**.
 
 ## Reproduce
 
