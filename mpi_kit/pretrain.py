@@ -500,7 +500,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval", metavar="MODEL_DIR", help="only evaluate a saved model (prints JSON)")
     ap.add_argument("--n-perception", type=int, default=200)
-    ap.add_argument("--n-policy", type=int, default=50)
+    ap.add_argument("--n-policy", type=int, default=30)
     ap.add_argument("--no-card", action="store_true", help="train only: no evaluation, no card")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: $MPI_KIT_THREADS or 2)")
     for name in ("see_steps", "read_steps", "follow_steps"):
