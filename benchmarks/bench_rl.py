@@ -6,7 +6,7 @@ interleaved A, B, A, B, ... so a busy machine slows both alike), and the peak me
 
 PoRo costs more because its policy-aware half is a second `generate` call on prompts that carry the whole policy
 document. Peak memory: CUDA max allocated per variant on a GPU; on a CPU, the peak RSS growth above the
-process's resident size before that variant's steps (sampled every 5 ms).
+process's resident size at the start of each step (sampled every 5 ms), after a warmup step.
 """
 import argparse
 import statistics
@@ -55,13 +55,14 @@ def prepare(trainer, steps):
     """What Trainer.train sets up before its loop: optimizer, scheduler, the prompt loader."""
     trainer.create_optimizer_and_scheduler(num_training_steps=steps)
     trainer.model.train()
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     return iter(trainer.get_train_dataloader())
 
 
 def one_step(trainer, batches) -> float:
     """Generate + score + loss + backward + optimizer step for one batch of prompts; seconds."""
     t = time.perf_counter()
-    trainer.training_step(trainer.model, next(batches))
+    trainer.training_step(trainer.model, next(batches), None)
     trainer.optimizer.step()
     trainer.lr_scheduler.step()
     trainer.optimizer.zero_grad()
@@ -98,9 +99,9 @@ def main():
         for name, trainer in variants.items():
             with PeakRSS() as mem:
                 dt = one_step(trainer, batches[name])
-            peaks[name] = max(peaks[name], mem.peak)
-            if step > 0:  # the first step warms up kernels and caches
+            if step > 0:  # the first step warms up kernels, caches and the allocator
                 times[name].append(dt)
+                peaks[name] = max(peaks[name], mem.peak)
     med = {k: statistics.median(v) for k, v in times.items()}
     lens = {k: statistics.mean(t._metrics["train"]["completions/mean_length"]) for k, t in variants.items()}
     device = "cuda" if torch.cuda.is_available() and recipe.device != "cpu" else "cpu"

@@ -141,9 +141,10 @@ def filter_rows(df: pd.DataFrame, zero_std: bool = False, truncated: bool = Fals
     return df[keep]
 
 
-def filter_groups(df: pd.DataFrame, **filters) -> pd.DataFrame:
-    """`group_table` of the groups with at least one completion passing `filter_rows(df, **filters)`."""
-    table = group_table(df)
+def filter_groups(df: pd.DataFrame, table: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
+    """`group_table` of the groups with at least one completion passing `filter_rows(df, **filters)` (pass the
+    table if you already have it)."""
+    table = group_table(df) if table is None else table
     return table[table["group"].isin(set(filter_rows(df, **filters)["group"]))].reset_index(drop=True)
 
 
@@ -179,6 +180,32 @@ def policy_rescues(df: pd.DataFrame) -> pd.DataFrame:
     out = rescued.assign(advantage_of_correct=rescued["group"].map(best))
     return out[["step", "prompt_id", "gold", "acc_no_policy", "acc_policy_aware", "reward_mean",
                 "advantage_of_correct", "group"]].reset_index(drop=True)
+
+
+OUTCOMES = ("no-policy half correct", "only policy-aware correct", "no correct answer")
+
+
+def group_outcomes(df: pd.DataFrame) -> pd.DataFrame:
+    """Per step, how many groups had a correct no-policy completion, a correct answer only in the policy-aware
+    half (PolicyRollout's rescue), or none at all (accuracy reward zero for the whole group)."""
+    t = group_table(df)
+    np_ok = t["acc_no_policy"].fillna(0) > 0
+    pa_only = ~np_ok & (t["acc_policy_aware"].fillna(0) > 0)
+    t["outcome"] = [OUTCOMES[0] if a else OUTCOMES[1] if b else OUTCOMES[2] for a, b in zip(np_ok, pa_only)]
+    out = t.groupby(["step", "outcome"]).size().unstack(fill_value=0)
+    return out.reindex(columns=list(OUTCOMES), fill_value=0)
+
+
+def outcome_figure(df: pd.DataFrame, title: str = "where the accuracy reward came from"):
+    """Stacked bars of `group_outcomes` over steps."""
+    import plotly.graph_objects as go
+
+    o = group_outcomes(df)
+    colors = (SOURCE_COLOR[NO_POLICY], SOURCE_COLOR[POLICY_AWARE], "#bbbbbb")
+    fig = go.Figure([go.Bar(x=o.index, y=o[c], name=c, marker_color=k) for c, k in zip(OUTCOMES, colors)])
+    fig.update_layout(barmode="stack", title=title, xaxis_title="step", yaxis_title="groups", height=300,
+                      margin=dict(l=40, r=20, t=40, b=40))
+    return fig
 
 
 def rescore(text: str, gold: str | None, group_rewards=None, index: int | None = None) -> dict:
@@ -321,7 +348,8 @@ class RolloutInspector(_Box):
         self.data_dir = find_data_dir(self.run_dir, data_dir) if self.run_dir else data_dir
         self.scenes, self.policies, self.image_size = _scene_lookup(self.data_dir)
         self.image_width = image_width
-        self.visible = group_table(self.df)
+        self.groups = group_table(self.df)
+        self.visible = self.groups
         self._quiet = False  # set while a handler updates other controls, so their observers wait
 
         self.zero_std = w.Checkbox(False, description="zero-std groups", indent=False)
@@ -380,7 +408,7 @@ class RolloutInspector(_Box):
         filters = dict(zero_std=self.zero_std.value, truncated=self.truncated.value, source=self.source.value,
                        wrong=self.wrong.value)
         self.kept = set(filter_rows(self.df, **filters).index)
-        self.visible = filter_groups(self.df, **filters)
+        self.visible = filter_groups(self.df, self.groups, **filters)
         prompts = list(dict.fromkeys(self.visible["prompt_id"]))
         self.count.value = f"&nbsp;{len(self.visible)} of {self.df['group'].nunique()} groups match"
         old = self.prompt.value
@@ -474,7 +502,7 @@ def inspect_run(run, data_dir=None, figures: bool = True):
 
 # ------------------------------------------------------------------------------------------------ recorded runs
 
-def pack_run(run_dir, dest, data_dir=None) -> Path:
+def pack_run(run_dir, dest, data_dir=None, extra: dict | None = None) -> Path:
     """Copy what the inspector needs from a run (rollout log, summary.json, and the data folder's scenes.jsonl,
     summary.json and policies) into `dest`, without model weights or checkpoints: a run to share or ship."""
     run_dir, dest = Path(run_dir), Path(dest)
@@ -493,17 +521,20 @@ def pack_run(run_dir, dest, data_dir=None) -> Path:
         if (src_data / "summary.json").exists():
             shutil.copy(src_data / "summary.json", dest / "data" / "summary.json")
         summary["data"] = "data"
+    summary.update(extra or {})
     (dest / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return dest
 
 
-DEMO = dict(num_policies=2, num_scenes=48, depth=2, sft_steps=60, rl_steps=6, seed=0)
+DEMO = dict(num_policies=2, num_scenes=48, depth=2, sft_steps=120, sft_learning_rate=1e-3, rl_steps=6, G=4,
+            prompts_per_step=2, max_completion_length=64, temperature=0.7, seed=0)
 
 
 def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", **kw) -> Path:
-    """Re-record the shipped rollout log: ClevrPolicy data (N = 2), a short CoT SFT so that some completions are
-    well formed and rewards vary, then a few PoRo-GRPO steps; packed into `dest` (a few hundred KB).
-    Takes minutes on 2 CPU cores. The settings are `DEMO` (overridable here)."""
+    """Re-record the shipped rollout log: ClevrPolicy data (N = 2), a short CoT SFT so that completions are well
+    formed and rewards vary (sampled at temperature 0.7: the tiny model's CoT falls apart at 1.0), then a few
+    PoRo-GRPO steps; packed into `dest` (a few hundred KB) with the settings
+    in its summary.json ("recorded_with"). Minutes on 2 CPU cores. The settings are `DEMO` (overridable here)."""
     from .data import DataConfig, build_datasets
     from .recipes import get_recipe
     from .rl import run_rl
@@ -512,15 +543,21 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
 
     o = {**DEMO, **kw}
     work = Path(work)
-    rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    rec = get_recipe(recipe, seed=o["seed"]) if isinstance(recipe, str) else recipe
     data = work / "data"
     build_datasets(DataConfig(out=str(data), num_policies=o["num_policies"], num_scenes=o["num_scenes"],
                               depth=o["depth"], seed=o["seed"], image_size=tuple(rec.render_size),
                               kinds=("cot", "rl")), progress=False)
     rec = tiny_or_random(rec, data, work / "base")
-    run_sft(rec, data, work / "sft_cot", "cot", max_steps=o["sft_steps"])
-    run_rl(rec, data, work / "poro_grpo", "grpo", True, init=str(work / "sft_cot"), max_steps=o["rl_steps"])
-    return pack_run(work / "poro_grpo", dest, data)
+    sft = run_sft(rec, data, work / "sft_cot", "cot", max_steps=o["sft_steps"],
+                  **{"sft_cot.learning_rate": o["sft_learning_rate"]})
+    rl = {"grpo.max_completion_length": o["max_completion_length"], "grpo.temperature": o["temperature"],
+          "grpo.per_device_train_batch_size": 2 * o["G"] * o["prompts_per_step"]}
+    run_rl(rec, data, work / "poro_grpo", "grpo", True, init=str(work / "sft_cot"), max_steps=o["rl_steps"],
+           num_generations=o["G"], **rl)
+    extra = {"recorded_with": {**o, "model": rec.model, "sft_final_loss": sft["final_loss"],
+                               "how": "mpi_kit.inspector.record_demo_run (mpi-kit inspect DIR --record)"}}
+    return pack_run(work / "poro_grpo", dest, data, extra)
 
 
 def summary_table(run_dir) -> str:
@@ -532,5 +569,5 @@ def summary_table(run_dir) -> str:
 
 
 __all__ = ["load_rollouts", "find_data_dir", "group_table", "filter_rows", "filter_groups", "step_stats",
-           "policy_rescues", "rescore", "rollout_figures", "RolloutInspector", "inspect_run", "pack_run",
+           "policy_rescues", "group_outcomes", "outcome_figure", "rescore", "rollout_figures", "RolloutInspector", "inspect_run", "pack_run",
            "record_demo_run", "summary_table", "ASSET_RUN"]

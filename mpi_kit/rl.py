@@ -18,6 +18,7 @@ from trl.trainer.utils import pad
 
 from .compat import patch_trl_cpu_logprobs
 from .rewards import parse_answer
+from .training import ResumeFix
 
 patch_trl_cpu_logprobs()
 
@@ -54,7 +55,7 @@ def vision_token_ids(processor) -> list[int]:
     return [i for i in ids if i is not None and i != tok.unk_token_id]
 
 
-class PolicyRolloutTrainer(GRPOTrainer):
+class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
     """GRPOTrainer with PolicyRollout and DAPO-style dynamic sampling.
 
     policy_rollout: the group of num_generations = 2G holds G no-policy and G policy-aware rollouts (the row's
@@ -62,6 +63,7 @@ class PolicyRolloutTrainer(GRPOTrainer):
     policy_microbatch: generate the policy-aware half in chunks of this many prompts (long prompts, less memory).
     dynamic_sampling_retries: regenerate the batch up to this many times; each group keeps its first sample set
         whose rewards differ; groups still all-equal after the last retry are dropped from the loss (DAPO).
+    Resuming a full fine-tune reloads the checkpoint through `from_pretrained` (`ResumeFix`, transformers#43701).
     """
 
     def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,

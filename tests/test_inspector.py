@@ -1,0 +1,199 @@
+"""The rollout inspector on the shipped recorded run (no model, no GPU): tables, filters, the widget, the reward
+playground, figures, the `inspect` CLI; and `mpi-kit rl` under a 2-process `accelerate launch`, and an RL run
+stopped after k steps then rerun into its folder ending equal to an uninterrupted one."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from mpi_kit.cli import main
+from mpi_kit.data import build_datasets, load_kit_data
+from mpi_kit.inspector import (ASSET_RUN, RolloutInspector, filter_groups, filter_rows, find_data_dir, group_table,
+                               load_rollouts, pack_run, policy_rescues, rescore, rollout_figures, step_stats)
+from mpi_kit.rewards import total_reward
+from mpi_kit.rl import NO_POLICY, POLICY_AWARE, rl_trainer
+from mpi_kit.training import train_stage
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vit_hidden=32, vit_depth=2,
+             vit_heads=2, vit_mlp=64)
+FAST = {"grpo.max_completion_length": 8, "grpo.per_device_train_batch_size": 4, "grpo.num_generations": 2}
+
+
+@pytest.fixture(scope="module")
+def df():
+    return load_rollouts(ASSET_RUN)
+
+
+# ------------------------------------------------------------------------------------------ the recorded run
+
+def test_shipped_run_is_small_and_complete(df):
+    size = sum(f.stat().st_size for f in ASSET_RUN.rglob("*") if f.is_file())
+    assert size < 600_000, f"assets/rollouts is {size} bytes"
+    assert not list(ASSET_RUN.rglob("*.safetensors"))
+    s = json.loads((ASSET_RUN / "summary.json").read_text())
+    assert s["policy_rollout"] and df["step"].nunique() == s["steps"] >= 3
+    assert find_data_dir(ASSET_RUN) == ASSET_RUN / "data"
+    assert set(df["source"]) == {NO_POLICY, POLICY_AWARE}
+    sizes = df.groupby("group").size()
+    assert (sizes == s["group_size"]).all()  # every group holds 2G completions, G of each source
+    assert (df.groupby("group")["source"].apply(lambda x: (x == POLICY_AWARE).sum()) == s["G"]).all()
+
+
+def test_tables_agree_with_the_log(df):
+    # the weighted reward is the trainer's; the advantages are (r - mean) / (std + 1e-4) within each group
+    row = df.iloc[0]
+    assert row["reward"] == pytest.approx(total_reward(row["text"], row["gold"]))
+    for _, g in df.groupby("group"):
+        r = g["reward"]
+        assert g["advantage"].to_numpy() == pytest.approx(((r - r.mean()) / (r.std() + 1e-4)).to_numpy(), abs=1e-4)
+    groups = group_table(df)
+    assert len(groups) == df["group"].nunique()
+    stats = step_stats(df)
+    assert list(stats["step"]) == sorted(df["step"].unique())
+    assert stats["frac_zero_std"].between(0, 1).all()
+    rescued = policy_rescues(df)
+    assert (rescued["acc_no_policy"] == 0).all() and (rescued["acc_policy_aware"] > 0).all()
+
+
+def test_filters(df):
+    assert set(filter_rows(df, source=POLICY_AWARE)["source"]) == {POLICY_AWARE}
+    assert filter_rows(df, truncated=True)["truncated"].all()
+    assert not filter_rows(df, wrong=True)["correct"].any()
+    zero = filter_groups(df, zero_std=True)
+    assert zero["zero_std"].all() and len(zero) == group_table(df)["zero_std"].sum()
+
+
+def test_widget_filters_playground_and_step_slider(df):
+    ins = RolloutInspector(ASSET_RUN)
+    assert "<img" in ins.scene.value and ins.cards.value.count("border:2px") == len(ins.current_group())
+    n_all = len(ins.visible)
+    ins.zero_std.value = True
+    assert len(ins.visible) == group_table(df)["zero_std"].sum() < n_all
+    ins.zero_std.value = False
+    ins.wrong.value = True
+    assert len(ins.visible) == len(filter_groups(df, wrong=True))
+    ins.wrong.value = False
+    # the step slider moves the same prompt through the steps
+    prompt = df.groupby("prompt_id")["step"].nunique().idxmax()
+    ins.prompt.value = prompt
+    steps = list(ins.step.options)
+    assert steps == sorted(df[df["prompt_id"] == prompt]["step"].unique())
+    ins.step.value = steps[-1]
+    assert set(ins.current_group()["step"]) == {steps[-1]}
+    ins.drift.value = True
+    # playground: a perfect answer re-scores to the full reward, and its advantage follows
+    gold = ins.gold.value
+    ins.edit.value = "<think>I follow the policy.</think> \\boxed{" + gold + "}"
+    assert ins.last_score["reward"] == pytest.approx(1.0) and ins.last_score["parsed_answer"] == gold
+    ins.edit.value = "no answer"
+    assert ins.last_score["reward"] == 0.0 and "reward <b>0.00</b>" in ins.score.value
+
+
+def test_rescore_advantage():
+    r = rescore("<think>x</think>\\boxed{Case 1}", "Case 1", [0.0, 0.0, 0.0, 0.0], 0)
+    assert r["reward"] == pytest.approx(1.0) and r["advantage"] == pytest.approx(0.75 / (0.5 + 1e-4))
+
+
+def test_figures(df):
+    figs = rollout_figures(df)
+    assert len(figs) == 4 and all(len(f.data) >= 1 for f in figs)
+    assert figs[-1].data[0].name == "reward, no-policy"
+
+
+def test_inspect_cli(capsys, tmp_path):
+    assert main(["inspect", str(ASSET_RUN)]) == 0
+    out = capsys.readouterr().out
+    assert "frac_zero_std" in out and len(out.strip().splitlines()) == 1 + load_rollouts(ASSET_RUN)["step"].nunique()
+    assert main(["inspect", str(tmp_path)]) == 2
+
+
+def test_pack_run_roundtrip(df, tmp_path):
+    packed = pack_run(ASSET_RUN, tmp_path / "p")
+    again = load_rollouts(packed)
+    pd.testing.assert_frame_equal(again.drop(columns=["text"]), df.drop(columns=["text"]))
+    assert find_data_dir(packed) == packed / "data"
+
+
+# ------------------------------------------------------------------------------------------ training runs
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from mpi_kit.tiny import build_tiny, save_tiny
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("inspector")
+    build_datasets(out=str(root / "data"), num_policies=2, num_scenes=6, depth=2, progress=False,
+                   kinds=("rl", "vmcpt"))
+    texts = ["".join(p["text"] or "" for m in r["prompt"] + r["completion"] for p in m["content"])
+             for r in load_kit_data(root / "data", "vmcpt")["train"]]
+    model, processor = build_tiny(texts * 4, dims=SMALL)
+    return root, str(save_tiny(model, processor, root / "base"))
+
+
+def test_cli_rl_under_accelerate_with_two_processes(setup, tmp_path):
+    """`--multi_gpu --num_processes 2` on a CPU-only machine: torchrun + gloo DDP, two real processes
+    (`--cpu --num_processes 2` starts only one; accelerate's multi-CPU path needs mpirun)."""
+    root, base = setup
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpi_kit", "rl",
+           "--recipe", base, "--data", str(root / "data"), "--out", str(out), "--algo", "grpo", "--policy-rollout",
+           "--max-steps", "2", "--num-generations", "2", "--set", "grpo.max_completion_length=8",
+           "grpo.per_device_train_batch_size=4"]
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["steps"] == 2 and s["stage"] == "poro_grpo" and s["group_size"] == 4
+    assert r.stdout.count('"stage"') == 1
+    logged = load_rollouts(out)
+    # 2 processes x 4 completions per step = 2 pooled groups of 2G = 4, each half G = 2, every step
+    assert logged.groupby("step")["group"].nunique().tolist() == [2, 2]
+    assert all(list(x) == [NO_POLICY] * 2 + [POLICY_AWARE] * 2 for _, x in logged.groupby("group")["source"])
+
+
+def hashed_reward(completions, **kw):
+    """Deterministic, varied rewards (so groups have signal and the weights move) from the completion text."""
+    return [int(hashlib.md5(c[-1]["content"].encode()).hexdigest(), 16) % 5 / 4 for c in completions]
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, k):
+        self.k = k
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.k:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def test_rl_interrupted_then_resumed_equals_uninterrupted(setup, tmp_path):
+    root, base = setup
+
+    def run(out, **kw):
+        t, processor, info = rl_trainer("tiny", root / "data", out, "grpo", True, model=base, max_steps=4,
+                                        save_steps=10, **FAST, **kw)
+        t.reward_funcs, t.reward_func_names, t.reward_processing_classes = [hashed_reward], ["hashed"], [None]
+        t.reward_weights = torch.ones(1)
+        return train_stage(t, "poro_grpo", out, processor, info)
+
+    full = run(tmp_path / "full")
+    stopped = run(tmp_path / "resumed", callbacks=[StopAt(2)])
+    assert stopped["steps"] == 2 and not stopped["completed"]
+    resumed = run(tmp_path / "resumed")
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["completed"]
+    assert [p["loss"] for p in resumed["loss"]] == pytest.approx([p["loss"] for p in full["loss"]], abs=1e-6)
+    assert any(p["loss"] != 0 for p in full["loss"])
+    a, b = load_rollouts(tmp_path / "full"), load_rollouts(tmp_path / "resumed")
+    assert a["text"].tolist() == b["text"].tolist()  # same rollouts, steps 3-4 included: the RNG came back
+    from safetensors.torch import load_file
+    wa, wb = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "resumed"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
