@@ -527,14 +527,15 @@ def pack_run(run_dir, dest, data_dir=None, extra: dict | None = None) -> Path:
 
 
 DEMO = dict(num_policies=2, num_scenes=48, depth=2, sft_steps=120, sft_learning_rate=1e-3, rl_steps=6, G=4,
-            prompts_per_step=2, max_completion_length=64, temperature=0.7, seed=0)
+            prompts_per_step=2, rl_limit=4, max_completion_length=64, temperature=0.7, seed=0)
 
 
 def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", **kw) -> Path:
     """Re-record the shipped rollout log: ClevrPolicy data (N = 2), a short CoT SFT so that completions are well
     formed and rewards vary (sampled at temperature 0.7: the tiny model's CoT falls apart at 1.0), then a few
-    PoRo-GRPO steps; packed into `dest` (a few hundred KB) with the settings
-    in its summary.json ("recorded_with"). Minutes on 2 CPU cores. The settings are `DEMO` (overridable here)."""
+    PoRo-GRPO steps on `rl_limit` prompts (so the step slider sees each prompt again); packed into `dest` (a few
+    hundred KB) with the settings in its summary.json ("recorded_with"). Minutes on 2 CPU cores; a finished SFT in
+    `work` is reused. The settings are `DEMO` (overridable here)."""
     from .data import DataConfig, build_datasets
     from .recipes import get_recipe
     from .rl import run_rl
@@ -554,7 +555,7 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
     rl = {"grpo.max_completion_length": o["max_completion_length"], "grpo.temperature": o["temperature"],
           "grpo.per_device_train_batch_size": 2 * o["G"] * o["prompts_per_step"]}
     run_rl(rec, data, work / "poro_grpo", "grpo", True, init=str(work / "sft_cot"), max_steps=o["rl_steps"],
-           num_generations=o["G"], **rl)
+           num_generations=o["G"], limit=o["rl_limit"], **rl)
     extra = {"recorded_with": {**o, "model": rec.model, "sft_final_loss": sft["final_loss"],
                                "how": "mpi_kit.inspector.record_demo_run (mpi-kit inspect DIR --record)"}}
     return pack_run(work / "poro_grpo", dest, data, extra)
