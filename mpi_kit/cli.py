@@ -82,9 +82,10 @@ def cmd_demo(args) -> int:
                                   seed=args.seed))
         print(f"report: {data_report(Path(args.out) / 'data')}")
         return 0
+    # reduced: N = 4 only, 4 methods, fewer steps and examples than `mpi-kit pipeline` (fits ~15 min on 2 cores)
     results = run_pipeline(PipelineConfig(out=args.out, depths=(4,), methods=DEMO_METHODS, seed=args.seed,
                                           num_policies=4, num_scenes=120, eval_limit=args.eval_limit,
-                                          forgetting=True))
+                                          cpt_steps=30, sft_steps=40, rl_steps=8, forgetting=True))
     print(table(results))
     print(f"report: {results['report']}")
     return 0
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the main job on the tiny recipe and write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation (default: all)")
+    p.add_argument("--eval-limit", type=int, default=24, help="examples per evaluation (default: 24)")
     p.set_defaults(func=cmd_demo)
     from .pipeline import PipelineConfig
 

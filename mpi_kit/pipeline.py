@@ -114,7 +114,7 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
     res["override"] = summarize(evaluate_accuracy(model, processor, data_dir, "override", **kw))[0]["accuracy"]
     if cfg.forgetting:
         from .pretrain import evaluate as general
-        g = general(model, processor, n_perception=40, n_policy=0, depths=(), progress=False)
+        g = general(model, processor, n_perception=cfg.eval_limit or 40, n_policy=0, depths=(), progress=False)
         res["perception"] = round(100 * g["perception"], 2)
     res["examples"] = [{k: r[k] for k in ("gold", "parsed", "completion")} for r in rows[:3]]
     return res
