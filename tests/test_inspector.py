@@ -1,7 +1,6 @@
 """The rollout inspector on the shipped recorded run (no model, no GPU): tables, filters, the widget, the reward
 playground, figures, the `inspect` CLI; and `mpi-kit rl` under a 2-process `accelerate launch`, and an RL run
 stopped after k steps then rerun into its folder ending equal to an uninterrupted one."""
-import hashlib
 import json
 import os
 import subprocess
@@ -11,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from transformers import TrainerCallback
 
+from conftest import StopAt, hashed_reward
 from mpi_kit.cli import main
-from mpi_kit.data import build_datasets, load_kit_data
 from mpi_kit.inspector import (ASSET_RUN, RolloutInspector, filter_groups, filter_rows, find_data_dir, group_table,
                                load_rollouts, pack_run, policy_rescues, rescore, rollout_figures, step_stats)
 from mpi_kit.rewards import total_reward
@@ -22,8 +20,6 @@ from mpi_kit.rl import NO_POLICY, POLICY_AWARE, rl_trainer
 from mpi_kit.training import train_stage
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vit_hidden=32, vit_depth=2,
-             vit_heads=2, vit_mlp=64)
 FAST = {"grpo.max_completion_length": 8, "grpo.per_device_train_batch_size": 4, "grpo.num_generations": 2}
 
 
@@ -124,24 +120,10 @@ def test_pack_run_roundtrip(df, tmp_path):
 
 # ------------------------------------------------------------------------------------------ training runs
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from mpi_kit.tiny import build_tiny, save_tiny
-
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("inspector")
-    build_datasets(out=str(root / "data"), num_policies=2, num_scenes=6, depth=2, progress=False,
-                   kinds=("rl", "vmcpt"))
-    texts = ["".join(p["text"] or "" for m in r["prompt"] + r["completion"] for p in m["content"])
-             for r in load_kit_data(root / "data", "vmcpt")["train"]]
-    model, processor = build_tiny(texts * 4, dims=SMALL)
-    return root, str(save_tiny(model, processor, root / "base"))
-
-
-def test_cli_rl_under_accelerate_with_two_processes(setup, tmp_path):
+def test_cli_rl_under_accelerate_with_two_processes(small_rl_setup, tmp_path):
     """`--multi_gpu --num_processes 2` on a CPU-only machine: torchrun + gloo DDP, two real processes
     (`--cpu --num_processes 2` starts only one; accelerate's multi-CPU path needs mpirun)."""
-    root, base = setup
+    root, base = small_rl_setup
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -160,23 +142,8 @@ def test_cli_rl_under_accelerate_with_two_processes(setup, tmp_path):
     assert all(list(x) == [NO_POLICY] * 2 + [POLICY_AWARE] * 2 for _, x in logged.groupby("group")["source"])
 
 
-def hashed_reward(completions, **kw):
-    """Deterministic, varied rewards (so groups have signal and the weights move) from the completion text."""
-    return [int(hashlib.md5(c[-1]["content"].encode()).hexdigest(), 16) % 5 / 4 for c in completions]
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, k):
-        self.k = k
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.k:
-            control.should_save = True
-            control.should_training_stop = True
-
-
-def test_rl_interrupted_then_resumed_equals_uninterrupted(setup, tmp_path):
-    root, base = setup
+def test_rl_interrupted_then_resumed_equals_uninterrupted(small_rl_setup, tmp_path):
+    root, base = small_rl_setup
 
     def run(out, **kw):
         t, processor, info = rl_trainer("tiny", root / "data", out, "grpo", True, model=base, max_steps=4,

@@ -5,12 +5,10 @@ import json
 import pytest
 import torch
 
-from mpi_kit.cli import main
+from conftest import SMALL
 from mpi_kit.data import build_datasets, load_kit_data
 from mpi_kit.pipeline import PipelineConfig, run_pipeline, table
 
-SMALL = dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vit_hidden=32, vit_depth=2,
-             vit_heads=2, vit_mlp=64)
 
 
 @pytest.fixture(scope="module")

@@ -1,41 +1,17 @@
 """PolicyRollout on TRL's GRPOTrainer, on a ~0.2M-parameter random Qwen2.5-VL: pooled 2G groups and their
 advantages, no policy token in anything that reaches the loss, PoRo off == plain GRPOTrainer, dynamic sampling."""
-import hashlib
-
-import pytest
 import torch
 from trl import GRPOTrainer
 
-from mpi_kit.data import build_datasets, load_kit_data
+from conftest import hashed_reward
 from mpi_kit.rl import NO_POLICY, POLICY_AWARE, PolicyRolloutTrainer, rl_trainer
 
-SMALL = dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vit_hidden=32, vit_depth=2,
-             vit_heads=2, vit_mlp=64)
 FAST = {"grpo.max_completion_length": 8, "grpo.per_device_train_batch_size": 4, "grpo.num_generations": 2,
         "dapo.max_completion_length": 8, "dapo.per_device_train_batch_size": 4, "dapo.num_generations": 2}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from mpi_kit.tiny import build_tiny, save_tiny
-
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("rl")
-    build_datasets(out=str(root / "data"), num_policies=2, num_scenes=6, depth=2, progress=False,
-                   kinds=("rl", "vmcpt"))
-    texts = ["".join(p["text"] or "" for m in r["prompt"] + r["completion"] for p in m["content"])
-             for r in load_kit_data(root / "data", "vmcpt")["train"]]
-    model, processor = build_tiny(texts * 4, dims=SMALL)
-    return root, str(save_tiny(model, processor, root / "base"))
-
-
-def hashed_reward(completions, **kw):
-    """Deterministic, varied rewards (so groups have signal) from the completion text."""
-    return [int(hashlib.md5(c[-1]["content"].encode()).hexdigest(), 16) % 5 / 4 for c in completions]
-
-
-def trainer(setup, tmp_path, poro=True, algo="grpo", **kw):
-    root, base = setup
+def trainer(small_rl_setup, tmp_path, poro=True, algo="grpo", **kw):
+    root, base = small_rl_setup
     t, _, _ = rl_trainer("tiny", root / "data", tmp_path / "out", algo, poro, model=base, max_steps=2, **FAST, **kw)
     return t
 
@@ -45,8 +21,8 @@ def batch(t, n_prompts=1):
     return [dict(r) for r in rows for _ in range(t.num_generations)]
 
 
-def test_pooled_group_of_2g_and_its_advantages(setup, tmp_path):
-    t = trainer(setup, tmp_path)
+def test_pooled_group_of_2g_and_its_advantages(small_rl_setup, tmp_path):
+    t = trainer(small_rl_setup, tmp_path)
     counter = iter(range(10_000))
     t.reward_funcs = [lambda completions, **kw: [float(next(counter)) ** 2 for _ in completions]]
     t.reward_func_names, t.reward_processing_classes = ["square"], [None]
@@ -60,8 +36,8 @@ def test_pooled_group_of_2g_and_its_advantages(setup, tmp_path):
     assert list(t._logs["extra"]["source"])[-4:] == [NO_POLICY, NO_POLICY, POLICY_AWARE, POLICY_AWARE]
 
 
-def test_policy_tokens_never_reach_the_loss(setup, tmp_path):
-    t = trainer(setup, tmp_path)
+def test_policy_tokens_never_reach_the_loss(small_rl_setup, tmp_path):
+    t = trainer(small_rl_setup, tmp_path)
     tok = t.processing_class.tokenizer
     seen = []
     original = t._tokenize_prompts
@@ -81,11 +57,11 @@ def test_policy_tokens_never_reach_the_loss(setup, tmp_path):
     assert out["prompt_mask"].sum(1).tolist() == [len(no_policy_ids[0])] * len(inputs)
 
 
-def test_poro_off_is_plain_grpo(setup, tmp_path):
+def test_poro_off_is_plain_grpo(small_rl_setup, tmp_path):
     """Same seed, same data, same rewards: PolicyRolloutTrainer(policy_rollout=False) logs exactly the losses and
     rewards of TRL's own GRPOTrainer, step by step."""
     def make(cls, sub, **kw):
-        src = trainer(setup, tmp_path / sub, poro=False)
+        src = trainer(small_rl_setup, tmp_path / sub, poro=False)
         return cls(model=src.model, args=src.args, train_dataset=src.train_dataset,
                    processing_class=src.processing_class, reward_funcs=[hashed_reward, hashed_reward], **kw)
 
@@ -100,8 +76,8 @@ def test_poro_off_is_plain_grpo(setup, tmp_path):
         assert torch.equal(a, b), n
 
 
-def test_dynamic_sampling_retries_then_drops(setup, tmp_path):
-    t = trainer(setup, tmp_path, algo="dapo")
+def test_dynamic_sampling_retries_then_drops(small_rl_setup, tmp_path):
+    t = trainer(small_rl_setup, tmp_path, algo="dapo")
     assert t.dynamic_sampling_retries == 20 and t.beta == 0.0 and t.epsilon_high == 0.28
     t.dynamic_sampling_retries = 3
     calls = []

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
+from conftest import SMALL, StopAt
 from mpi_kit.cli import main
 from mpi_kit.cpt import VMCPTCollator, check_vmcpt, run_cpt, visual_token_ids
 from mpi_kit.data import DataError, build_datasets, load_kit_data
@@ -19,8 +19,6 @@ from mpi_kit.models import load_model
 from mpi_kit.sft import run_sft, sft_trainer
 from mpi_kit.training import StageError, load_stage_model, stage_recipe
 
-SMALL = dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vit_hidden=32, vit_depth=2,
-             vit_heads=2, vit_mlp=64)
 FAST = {"vm_cpt.per_device_train_batch_size": 2, "sft_cot.per_device_train_batch_size": 2,
         "sft_direct.per_device_train_batch_size": 2}
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,18 +137,6 @@ def test_lora_sft_from_vmcpt_trains_only_the_adapter(data, base, tmp_path):
     changed = [k for k in start if not torch.equal(start[k], merged[k])]
     assert changed and all(".language_model." in k and k.endswith(("proj.weight",)) for k in changed)
     assert not any(k.startswith("model.visual.") for k in changed)  # vision tower never touched
-
-
-class StopAt(TrainerCallback):
-    """Simulate an interruption: stop (after a checkpoint) at step k."""
-
-    def __init__(self, k):
-        self.k = k
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.k:
-            control.should_save = True
-            control.should_training_stop = True
 
 
 @pytest.mark.parametrize("stage", ["cpt", "sft-lora"])
