@@ -86,20 +86,10 @@ def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, 
 
 def answer(model, processor, rows, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
     """Greedy completions for rows of a no-policy dataset (eval `no_policy`, cot/qa `test`): image + query only."""
-    import torch
+    from .evaluate import generate_completions
 
     model.eval()
-    outs = []
-    for i in range(0, len(rows), batch_size):
-        chunk = [rows[j] for j in range(i, min(i + batch_size, len(rows)))]
-        texts = [processor.apply_chat_template(list(r["prompt"]), add_generation_prompt=True, tokenize=False)
-                 for r in chunk]
-        batch = processor(text=texts, images=[list(r["images"]) for r in chunk], padding=True, padding_side="left",
-                          return_tensors="pt", add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        outs += processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return outs
+    return generate_completions(model, processor, rows, max_new_tokens, batch_size)
 
 
 def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:

@@ -48,3 +48,15 @@ class StopAt(TrainerCallback):
         if state.global_step == self.k:
             control.should_save = True
             control.should_training_stop = True
+
+
+def interrupted_then_resumed(run, tmp_path):
+    """Run to the end in one folder; in another, stop at step 2 and rerun. Returns (full, resumed) summaries after
+    checking the resume happened and the loss curves agree."""
+    full = run(tmp_path / "full")
+    stopped = run(tmp_path / "resumed", callbacks=[StopAt(2)])
+    assert stopped["steps"] == 2 and not stopped["completed"]
+    resumed = run(tmp_path / "resumed")
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["completed"]
+    assert [p["loss"] for p in resumed["loss"]] == pytest.approx([p["loss"] for p in full["loss"]], abs=1e-6)
+    return full, resumed

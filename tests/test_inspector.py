@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import StopAt, hashed_reward
+from conftest import hashed_reward, interrupted_then_resumed
 from mpi_kit.cli import main
 from mpi_kit.inspector import (ASSET_RUN, RolloutInspector, filter_groups, filter_rows, find_data_dir, group_table,
                                load_rollouts, pack_run, policy_rescues, rescore, rollout_figures, step_stats)
@@ -152,12 +152,7 @@ def test_rl_interrupted_then_resumed_equals_uninterrupted(small_rl_setup, tmp_pa
         t.reward_weights = torch.ones(1)
         return train_stage(t, "poro_grpo", out, processor, info)
 
-    full = run(tmp_path / "full")
-    stopped = run(tmp_path / "resumed", callbacks=[StopAt(2)])
-    assert stopped["steps"] == 2 and not stopped["completed"]
-    resumed = run(tmp_path / "resumed")
-    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["completed"]
-    assert [p["loss"] for p in resumed["loss"]] == pytest.approx([p["loss"] for p in full["loss"]], abs=1e-6)
+    full, resumed = interrupted_then_resumed(run, tmp_path)
     assert any(p["loss"] != 0 for p in full["loss"])
     a, b = load_rollouts(tmp_path / "full"), load_rollouts(tmp_path / "resumed")
     assert a["text"].tolist() == b["text"].tolist()  # same rollouts, steps 3-4 included: the RNG came back

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL, StopAt
+from conftest import SMALL, interrupted_then_resumed
 from mpi_kit.cli import main
 from mpi_kit.cpt import VMCPTCollator, check_vmcpt, run_cpt, visual_token_ids
 from mpi_kit.data import DataError, build_datasets, load_kit_data
@@ -150,12 +150,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(data, base, tmp_path, sta
         def run(out, **kw):
             return _run(run_sft, data["T"], out, "direct", model=base, max_steps=5, save_steps=10,
                         **{"lora.enabled": True, "sft_direct.learning_rate": 1e-3}, **kw)
-    full = run(tmp_path / "full")
-    stopped = run(tmp_path / "resumed", callbacks=[StopAt(2)])
-    assert stopped["steps"] == 2 and not stopped["completed"]
-    resumed = run(tmp_path / "resumed")
-    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["completed"]
-    assert [p["loss"] for p in resumed["loss"]] == pytest.approx([p["loss"] for p in full["loss"]], abs=1e-6)
+    full, resumed = interrupted_then_resumed(run, tmp_path)
     if stage == "cpt":
         a = _state(load_model(str(tmp_path / "full"))[0])
         b = _state(load_model(str(tmp_path / "resumed"))[0])
