@@ -233,6 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, PolicyError, SceneError, FileNotFoundError) as e:
         print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Under `accelerate launch`, tear the process group down before exit: a gloo group left to the interpreter's
+    shutdown can abort one rank ("terminate called without an active exception") after the work is saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
