@@ -198,6 +198,10 @@ class Recipe(_Section):
     render_size: list[int] = field(default_factory=lambda: [480, 320], metadata={
         "help": "[width, height] at which scenes are rendered (CLEVR is 480x320)."})
     seed: int = field(default=0, metadata={"help": "Seed for LoRA init and training."})
+    memory_budget_gib: float = field(default=0.0, metadata={
+        "help": "GPU memory (GiB) the stages may use; > 0 lets the memory planner (`mpi_kit.memory.plan`) choose "
+                "each stage's micro-batch and gradient accumulation (same effective batch) and refuse, saying what "
+                "would fit, when nothing does. 0 = off: the stage fields are used as written."})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings (language model only)."})
     vm_cpt: StageSettings = field(default_factory=StageSettings, metadata={"help": "Stage 1, VM-CPT."})
     sft_cot: StageSettings = field(default_factory=StageSettings, metadata={"help": "Stage 2, CoT SFT."})
@@ -222,6 +226,7 @@ class Recipe(_Section):
         _check(self.quantization == "none" or self.lora.enabled,
                "quantization: 'nf4' needs lora.enabled=True: 4-bit weights are frozen, only an adapter can train "
                "(QLoRA). Enable LoRA or set quantization='none'.")
+        _check(self.memory_budget_gib >= 0, f"memory_budget_gib: must be >= 0 (0 = no plan), got {self.memory_budget_gib}")
         _check(0 < self.min_pixels <= self.max_pixels,
                f"min_pixels/max_pixels: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         rs = self.render_size
@@ -278,7 +283,8 @@ def _tiny() -> Recipe:
     )
 
 
-def _qwen(name: str, model: str, batch: int, accum: int, max_pixels: int, min_pixels: int) -> Recipe:
+def _qwen(name: str, model: str, batch: int, accum: int, max_pixels: int, min_pixels: int,
+          budget: float = 0.0) -> Recipe:
     """A QLoRA recipe for one consumer GPU, with the paper's Table 5 schedule scaled for a single LoRA adapter.
 
     Scaling (paper -> here): VM-CPT full FT lr 1e-5 -> LoRA 1e-4 (LoRA needs ~10x the full-FT rate: the paper's
@@ -290,6 +296,7 @@ def _qwen(name: str, model: str, batch: int, accum: int, max_pixels: int, min_pi
               num_generations=4, max_completion_length=512, temperature=1.0, warmup_ratio=0.0)
     return Recipe(
         name=name, model=model, device="auto", precision="bf16", quantization="nf4", gradient_checkpointing=True,
+        memory_budget_gib=budget,
         min_pixels=min_pixels, max_pixels=max_pixels, render_size=[480, 320],
         lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.05),
         vm_cpt=StageSettings(learning_rate=1e-4, num_train_epochs=5, **stage),
@@ -305,7 +312,9 @@ def _qwen(name: str, model: str, batch: int, accum: int, max_pixels: int, min_pi
 RECIPES = {
     "tiny": _tiny,
     # 16 GB card (T4/4080): NF4 3B ~2.5 GB of weights; micro-batch 1 keeps the long policy prefix of VM-CPT in memory.
-    "qwen2.5-vl-3b": lambda: _qwen("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", 1, 16, 256 * 28 * 28, 64 * 28 * 28),
+    # The memory planner picks its micro-batches for a T4's ~15 GiB (memory_budget_gib).
+    "qwen2.5-vl-3b": lambda: _qwen("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", 1, 16, 256 * 28 * 28, 64 * 28 * 28,
+                                   budget=15.0),
     # 24 GB card (3090/4090): NF4 7B ~5.5 GB of weights; micro-batch 2.
     "qwen2.5-vl-7b": lambda: _qwen("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", 2, 8, 256 * 28 * 28, 64 * 28 * 28),
     # 16 GB card: NF4 4B ~3 GB of weights.

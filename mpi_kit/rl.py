@@ -63,12 +63,15 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
     policy_microbatch: generate the policy-aware half in chunks of this many prompts (long prompts, less memory).
     dynamic_sampling_retries: regenerate the batch up to this many times; each group keeps its first sample set
         whose rewards differ; groups still all-equal after the last retry are dropped from the loss (DAPO).
+    fast_rollouts: generate through `mpi_kit.rollout.shared_prefill_generate` (each prompt prefilled once for its
+        group; static cache + compiled decoding on CUDA). Greedy: the same tokens; sampling: see `mpi_kit.rollout`.
     Resuming a full fine-tune reloads the checkpoint through `from_pretrained` (`ResumeFix`, transformers#43701).
     """
 
     def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,
-                 dynamic_sampling_retries: int = 0, **kwargs):
+                 dynamic_sampling_retries: int = 0, fast_rollouts: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fast_rollouts = fast_rollouts
         if policy_rollout and self.num_generations % 2:
             raise ValueError(f"PolicyRollout pools G no-policy + G policy-aware rollouts, so num_generations must be "
                              f"even (2G); got {self.num_generations}")
@@ -94,6 +97,16 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
             self._prompts = None
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.fast_rollouts and not self.use_vllm:  # one prefill per prompt group (`mpi_kit.rollout`)
+            from .rollout import use_fast_rollouts
+
+            fast, self.fast_rollouts = self.fast_rollouts, False
+            try:
+                with use_fast_rollouts(self.accelerator.unwrap_model(self.model)):
+                    return self._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                      has_tool_images)
+            finally:
+                self.fast_rollouts = fast
         if not self.policy_rollout or self._prompts is None or self._rows is None:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
@@ -217,7 +230,8 @@ ALGOS = ("grpo", "dapo")
 def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
                init=None, max_steps=None, limit=None, save_steps=None, callbacks=(), progress=False,
                num_generations: int | None = None, policy_microbatch: int | None = None, dataset=None,
-               train_vision=False, reward_funcs=None, reward_weights=None, **overrides):
+               train_vision=False, reward_funcs=None, reward_weights=None, fast_rollouts: bool = False,
+               **overrides):
     """(trainer, processor, info) for GRPO or DAPO, with or without PolicyRollout, on the rl train split.
 
     Presets come from the recipe's `grpo` / `dapo` sections (paper: GRPO clip 0.2/0.3 with KL 0.01 to the
@@ -256,8 +270,9 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     trainer = PolicyRolloutTrainer(model=model, args=args, train_dataset=ds, processing_class=processor,
                                    reward_funcs=reward_funcs, callbacks=list(callbacks),
                                    policy_rollout=policy_rollout, policy_microbatch=policy_microbatch,
-                                   dynamic_sampling_retries=settings.dynamic_sampling_retries)
-    info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "group_size": kw["num_generations"],
+                                   dynamic_sampling_retries=settings.dynamic_sampling_retries,
+                                   fast_rollouts=fast_rollouts)
+    info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts, "group_size": kw["num_generations"],
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
             "reward_weights": dict(zip(("format", "accuracy"), reward_weights))}

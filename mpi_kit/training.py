@@ -136,6 +136,12 @@ def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | N
     """TrainingArguments / SFTConfig keywords for a stage: the recipe's hyperparameters, precision matching the
     recipe (fp32 on a CPU: bf16 there is ~15x slower), per-step loss logging, periodic checkpoints, fixed seeds."""
     kw = stage.trl_kwargs()
+    if recipe.memory_budget_gib:  # the memory planner sets micro-batch x accumulation (same effective batch)
+        from .memory import apply_plan
+
+        section = next(n for n in ("vm_cpt", "sft_cot", "sft_direct", "grpo", "dapo") if getattr(recipe, n) is stage)
+        kw = apply_plan(recipe, {"sft_cot": "sft", "sft_direct": "sft", "dapo": "rl", "grpo": "rl"}.get(section, section),
+                        kw)
     kw["warmup_steps"] = kw.pop("warmup_ratio")  # transformers 5: a float < 1 is a ratio of the total steps
     if max_steps is not None:
         kw["max_steps"] = int(max_steps)
