@@ -5,6 +5,8 @@
 - branching error: how far the condition IDs a model's reasoning cites are from the gold paths' (paper §5.6);
 - Policy Referral: a judge scores how accurately the reasoning cites the policy, 0-10 (paper used an LLM judge;
   `RuleJudge` checks each cited condition against the policy deterministically);
+- forgetting: the base model's general abilities (on `tiny`, its perception and counting questions) before and
+  after internalization;
 - efficiency: prompt tokens and prefill time with and without the policy (paper Fig. 6).
 """
 from __future__ import annotations
@@ -151,6 +153,21 @@ def referral_scores(rows: list[dict], policies: dict[str, Policy], judge: Referr
     judge = judge or RuleJudge()
     scores = [judge(policies[r["policy"]], r["completion"]) for r in rows]
     return round(sum(scores) / len(scores), 2) if scores else 0.0
+
+
+# -------------------------------------------------------------------------------------------- forgetting
+
+def forgetting(before, after, n_perception: int = 40) -> list[dict]:
+    """General abilities of `before` and `after` (each a (model, processor) pair), one row per task: existence
+    and counting questions on fresh held-out scenes (the tiny model's pretraining tasks, never in the policy
+    data) and their mean, `perception`, in %. `change` < 0 is forgetting."""
+    from .pretrain import evaluate as general
+
+    res = [general(m, p, n_perception=n_perception, n_policy=0, depths=(), progress=False) for m, p in (before, after)]
+    return [{"task": t, "n": n_perception, "before": round(100 * b[t], 2), "after": round(100 * a[t], 2),
+             "change": round(100 * (a[t] - b[t]), 2),
+             "majority": round(100 * b[f"{t}_majority"], 2) if f"{t}_majority" in b else None}
+            for t in ("exist", "count", "perception") for b, a in [res]]
 
 
 # -------------------------------------------------------------------------------------------- efficiency

@@ -39,21 +39,23 @@ def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> 
     return path
 
 
-def pipeline_report(out: str | Path, results: dict) -> Path:
-    """Write `out/report.html`: the comparison against the paper, one plotly chart per evaluation."""
+def comparison_figures(results: dict) -> list:
+    """One plotly bar chart per evaluation in a pipeline's `results`: ours per method and N (bars), the paper's
+    Qwen2.5-VL-7B number beside it where it reports one (diamonds). Evaluations no method has are left out."""
     import plotly.graph_objects as go
 
     from .paper import METHODS
 
-    out = Path(out)
     rows = list(results["methods"].values())
     depths = sorted({r["depth"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     get = lambda m, d, k: next((r.get(k) for r in rows if r["method"] == m and r["depth"] == d), None)
-    paper = results["paper"]
+    paper = results.get("paper", {})
     figs = []
 
     def bars(title, key, paper_key=None, ytitle="accuracy (%)"):
+        if all(get(m, d, key) is None for m in methods for d in depths):
+            return
         fig = go.Figure()
         for d in depths:
             fig.add_trace(go.Bar(name=f"ours N={d}", x=methods, y=[get(m, d, key) for m in methods]))
@@ -71,10 +73,44 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
     bars("Branching error (lower is better; TV distance of cited condition IDs, %)", "branching_error",
          ytitle="branching error")
     bars("Policy Referral (rule judge, 0-10)", "referral", "referral_7b", ytitle="score")
-    if any(get(m, d, "perception") is not None for m in methods for d in depths):
-        bars("Forgetting: perception and counting accuracy after training (In-Context = base model)",
-             "perception")
+    bars("Forgetting: perception and counting accuracy after training (In-Context = base model)", "perception")
+    return figs
+
+
+def efficiency_figure(rows: list[dict], paper: dict | None = None):
+    """Prompt tokens and prefill time with the policy in context vs without it, as a function of N: `rows` are
+    `evaluate.efficiency` rows (several N, one or more batch sizes). The paper's best reductions go in the title."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("prompt tokens per example", "prefill time (s)"))
+    for bs in sorted({r["batch_size"] for r in rows}):
+        rs = sorted((r for r in rows if r["batch_size"] == bs), key=lambda r: r["depth"])
+        x = [f"N={r['depth']}" for r in rs]
+        for col, key in ((1, "prompt_tokens"), (2, "prefill_s")):
+            if col == 1 and bs != min(r["batch_size"] for r in rows):
+                continue  # tokens per example do not depend on the batch size
+            for setting, dash in (("in_context", "solid"), ("no_policy", "dot")):
+                label = ("policy in context" if setting == "in_context" else "no policy (MPI)")
+                fig.add_trace(go.Scatter(x=x, y=[r[f"{key}_{setting}"] for r in rs], mode="lines+markers",
+                                         line=dict(dash=dash), legendgroup=f"{setting}{bs}",
+                                         name=label + (f", batch {bs}" if col == 2 else "")), row=1, col=col)
+    title = "The cost of carrying the policy"
+    if paper:
+        title += (f" (paper, 7B: up to {paper['prompt_token_reduction_pct']}% fewer prompt tokens, "
+                  f"{paper['prefill_time_reduction_pct']}% less prefill time)")
+    fig.update_layout(title=title, height=420)
+    return fig
+
+
+def pipeline_report(out: str | Path, results: dict) -> Path:
+    """Write `out/report.html`: the comparison against the paper, one plotly chart per evaluation."""
+    out = Path(out)
+    paper = results["paper"]
+    figs = comparison_figures(results)
     eff = [dict(e, N=int(n)) for n, es in results.get("efficiency", {}).items() for e in es]
+    if eff:
+        figs.append(efficiency_figure(eff, paper.get("efficiency")))
     parts = ["<h1>mpi-kit: the paper's comparison on the "
              f"{results['config']['recipe']} recipe</h1><pre>{html.escape(_table_text(results))}</pre>"]
     parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]

@@ -60,3 +60,40 @@ def test_rule_judge(data):
     assert judge(p, text.replace("Condition 1:", "Condition 9:", 1)) < 10.0
     assert cited_conditions("Condition 1: a? Yes, go to Condition 1.1. Condition 1.1: b? No, the response is "
                             "Case 2.") == ["1", "1.1"]
+
+
+def test_forgetting_of_an_unchanged_model_is_zero():
+    from pathlib import Path
+
+    from mpi_kit.evaluate import forgetting
+    from mpi_kit.tiny import load_tiny
+
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "tiny-vlm"
+    if not (shipped / "model.safetensors").exists():
+        pytest.skip("assets/tiny-vlm is not built")
+    pair = load_tiny(shipped)
+    rows = forgetting(pair, pair, n_perception=4)
+    assert [r["task"] for r in rows] == ["exist", "count", "perception"]
+    assert all(r["change"] == 0 and r["before"] == r["after"] and 0 <= r["before"] <= 100 for r in rows)
+
+
+def test_comparison_and_efficiency_figures():
+    from mpi_kit.paper import paper_table
+    from mpi_kit.report import comparison_figures, efficiency_figure
+
+    results = {"paper": paper_table(), "methods": {
+        "N4/In-Context": {"method": "In-Context", "depth": 4, "accuracy": 10.0, "override": 5.0,
+                          "branching_error": 80.0, "referral": 1.0},
+        "N4/CoT SFT": {"method": "CoT SFT", "depth": 4, "accuracy": 20.0, "override": 6.0, "policy_in_context": 7.0,
+                       "branching_error": 40.0, "referral": 2.0}}}
+    figs = comparison_figures(results)
+    assert len(figs) == 5  # no perception measured: no forgetting chart
+    acc = figs[0]
+    assert list(acc.data[0].y) == [10.0, 20.0]  # ours
+    assert list(acc.data[1].y) == [32.2, 49.1]  # the paper's 7B numbers at N = 4, beside ours
+    eff = [{"batch_size": bs, "depth": d, "prompt_tokens_in_context": 100 * d, "prompt_tokens_no_policy": 30,
+            "prefill_s_in_context": 0.01 * d, "prefill_s_no_policy": 0.005} for d in (2, 4, 6) for bs in (1, 8)]
+    fig = efficiency_figure(eff, paper_table()["efficiency"])
+    assert "93.9" in fig.layout.title.text
+    assert list(fig.data[0].y) == [200, 400, 600] and list(fig.data[0].x) == ["N=2", "N=4", "N=6"]
+    assert len(fig.data) == 2 + 2 * 2  # tokens (once) + time per batch size, each with and without the policy
