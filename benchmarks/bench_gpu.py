@@ -85,3 +85,145 @@ def build_checkpoint(folder, shape: dict, seed: int = 0) -> str:
     Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
                         chat_template=chat_template()).save_pretrained(folder)
     return str(folder)
+
+
+def _time(fn, reps: int = 1) -> float:
+    import torch
+
+    best = float("inf")
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def decode_ms(model, size: dict) -> dict:
+    """ms per decode step, ours (shared prefill; static cache + compile on CUDA) vs plain `generate`, from the
+    time of N new tokens minus the time of 1 (the prefill), same prompts, same run; plus greedy token agreement."""
+    import torch
+
+    from mpi_kit.memory import synthetic_inputs
+    from mpi_kit.rollout import shared_prefill_generate
+
+    dev = next(model.parameters()).device
+    b, n = size["decode_batch"], size["decode_tokens"]
+    x = synthetic_inputs(model.config, 1, size["image_tokens"] + size["query_tokens"], size["image_tokens"])
+    x = {k: (v.repeat(b, 1) if k == "pixel_values" else v.repeat_interleave(b, 0)).to(dev) for k, v in x.items()}
+    model.eval()
+    out = {}
+    for name, gen in (("plain", lambda **kw: model.generate(**x, **kw)),
+                      ("ours", lambda **kw: shared_prefill_generate(model, **x, **kw))):
+        def run(k):
+            with torch.no_grad():
+                return gen(max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=0)
+        run(n)  # warmup (and the compile on CUDA)
+        full, one = _time(lambda: run(n), 2), _time(lambda: run(1), 2)
+        out[name] = {"ms_per_step": round(1000 * (full - one) / (n - 1), 3), "tokens": run(n)[:, -n:].tolist()}
+    same = out["plain"].pop("tokens") == out["ours"].pop("tokens")
+    return {"batch": b, "new_tokens": n, "plain_ms": out["plain"]["ms_per_step"], "ours_ms": out["ours"]["ms_per_step"],
+            "speedup": round(out["plain"]["ms_per_step"] / max(out["ours"]["ms_per_step"], 1e-9), 2),
+            "greedy_tokens_equal": same}
+
+
+def memory_rows(model, recipe, size: dict) -> list[dict]:
+    """Each stage's measured peak next to the planner's prediction (excluding its fixed CUDA overhead)."""
+    from mpi_kit.memory import GIB, Workload, measure_peak, model_config, model_shape, predict, run_stage
+
+    w = Workload(size["policy_tokens"], size["image_tokens"], size["query_tokens"], size["completion_tokens"],
+                 size["G"], True)
+    shape = model_shape(model_config(recipe))
+    rows = []
+    for stage, mb in (("vm_cpt", 1), ("sft", 2), ("rl_generation", 4 * size["G"]), ("rl_update", 2)):
+        with measure_peak() as m:
+            run_stage(model, stage, mb, w, generation_batch=mb)
+        pred = sum(predict(recipe, stage, mb, w, shape, generation_batch=mb).values())
+        rows.append({"stage": stage, "micro_batch": mb, "tokens": w.sequence(stage), "measured_gib": round(m.gib, 4),
+                     "predicted_gib": round(pred / GIB, 4), "ratio": round(pred / m.bytes, 3)})
+    return rows
+
+
+def rl_steps(path: str, work: Path, size: dict, precision: str) -> dict:
+    """A PoRo G+G step vs a GRPO 2G step, interleaved like benchmarks/bench_rl.py (same helpers)."""
+    import torch
+
+    from bench_rl import one_step, prepare
+    from mpi_kit.data import DataConfig, build_datasets
+    from mpi_kit.rl import rl_trainer
+
+    G = size["G"]
+    data = work / "data"
+    if not (data / "rl").exists():
+        build_datasets(DataConfig(out=str(data), num_policies=1, num_scenes=8, depth=2, image_size=(112, 84),
+                                  kinds=("rl",)), progress=False)
+    total = size["rl_steps"] + 1
+    common = dict(model=path, precision=precision, max_steps=total, memory_budget_gib=0.0, max_pixels=16 * 28 * 28,
+                  min_pixels=4 * 28 * 28, **{"grpo.per_device_train_batch_size": 2 * G,
+                                             "grpo.gradient_accumulation_steps": 1,
+                                             "grpo.max_completion_length": size["rl_completion"]})
+    variants = {
+        "grpo": rl_trainer("qwen2.5-vl-3b", data, work / "grpo", "grpo", False, num_generations=2 * G, **common)[0],
+        "poro": rl_trainer("qwen2.5-vl-3b", data, work / "poro", "grpo", True, num_generations=G, **common)[0],
+    }
+    batches = {k: prepare(t, total) for k, t in variants.items()}
+    times = {k: [] for k in variants}
+    torch.manual_seed(0)
+    for step in range(total):
+        for k, t in variants.items():
+            dt = one_step(t, batches[k])
+            if step:
+                times[k].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"G": G, "completions_per_step": 2 * G, "grpo_step_s": round(med["grpo"], 3),
+            "poro_step_s": round(med["poro"], 3), "poro_over_grpo": round(med["poro"] / med["grpo"], 3)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reduced", action="store_true", help="small shapes (CPU, tests)")
+    ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--skip-rl", action="store_true", help="skip the PoRo vs GRPO trainer steps")
+    args = ap.parse_args(argv)
+    import torch
+
+    from mpi_kit.models import load_model
+    from mpi_kit.recipes import get_recipe
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    mode = "reduced" if args.reduced else "full"
+    size = SIZES[mode]
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_gpu_"))
+    path = build_checkpoint(work / f"qwen2.5-vl-3b-shaped-{mode}", REDUCED if args.reduced else FULL)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = "bf16" if device == "cuda" else "fp32"
+    recipe = get_recipe("qwen2.5-vl-3b", model=path, precision=precision, device=device)
+    model, _ = load_model(recipe)
+    res = {"mode": mode, "device": device, "precision": precision, "torch": torch.__version__,
+           "decode": decode_ms(model, size), "memory": memory_rows(model, recipe, size)}
+    del model
+    if not args.skip_rl:
+        res["rl_step"] = rl_steps(path, work, size, precision)
+    print(f"Qwen2.5-VL-3B-shaped ({mode}), {device}, {precision}")
+    d = res["decode"]
+    print(f"decode, batch {d['batch']}: plain generate {d['plain_ms']:.2f} ms/step, ours {d['ours_ms']:.2f} ms/step "
+          f"(x{d['speedup']}), greedy tokens equal: {d['greedy_tokens_equal']}")
+    if "rl_step" in res:
+        r = res["rl_step"]
+        print(f"RL step, {r['completions_per_step']} completions: GRPO {r['grpo_step_s']:.2f} s, PoRo G+G "
+              f"{r['poro_step_s']:.2f} s, ratio {r['poro_over_grpo']:.2f} (target <= 1.3)")
+    print(f"{'stage':<14}{'micro':>6}{'tokens':>8}{'measured GiB':>14}{'predicted GiB':>15}{'pred/meas':>10}")
+    for r in res["memory"]:
+        print(f"{r['stage']:<14}{r['micro_batch']:>6}{r['tokens']:>8}{r['measured_gib']:>14.4f}"
+              f"{r['predicted_gib']:>15.4f}{r['ratio']:>10.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

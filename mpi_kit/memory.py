@@ -107,7 +107,18 @@ class Shape:
     lora_in_out: int  # sum of (in + out) over the LoRA-wrapped linear layers: LoRA params = r * this
 
 
+_SHAPES: dict = {}
+
+
 def model_shape(config) -> Shape:
+    """The Shape of a config (cached: building even a 3B model on the meta device takes seconds)."""
+    key = config.to_json_string()
+    if key not in _SHAPES:
+        _SHAPES[key] = _model_shape(config)
+    return _SHAPES[key]
+
+
+def _model_shape(config) -> Shape:
     import torch
     from transformers import AutoModelForImageTextToText
 
