@@ -158,7 +158,7 @@ def rl_steps(path: str, work: Path, size: dict, precision: str) -> dict:
     G = size["G"]
     data = work / "data"
     if not (data / "rl").exists():
-        build_datasets(DataConfig(out=str(data), num_policies=1, num_scenes=8, depth=2, image_size=(112, 84),
+        build_datasets(DataConfig(out=str(data), num_policies=1, num_scenes=3, depth=2, image_size=(112, 84),
                                   kinds=("rl",)), progress=False)
     total = size["rl_steps"] + 1
     common = dict(model=path, precision=precision, max_steps=total, memory_budget_gib=0.0, max_pixels=16 * 28 * 28,
