@@ -82,10 +82,25 @@ def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overri
         from .cpt import run_cpt
         run_cpt(cfg.recipe, str(data_dir), str(out), max_steps=cfg.cpt_steps, **common)
     else:
+        from .recipes import get_recipe
         from .rl import run_rl
-        run_rl(cfg.recipe, str(data_dir), str(out), kw["algo"], kw.get("policy_rollout", False),
-               max_steps=cfg.rl_steps, **common)
+        algo = kw["algo"]
+        # rollouts get the evaluation's budget when the recipe's is shorter: a CoT cut off before its \boxed{}
+        # answer earns no reward, so every advantage would be zero
+        budget = max(getattr(get_recipe(cfg.recipe, **overrides), algo).max_completion_length,
+                     completion_budget(cfg, _depth(data_dir)))
+        run_rl(cfg.recipe, str(data_dir), str(out), algo, kw.get("policy_rollout", False),
+               max_steps=cfg.rl_steps, **{f"{algo}.max_completion_length": budget, **common})
     return out
+
+
+def _depth(data_dir: Path) -> int:
+    return int(json.loads((Path(data_dir) / "summary.json").read_text())["config"]["depth"])
+
+
+def completion_budget(cfg: PipelineConfig, depth: int) -> int:
+    """Tokens a model may write at N = depth: a gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens."""
+    return cfg.max_new_tokens or 24 + 24 * depth
 
 
 def load_for_eval(cfg: PipelineConfig, stage_dir: Path | None, overrides: dict):
@@ -102,7 +117,7 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
     from .evaluate import branching_error, evaluate_accuracy, referral_scores, summarize
 
     depth = int(load_kit_data(data_dir, "eval")["no_policy"][0]["depth"])
-    kw = dict(limit=cfg.eval_limit, max_new_tokens=cfg.max_new_tokens or 24 + 24 * depth, method=method)
+    kw = dict(limit=cfg.eval_limit, max_new_tokens=completion_budget(cfg, depth), method=method)
     main_setting = "in_context" if method == "In-Context" else "no_policy"
     rows = evaluate_accuracy(model, processor, data_dir, main_setting, **kw)
     res = {"accuracy": summarize(rows)[0]["accuracy"], "n": len(rows),
