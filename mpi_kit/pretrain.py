@@ -488,6 +488,8 @@ python -m mpi_kit.pretrain --eval assets/tiny-vlm     # re-measure this card's a
 ```
 """
     path = out / "README.md"
+    if path.exists() and "\n## Left open\n" in path.read_text():  # hand-written findings survive a re-measure
+        text = text.rstrip("\n") + "\n\n## Left open\n" + path.read_text().split("\n## Left open\n", 1)[1]
     path.write_text(text)
     (out / "eval_results.json").write_text(json.dumps(res, indent=1))
     return path
