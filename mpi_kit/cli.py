@@ -94,10 +94,28 @@ def cmd_demo(args) -> int:
 def cmd_pipeline(args) -> int:
     from .pipeline import PipelineConfig, run_pipeline, table
 
-    results = run_pipeline(_dataclass_from_args(PipelineConfig, args))
+    cfg = _dataclass_from_args(PipelineConfig, args)
+    if args.backend is not None:
+        cfg.recipe = _with_backend(cfg.recipe, args.backend)
+    results = run_pipeline(cfg)
     print(table(results))
     print(f"results: {Path(args.out) / 'results.json'}\nreport: {results['report']}")
     return 0
+
+
+def _with_backend(name: str, backend: str) -> str:
+    """The pipeline takes a recipe *name*: register `<name>+<backend>` (this process only) as the named recipe with
+    that backend, after checking the backend can run here (before the pipeline builds data or folders)."""
+    from .models import require_backend
+    from .recipes import RECIPES, get_recipe
+
+    recipe = get_recipe(name, backend=backend)
+    require_backend(recipe.backend, recipe.device)
+    if get_recipe(name).backend == backend:
+        return name
+    derived = f"{recipe.name}+{backend}"
+    RECIPES[derived] = lambda: get_recipe(recipe.name, backend=backend)
+    return derived
 
 
 def _stage_args(p: argparse.ArgumentParser) -> None:
@@ -110,6 +128,15 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N training rows")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="recipe overrides, e.g. vm_cpt.learning_rate=1e-4 lora.r=8 (values parsed as JSON)")
+    _backend_arg(p)
+
+
+def _backend_arg(p: argparse.ArgumentParser) -> None:
+    from .recipes import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="how to load the model (default: the recipe's, 'hf'): 'hf' = transformers + peft, CPU or GPU; "
+                        "'unsloth' = unsloth's FastVisionModel, CUDA GPU only (same as --set backend=unsloth)")
 
 
 def _stage_kwargs(args) -> dict:
@@ -124,17 +151,32 @@ def _stage_kwargs(args) -> dict:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    if args.backend is not None:
+        overrides["backend"] = args.backend
     return dict(init=args.init, max_steps=args.max_steps, save_steps=args.save_steps, limit=args.limit,
                 progress=True, **overrides)
 
 
+def _check_backend(args, kw: dict) -> None:
+    """Fail fast, before any data or output folder is touched, when the stage's backend cannot run here (unsloth
+    without a CUDA GPU). With one, this imports unsloth before the stage module imports trl/peft, as unsloth needs."""
+    from .models import as_recipe, require_backend
+
+    recipe = as_recipe(args.recipe, **{k: v for k, v in kw.items() if k not in STAGE_KEYWORDS})
+    require_backend(recipe.backend, recipe.device)
+
+
+STAGE_KEYWORDS = ("init", "max_steps", "save_steps", "limit", "progress")
+
+
 def _run_stage(args, run) -> int:
+    from .models import BackendUnavailableError
     from .recipes import RecipeError
     from .training import StageError
 
     try:
         summary = run()
-    except (RecipeError, StageError) as e:
+    except (RecipeError, StageError, BackendUnavailableError) as e:
         print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: one report, from the main process
@@ -146,24 +188,38 @@ def _run_stage(args, run) -> int:
 
 
 def cmd_cpt(args) -> int:
-    from .cpt import run_cpt
+    def run():
+        kw = _stage_kwargs(args)
+        _check_backend(args, kw)
+        from .cpt import run_cpt
 
-    return _run_stage(args, lambda: run_cpt(args.recipe, args.data, args.out, **_stage_kwargs(args)))
+        return run_cpt(args.recipe, args.data, args.out, **kw)
+
+    return _run_stage(args, run)
 
 
 def cmd_sft(args) -> int:
-    from .sft import run_sft
+    def run():
+        kw = _stage_kwargs(args)
+        _check_backend(args, kw)
+        from .sft import run_sft
 
-    return _run_stage(args, lambda: run_sft(args.recipe, args.data, args.out, args.mode, **_stage_kwargs(args)))
+        return run_sft(args.recipe, args.data, args.out, args.mode, **kw)
+
+    return _run_stage(args, run)
 
 
 def cmd_rl(args) -> int:
-    from .rl import run_rl
+    def run():
+        kw = _stage_kwargs(args)
+        _check_backend(args, kw)
+        from .rl import run_rl  # after the check: rl imports trl, which unsloth must patch first
 
-    kw = _stage_kwargs(args)
-    if args.num_generations is not None:
-        kw["num_generations"] = args.num_generations
-    return _run_stage(args, lambda: run_rl(args.recipe, args.data, args.out, args.algo, args.policy_rollout, **kw))
+        if args.num_generations is not None:
+            kw["num_generations"] = args.num_generations
+        return run_rl(args.recipe, args.data, args.out, args.algo, args.policy_rollout, **kw)
+
+    return _run_stage(args, run)
 
 
 def cmd_inspect(args) -> int:
@@ -198,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="the paper's methods x N x every evaluation -> results.json + report.html")
     _add_dataclass_args(p, PipelineConfig)
+    _backend_arg(p)
     p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("cpt", help="TriMPI stage 1: VM-CPT on the vmcpt data (runs under `accelerate launch` too)")
     _stage_args(p)
@@ -224,13 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
+    from .models import BackendUnavailableError
     from .policy import PolicyError
+    from .recipes import RecipeError
     from .scenes import SceneError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, PolicyError, SceneError, FileNotFoundError) as e:
+    except (DataError, PolicyError, SceneError, FileNotFoundError, BackendUnavailableError, RecipeError) as e:
         print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -11,7 +11,7 @@ import resource
 import sys
 from pathlib import Path
 
-from .recipes import RECIPES, TINY_MODEL_DIR, Recipe, RecipeError, _merge, get_recipe, recipe_for_model
+from .recipes import BACKENDS, RECIPES, TINY_MODEL_DIR, Recipe, RecipeError, _merge, get_recipe, recipe_for_model
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Module-name pieces that mark the vision side of a VLM (Qwen: `visual`, LLaVA/Idefics: `vision_tower`, ...).
@@ -136,24 +136,27 @@ def apply_pixel_caps(processor, recipe: Recipe):
     return processor
 
 
-def load_model(recipe: "Recipe | str | Path" = "tiny", /, backend: str = "hf", lora: bool | None = None,
+def load_model(recipe: "Recipe | str | Path" = "tiny", /, backend: str | None = None, lora: bool | None = None,
                device: str | None = None, *, local_files_only: bool | None = None, **overrides):
     """Load (model, processor) for a recipe, recipe name, hub id or local folder.
 
+    backend: None = the recipe's (`hf` unless set), or 'hf' / 'unsloth' (CUDA GPU only).
     lora: None = the recipe's `lora.enabled`, True/False forces it (False on an nf4 recipe = 4-bit inference).
     device: None = the recipe's ('auto': CUDA if visible). Overrides are `get_recipe` overrides, e.g.
     `load_model(path, quantization="nf4", lora=True)` or `load_model("qwen2.5-vl-3b", model="/my/download")`. The recipe rides along as `model.mpi_recipe`.
     """
     if lora is not None:
         overrides = {**overrides, "lora.enabled": True} if lora else overrides
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        overrides = {**overrides, "backend": backend}
     recipe = as_recipe(recipe, **overrides)
     use_lora = recipe.lora.enabled if lora is None else bool(lora)
-    if backend == "unsloth":
-        m, processor = _load_unsloth(recipe, device, use_lora, local_files_only)
-    elif backend == "hf":
-        m, processor = _load_hf(recipe, resolve_device(device or recipe.device), use_lora, local_files_only)
+    if recipe.backend == "unsloth":
+        m, processor = _load_unsloth(recipe, device or recipe.device, use_lora, local_files_only)
     else:
-        raise ValueError(f"backend must be 'hf' or 'unsloth', got {backend!r}")
+        m, processor = _load_hf(recipe, resolve_device(device or recipe.device), use_lora, local_files_only)
     m.mpi_recipe = recipe
     return m, apply_pixel_caps(processor, recipe)
 
@@ -193,7 +196,14 @@ def _load_hf(recipe: Recipe, device: str, use_lora: bool, local_files_only: bool
     return get_peft_model(m, cfg), processor
 
 
-def _load_unsloth(recipe: Recipe, device: str | None, use_lora: bool, local_files_only: bool | None):
+def require_backend(backend: str = "hf", device: str | None = "auto") -> None:
+    """Raise BackendUnavailableError unless `backend` can run on `device` here: 'hf' always can; 'unsloth' needs a
+    CUDA GPU and the unsloth package, and is imported here, before the stage imports trl/peft (unsloth patches them
+    when it is imported first). Stages call this before touching their data or output folder."""
+    if backend == "hf":
+        return
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     import importlib.util
 
     import torch
@@ -209,6 +219,24 @@ def _load_unsloth(recipe: Recipe, device: str | None, use_lora: bool, local_file
         raise BackendUnavailableError("backend='unsloth' needs the unsloth package: `pip install '.[unsloth]'` "
                                       "(pinned to versions that match this kit's torch/transformers/trl), or use "
                                       "backend='hf'.")
+    import unsloth  # noqa: F401  (patches transformers/trl/peft; a no-op when already imported)
+
+
+def unsloth_mode(model, training: bool):
+    """unsloth's switch between training and fast generation (`FastVisionModel.for_training/for_inference`);
+    a no-op on a model not loaded by unsloth."""
+    if getattr(getattr(model, "mpi_recipe", None), "backend", "hf") != "unsloth":
+        return model
+    from unsloth import FastVisionModel
+
+    (FastVisionModel.for_training if training else FastVisionModel.for_inference)(model)
+    return model
+
+
+def _load_unsloth(recipe: Recipe, device: str | None, use_lora: bool, local_files_only: bool | None):
+    import torch
+
+    require_backend("unsloth", device)
     from unsloth import FastVisionModel
 
     path = locate_model(recipe.model, local_files_only)

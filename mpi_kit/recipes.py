@@ -27,6 +27,7 @@ TINY_MODEL_DIR = next((p for p in (REPO_ROOT / "assets" / "tiny-vlm", Path(__fil
 PRECISIONS = ("fp32", "bf16", "fp16")
 QUANTIZATIONS = ("none", "nf4")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("hf", "unsloth")
 
 
 class RecipeError(ValueError):
@@ -190,6 +191,10 @@ class Recipe(_Section):
         "help": "'none' or 'nf4' (bitsandbytes 4-bit NF4 with double quantization, compute in `precision`; "
                 "the vision tower and lm_head stay unquantized). nf4 needs LoRA: 4-bit weights cannot be trained. "
                 "Allowed on the CPU too (bitsandbytes >= 0.49 runs NF4 there), e.g. to rehearse QLoRA on `tiny`."})
+    backend: str = field(default="hf", metadata={
+        "help": "How every stage loads the model: 'hf' (transformers + peft + bitsandbytes; CPU or GPU) or 'unsloth' "
+                "(unsloth's FastVisionModel: faster, less memory, CUDA GPU only; install with `pip install "
+                "'.[unsloth]'`). CLI: `--backend unsloth`."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
     min_pixels: int = field(default=56 * 56, metadata={"help": "Image processor floor on H*W (pixels) per image."})
     max_pixels: int = field(default=256 * 28 * 28, metadata={
@@ -223,6 +228,9 @@ class Recipe(_Section):
         _check(self.precision in PRECISIONS, f"precision: must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.quantization in QUANTIZATIONS,
                f"quantization: must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        _check(self.backend in BACKENDS, f"backend: must be one of {BACKENDS} ('hf': transformers, CPU or GPU; "
+                                         f"'unsloth': CUDA GPU only), got {self.backend!r}."
+                                         f"{_suggest(self.backend, BACKENDS)}")
         _check(self.quantization == "none" or self.lora.enabled,
                "quantization: 'nf4' needs lora.enabled=True: 4-bit weights are frozen, only an adapter can train "
                "(QLoRA). Enable LoRA or set quantization='none'.")

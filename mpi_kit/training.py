@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from .data import DataError, require_columns
-from .models import VISION_RE, as_recipe, count_parameters, load_model, peak_memory, resolve_device
+from .models import (VISION_RE, as_recipe, count_parameters, load_model, peak_memory, require_backend, resolve_device,
+                     unsloth_mode)
 from .recipes import Recipe, StageSettings
 
 RECIPE_FILE = "mpi_recipe.json"
@@ -58,6 +59,7 @@ def stage_recipe(recipe: "Recipe | str", init: str | None = None, **overrides) -
     """The recipe a stage runs with: `init` (a previous stage's folder) replaces the model to start from, unless
     it is a LoRA adapter folder, which keeps the recipe's base model and continues that adapter."""
     recipe = as_recipe(recipe, **overrides)
+    require_backend(recipe.backend, recipe.device)  # unsloth without a GPU: fail before any data or folder is touched
     if init is None:
         return recipe
     p = Path(init)
@@ -75,7 +77,8 @@ def stage_recipe(recipe: "Recipe | str", init: str | None = None, **overrides) -
 
 def load_stage_model(recipe: Recipe, init: str | None = None, trainable: bool = True):
     """(model, processor) to train: the recipe's model (with its LoRA if enabled), or a previous stage's output.
-    A LoRA adapter folder is loaded onto the recipe's base and stays trainable (one adapter across stages)."""
+    A LoRA adapter folder is loaded onto the recipe's base and stays trainable (one adapter across stages).
+    The recipe's `backend` loads it ('hf', or 'unsloth' on a CUDA GPU, then switched to training or inference)."""
     device = resolve_device(recipe.device)
     if device.startswith("cuda") and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate launch
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
@@ -85,14 +88,15 @@ def load_stage_model(recipe: Recipe, init: str | None = None, trainable: bool = 
 
         from .models import apply_pixel_caps
 
-        model, _ = load_model(recipe, lora=False, device=device)
-        if recipe.quantization == "nf4":
+        model, _ = load_model(recipe, lora=False, device=device)  # backend: the recipe's
+        if recipe.quantization == "nf4" and recipe.backend == "hf":  # unsloth prepares its 4-bit model itself
             from peft import prepare_model_for_kbit_training
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
         model = PeftModel.from_pretrained(model, init, is_trainable=trainable)
         model.mpi_recipe = recipe
-        return model, apply_pixel_caps(AutoProcessor.from_pretrained(init), recipe)
-    return load_model(recipe, device=device)
+        return unsloth_mode(model, trainable), apply_pixel_caps(AutoProcessor.from_pretrained(init), recipe)
+    model, processor = load_model(recipe, device=device)
+    return unsloth_mode(model, trainable), processor
 
 
 def tiny_or_random(recipe: "Recipe | str", data_dir, out="runs/tiny-random") -> Recipe:

@@ -127,6 +127,8 @@ def test_recipe_contents():
     (lambda: Recipe.from_dict({"name": "x", "lora": {"r": "8"}}), r"recipe 'x': lora.r: expected int, got '8'"),
     (lambda: Recipe.from_dict({"modle": "x"}), r"modle: unknown field.*Did you mean 'model'"),
     (lambda: Recipe.from_json('{"name": '), r"recipe JSON is malformed"),
+    (lambda: get_recipe("tiny", backend="vllm"), r"backend: must be one of \('hf', 'unsloth'\).*got 'vllm'"),
+    (lambda: Recipe.from_dict({"backend": "unslot"}), r"backend: must be one of.*Did you mean 'unsloth'"),
 ])
 def test_recipe_errors_are_clear(call, match):
     with pytest.raises(RecipeError, match=match):
@@ -198,6 +200,26 @@ def test_unsloth_backend_says_why_not_on_cpu(checkpoints):
         load_model(checkpoints["qwen2_5_vl"], backend="unsloth")
     with pytest.raises(ValueError, match="backend must be"):
         load_model(checkpoints["qwen2_5_vl"], backend="vllm")
+
+
+def test_recipe_backend_is_honoured_by_every_stage_loader(tmp_path):
+    """`backend` defaults to 'hf' (also in recipe JSON written before the field existed) and is what load_model,
+    stage_recipe and load_stage_model use: on a CPU, an unsloth recipe stops there with the GPU message."""
+    from mpi_kit.training import load_stage_model, stage_recipe
+
+    assert all(get_recipe(n).backend == "hf" for n in RECIPES) and Recipe.help()["backend"].startswith("How every")
+    old = get_recipe("tiny").to_dict()
+    del old["backend"]
+    assert Recipe.from_dict(old) == get_recipe("tiny")
+    r = get_recipe("qwen2.5-vl-3b", backend="unsloth")
+    assert Recipe.from_json(r.to_json()).backend == "unsloth"
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: unsloth may run here")
+    for call in (lambda: load_model(r), lambda: stage_recipe("tiny", backend="unsloth"),
+                 lambda: stage_recipe(r, init=str(tmp_path)), lambda: load_stage_model(r)):
+        with pytest.raises(BackendUnavailableError, match=r"needs a CUDA GPU"):
+            call()
+    assert stage_recipe("tiny").backend == "hf"
 
 
 def test_unknown_model_gives_clear_error(tmp_path):
