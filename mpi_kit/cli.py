@@ -6,6 +6,8 @@
     mpi-kit cpt --recipe tiny --data runs/data --out runs/vm_cpt [--max-steps N] [--init DIR]
     mpi-kit sft --recipe tiny --data runs/data --out runs/sft_cot --mode cot [--init runs/vm_cpt]
     mpi-kit rl --recipe tiny --data runs/data --out runs/poro --algo grpo --policy-rollout --init runs/sft_cot
+    mpi-kit rl --recipe tiny --data runs/gta --out runs/gta_poro --policy-rollout [--reward auto|clevr|gta]
+    mpi-kit pipeline --recipe tiny --dataset gta --out runs/gta_pipeline
     mpi-kit inspect runs/poro
 """
 from __future__ import annotations
@@ -217,9 +219,22 @@ def cmd_rl(args) -> int:
 
         if args.num_generations is not None:
             kw["num_generations"] = args.num_generations
+        kw.update(_reward_kwargs(args))
         return run_rl(args.recipe, args.data, args.out, args.algo, args.policy_rollout, **kw)
 
     return _run_stage(args, run)
+
+
+def _reward_kwargs(args) -> dict:
+    """--reward: gta swaps in the GTAPolicy tool-call reward; auto picks it when `mpi-kit gta-data` built --data."""
+    reward = args.reward
+    if reward == "auto":
+        from .gta_data import data_kind
+        reward = data_kind(args.data)
+    if reward != "gta":
+        return {}
+    from .gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS
+    return dict(reward_funcs=GTA_REWARD_FUNCS, reward_weights=GTA_REWARD_WEIGHTS)
 
 
 def cmd_inspect(args) -> int:
@@ -270,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-rollout", action="store_true", help="PolicyRollout: G no-policy + G policy-aware "
                    "rollouts pooled per prompt, all trained on the no-policy prompt")
     p.add_argument("--num-generations", type=int, default=None, help="G (default: the recipe's); PoRo samples 2G")
+    p.add_argument("--reward", choices=["auto", "clevr", "gta"], default="auto", help="clevr: format + answer "
+                   "accuracy; gta: format + tool-call score (gta_rewards); auto: by what built --data (default)")
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("inspect", help="per-step summary of an RL run's rollout log (completions/*.parquet)")
     p.add_argument("run_dir", help="an RL run folder (or a packed one, e.g. assets/rollouts)")

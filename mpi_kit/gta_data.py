@@ -528,5 +528,22 @@ def load_gta_policy(out: str | Path) -> tuple[GTAPolicy, GTAPolicy]:
     return GTAPolicy(updated.name), updated
 
 
+def data_kind(data_dir: str | Path) -> str:
+    """"gta" when `data_dir` was written by `build_gta_datasets`, "clevr" when by `data.build_datasets`.
+
+    Told apart by summary.json: a GTA summary names its instance source ("generated" or "gta") and counts
+    `num_instances`; a ClevrPolicy one lists `policies` and its config has a `depth`."""
+    path = Path(data_dir) / "summary.json"
+    if not path.exists():
+        raise DataError(f"no summary.json in {data_dir}; build the data with `mpi-kit data` (ClevrPolicy) or "
+                        f"`mpi-kit gta-data` (GTAPolicy)")
+    summary = json.loads(path.read_text())
+    if summary.get("source") in ("generated", "gta") and "num_instances" in summary:
+        return "gta"
+    if "policies" in summary and "depth" in summary.get("config", {}):
+        return "clevr"
+    raise DataError(f"{path} is neither a ClevrPolicy nor a GTAPolicy data summary; rebuild the data")
+
+
 __all__ = ["Instance", "Step", "GTADataConfig", "GTA_FEATURES", "TASKS", "generate_instances", "load_gta",
-           "build_gta_datasets", "make_row", "split_groups", "override_instances", "load_gta_policy"]
+           "build_gta_datasets", "make_row", "split_groups", "override_instances", "load_gta_policy", "data_kind"]

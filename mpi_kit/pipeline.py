@@ -10,17 +10,23 @@ resumes from its checkpoint), so a rerun after an interruption continues where i
     CoT SFT + GRPO/DAPO   sft(cot) -> rl
     TriMPI w/ GRPO        cpt -> sft(cot) -> rl(grpo)
     TriMPI w/ PoRo-X      cpt -> sft(cot) -> rl(X, PolicyRollout)
+
+`dataset="gta"` runs the same stages on GTAPolicy next-tool-call data (`gta_data.build_gta_datasets`): one "GTA"
+row instead of one per N, RL with the GTA reward (`gta_rewards`), scores = Tool Acc / Arg Score / Overall
+(`evaluate_gta`), In-Context, CoT SFT, CoT SFT + GRPO and TriMPI w/ PoRo-GRPO by default, the paper's GTA numbers
+beside ours.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .paper import METHODS, paper_table
+from .paper import METHODS, gta_paper_table, paper_table
 
 # stage name -> (kind, parent stage, keyword arguments)
 STAGES = {
@@ -39,6 +45,10 @@ METHOD_STAGE = {"In-Context": None, "Direct SFT": "direct_sft", "CoT SFT": "cot_
                 "CoT SFT + DAPO": "cot_sft_dapo", "TriMPI w/ GRPO": "trimpi_grpo",
                 "TriMPI w/ PoRo-GRPO": "trimpi_poro_grpo", "TriMPI w/ PoRo-DAPO": "trimpi_poro_dapo"}
 DEMO_METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ PoRo-GRPO")
+GTA_METHODS = DEMO_METHODS  # the methods issue 7 compares on GTAPolicy
+GTA_NEW_TOKENS = 256  # the longest GTA reverse CoT + call is ~250 tiny-tokenizer tokens
+GTA_ONLY = ("dataset", "num_instances", "gta_root")  # left out of a ClevrPolicy run's results.json config
+CLEVR_ONLY = ("depths", "num_policies", "num_scenes", "variant")  # left out of a GTA run's
 
 
 @dataclass
@@ -60,6 +70,12 @@ class PipelineConfig:
         "help": "generation budget at evaluation (default: 24 + 24 N; a gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens)"})
     forgetting: bool = field(default=True, metadata={"help": "measure perception/counting before and after"})
     model: str | None = field(default=None, metadata={"help": "override the recipe's model path"})
+    dataset: str = field(default="clevr", metadata={
+        "help": "clevr (ClevrPolicy, one row per N) or gta (GTAPolicy tool calls, one row; depths ignored; "
+                "methods default to In-Context, CoT SFT, CoT SFT + GRPO, TriMPI w/ PoRo-GRPO)"})
+    num_instances: int = field(default=200, metadata={"help": "gta: generated instances (train + test)"})
+    gta_root: str | None = field(default=None, metadata={
+        "help": "gta: the GTA benchmark folder (dataset.json + image/) instead of generated instances"})
 
 
 def _done(stage_dir: Path) -> bool:
@@ -87,8 +103,12 @@ def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overri
         algo = kw["algo"]
         # rollouts get the evaluation's budget when the recipe's is shorter: a CoT cut off before its \boxed{}
         # answer earns no reward, so every advantage would be zero
+        gta = cfg.dataset == "gta"
         budget = max(getattr(get_recipe(cfg.recipe, **overrides), algo).max_completion_length,
-                     completion_budget(cfg, _depth(data_dir)))
+                     completion_budget(cfg, None if gta else _depth(data_dir)))
+        if gta:  # GTAPolicy: the tool-call score is the reward
+            from .gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS
+            common.update(reward_funcs=GTA_REWARD_FUNCS, reward_weights=GTA_REWARD_WEIGHTS)
         run_rl(cfg.recipe, str(data_dir), str(out), algo, kw.get("policy_rollout", False),
                max_steps=cfg.rl_steps, **{f"{algo}.max_completion_length": budget, **common})
     return out
@@ -98,8 +118,11 @@ def _depth(data_dir: Path) -> int:
     return int(json.loads((Path(data_dir) / "summary.json").read_text())["config"]["depth"])
 
 
-def completion_budget(cfg: PipelineConfig, depth: int) -> int:
-    """Tokens a model may write at N = depth: a gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens."""
+def completion_budget(cfg: PipelineConfig, depth: int | None) -> int:
+    """Tokens a model may write at N = depth: a gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens.
+    depth None: a GTA tool call (GTA_NEW_TOKENS)."""
+    if depth is None:
+        return cfg.max_new_tokens or GTA_NEW_TOKENS
     return cfg.max_new_tokens or 24 + 24 * depth
 
 
@@ -116,6 +139,8 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
     from .data import load_kit_data, load_policies
     from .evaluate import branching_error, evaluate_accuracy, referral_scores, summarize
 
+    if cfg.dataset == "gta":
+        return evaluate_gta_method(method, model, processor, data_dir, cfg)
     depth = int(load_kit_data(data_dir, "eval")["no_policy"][0]["depth"])
     kw = dict(limit=cfg.eval_limit, max_new_tokens=completion_budget(cfg, depth), method=method)
     main_setting = "in_context" if method == "In-Context" else "no_policy"
@@ -135,6 +160,56 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
     return res
 
 
+def evaluate_gta_method(method: str, model, processor, data_dir: Path, cfg: PipelineConfig) -> dict:
+    """GTAPolicy: Tool Acc, Arg Score and Overall (%) with no policy (In-Context: with it), under the override and,
+    for trained methods, with the policy back in context; forgetting as for ClevrPolicy."""
+    from .gta_rewards import evaluate_gta, summarize
+
+    kw = dict(limit=cfg.eval_limit, max_new_tokens=completion_budget(cfg, None), method=method)
+
+    def scores(setting: str) -> tuple[list, dict]:
+        rows = evaluate_gta(model, processor, data_dir, setting, **kw)
+        return rows, {k: summarize(rows)[0][k] for k in ("tool", "args", "overall")}
+
+    rows, main = scores("in_context" if method == "In-Context" else "no_policy")
+    res = {**main, "n": len(rows)}
+    if method != "In-Context":
+        res["policy_in_context"] = scores("in_context")[1]
+    res["override"] = scores("override")[1]
+    if cfg.forgetting:
+        from .pretrain import evaluate as general
+        g = general(model, processor, n_perception=cfg.eval_limit or 40, n_policy=0, depths=(), progress=False)
+        res["perception"] = round(100 * g["perception"], 2)
+    res["examples"] = [{k: r[k] for k in ("gold", "pred", "overall", "reason", "completion")} for r in rows[:3]]
+    return res
+
+
+def context_check(model, processor, data_dir: Path, limit: int | None = 8) -> dict:
+    """The longest in-context prompt (policy + images + query) in tokens vs the positions the model was trained
+    on. Longer prompts still run (RoPE has no position table and nothing truncates: generation, GRPO and SFT
+    tokenize without truncation), but attention past the trained length is out of distribution, so a warning
+    says so and results.json records it."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from .data import load_kit_data
+
+    ev = load_kit_data(data_dir, "eval")["in_context"]
+    rows = ev.select(range(min(limit or len(ev), len(ev))))
+    n = max(len(processor(text=[processor.apply_chat_template(
+        prepare_multimodal_messages(r["prompt"], images=r["images"]), add_generation_prompt=True)],
+        images=[r["images"]], return_tensors="pt")["input_ids"][0]) for r in rows)
+    conf = getattr(model.config, "text_config", model.config)
+    limit_pos = getattr(conf, "max_position_embeddings", None)
+    out = {"in_context_prompt_tokens": n, "max_position_embeddings": limit_pos,
+           "beyond_trained_context": bool(limit_pos and n > limit_pos)}
+    if out["beyond_trained_context"]:
+        print(f"mpi-kit pipeline: warning: GTA prompts with the policy in context are up to {n} tokens, beyond the "
+              f"{limit_pos} positions this model was trained on. They run (RoPE extrapolates; nothing truncates), "
+              f"but In-Context scores and PolicyRollout's policy-aware rollouts are out of distribution; a Qwen "
+              f"recipe (32k+ positions) has room for them.", file=sys.stderr)
+    return out
+
+
 def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     """Build data, train every method's stages (cached), evaluate, write results.json and report.html."""
     from .data import DataConfig, build_datasets
@@ -142,6 +217,11 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     from .recipes import get_recipe
 
     cfg = cfg or PipelineConfig(**kw)
+    if cfg.dataset not in ("clevr", "gta"):
+        raise ValueError(f"dataset must be 'clevr' or 'gta', got {cfg.dataset!r}")
+    gta = cfg.dataset == "gta"
+    if gta and tuple(cfg.methods) == tuple(METHODS):  # the default: the four methods compared on GTAPolicy
+        cfg = replace(cfg, methods=GTA_METHODS)
     unknown = set(cfg.methods) - set(METHOD_STAGE)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHOD_STAGE)}")
@@ -151,17 +231,24 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     recipe = get_recipe(cfg.recipe, **overrides)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.update(config={**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods)},
-                   recipe=recipe.to_dict(), paper=paper_table())
+    config = {**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods)}
+    config = {k: v for k, v in config.items() if k not in (CLEVR_ONLY if gta else GTA_ONLY)}
+    results.update(config=config, recipe=recipe.to_dict(), paper=gta_paper_table() if gta else paper_table())
+    if gta:
+        results["dataset"] = "gta"
     results.setdefault("methods", {})
     results.setdefault("efficiency", {})
     t0 = time.time()
-    jobs = [(d, m) for d in cfg.depths for m in cfg.methods]
+    jobs = [(d, m) for d in (("GTA",) if gta else cfg.depths) for m in cfg.methods]
     for depth, method in tqdm(jobs, desc="pipeline"):
-        key = f"N{depth}/{method}"
-        root = out / f"N{depth}"
+        key = f"{depth}/{method}" if gta else f"N{depth}/{method}"
+        root = out / (depth if gta else f"N{depth}")
         data_dir = root / "data"
-        if not (data_dir / "summary.json").exists():
+        if gta and not (data_dir / "summary.json").exists():
+            from .gta_data import GTADataConfig, build_gta_datasets
+            build_gta_datasets(GTADataConfig(out=str(data_dir), gta_root=cfg.gta_root, seed=cfg.seed,
+                                             num_instances=cfg.num_instances, image_size=tuple(recipe.render_size)))
+        elif not (data_dir / "summary.json").exists():
             build_datasets(DataConfig(out=str(data_dir), num_policies=cfg.num_policies, num_scenes=cfg.num_scenes,
                                       depth=depth, variant=cfg.variant, seed=cfg.seed,
                                       image_size=tuple(recipe.render_size)), progress=False)
@@ -170,8 +257,11 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
         stage = METHOD_STAGE[method]
         stage_dir = run_stage(stage, root, data_dir, cfg, overrides) if stage else None
         model, processor = load_for_eval(cfg, stage_dir, overrides)
+        if gta and "context" not in results:
+            results["context"] = context_check(model, processor, data_dir)
         res = evaluate_method(method, model, processor, data_dir, cfg)
-        res.update(depth=depth, method=method, stage_dir=str(stage_dir) if stage_dir else None)
+        res.update(**({} if gta else {"depth": depth}), method=method,
+                   stage_dir=str(stage_dir) if stage_dir else None)
         if stage_dir is not None:
             s = json.loads((stage_dir / "summary.json").read_text())
             res["train"] = {"steps": s["steps"], "seconds": s["seconds"]}
@@ -181,13 +271,15 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
         results_path.write_text(json.dumps(results, indent=1))  # saved after every method: resumable
     results["seconds_this_run"] = round(time.time() - t0, 1)
     results_path.write_text(json.dumps(results, indent=1))
-    from .report import pipeline_report
-    results["report"] = str(pipeline_report(out, results))
+    from .report import gta_pipeline_report, pipeline_report
+    results["report"] = str((gta_pipeline_report if gta else pipeline_report)(out, results))
     return results
 
 
 def table(results: dict) -> str:
     """A plain-text table: methods down, N across, our accuracy (paper 7B in brackets)."""
+    if results.get("dataset") == "gta":
+        return gta_table(results)
     depths = sorted({r["depth"] for r in results["methods"].values()})
     acc = results["paper"]["accuracy_7b"]
     lines = [f"{'method':<22}" + "".join(f"{'N=' + str(d):>18}" for d in depths)]
@@ -200,3 +292,23 @@ def table(results: dict) -> str:
         if any(c != "-" for c in cells):
             lines.append(f"{m:<22}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines) + "\n(ours: accuracy % with no policy in context; In-Context has it; paper 7B in brackets)"
+
+
+def gta_table(results: dict) -> str:
+    """GTAPolicy: methods down; Tool Acc, Arg Score, Overall and Override overall across (paper 7B in brackets)."""
+    paper = results["paper"]
+    cols = (("tool", None, 0), ("args", None, 1), ("overall", None, 2), ("override", "overall", 2))
+    lines = [f"{'method':<22}" + "".join(f"{c if c != 'override' else 'override overall':>18}" for c, _, _ in cols)]
+    for m in METHODS:
+        r = results["methods"].get(f"GTA/{m}")
+        if not r:
+            continue
+        cells = []
+        for c, sub, i in cols:
+            ours = r.get(c, {}).get(sub) if sub else r.get(c)
+            ref = (paper["gta_override_7b"] if c == "override" else paper["gta_7b"]).get(m)
+            p = ref[i] if ref else None
+            cells.append(("-" if ours is None else f"{ours:6.1f}") + (f" ({p:5.1f})" if p is not None else " " * 8))
+        lines.append(f"{m:<22}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines) + ("\n(GTAPolicy, ours: % with no policy in context; In-Context has it; override: the "
+                               "changed rules in context; paper Qwen2.5-VL-7B in brackets, Tables 1-3)")

@@ -131,3 +131,51 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
 def _table_text(results: dict) -> str:
     from .pipeline import table
     return table(results)
+
+
+def gta_pipeline_report(out: str | Path, results: dict) -> Path:
+    """Write `out/report.html` for a GTAPolicy pipeline: Tool Acc / Arg Score / Overall per method (bars) with the
+    paper's Qwen2.5-VL-7B numbers where it reports them (diamonds), with no policy, under override, with the
+    policy back in context; the prompt-cost table; the configuration."""
+    import plotly.graph_objects as go
+
+    from .paper import METHODS
+
+    out = Path(out)
+    rows = {r["method"]: r for r in results["methods"].values()}
+    methods = [m for m in METHODS if m in rows]
+    paper = results["paper"]
+    figs = []
+    for title, key, ref in (("Next tool call with no policy in context (In-Context: policy in the prompt)", None,
+                             "gta_7b"), ("Policy Override: changed rules in context", "override", "gta_override_7b"),
+                            ("Policy back in context after training", "policy_in_context",
+                             "gta_in_context_after_7b")):
+        got = {m: (rows[m] if key is None else rows[m].get(key)) or {} for m in methods}
+        if not any(got.values()):
+            continue
+        fig = go.Figure()
+        for i, k in enumerate(("tool", "args", "overall")):
+            fig.add_trace(go.Bar(name=f"ours {k}", x=methods, y=[got[m].get(k) for m in methods]))
+            ys = [(paper.get(ref, {}).get(m) or (None,) * 3)[i] for m in methods]
+            if any(y is not None for y in ys):
+                fig.add_trace(go.Scatter(name=f"paper 7B {k}", x=methods, y=ys, mode="markers",
+                                         marker=dict(symbol="diamond", size=11)))
+        fig.update_layout(title=title, barmode="group", yaxis_title="%", height=420)
+        figs.append(fig)
+    parts = [f"<h1>mpi-kit: GTAPolicy comparison on the {results['config']['recipe']} recipe</h1>"
+             f"<pre>{html.escape(_table_text(results))}</pre>"]
+    parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+    eff = [e for es in results.get("efficiency", {}).values() for e in es]
+    if eff:
+        cols = list(eff[0])
+        parts.append("<h2>Efficiency: prompt tokens and prefill time, with vs without the policy</h2>"
+                     "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{e[c]}</td>" for c in cols) + "</tr>" for e in eff)
+                     + "</table>")
+    if "context" in results:
+        parts.append(f"<h2>Context</h2><pre>{html.escape(json.dumps(results['context'], indent=1))}</pre>")
+    parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
+    path = out / "report.html"
+    path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
+                    + "".join(parts) + "</body></html>")
+    return path

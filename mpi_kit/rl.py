@@ -275,7 +275,8 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts, "group_size": kw["num_generations"],
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
-            "reward_weights": dict(zip(("format", "accuracy"), reward_weights))}
+            "reward_weights": dict(zip(("format", "accuracy"), reward_weights)),
+            "reward_funcs": [getattr(f, "__name__", str(f)) for f in reward_funcs]}
     return trainer, processor, info
 
 

@@ -419,3 +419,84 @@ def test_rule_explorer_and_versions():
     assert "OCR_v4" in box.children[-1].value and "OCR_v1" in box.children[-1].value  # base | override
     box.children[1].value = 100  # credits slider
     assert "OCR_v5" in box.children[-1].value
+
+
+# ------------------------------------------------------------------------ training entry points on GTA data
+
+@pytest.fixture(scope="module")
+def gta_small(tmp_path_factory):
+    """(root, base): GTA rl + vmcpt data under root/data and a random SMALL model whose tokenizer knows GTA text."""
+    from conftest import SMALL, message_text
+    from mpi_kit.tiny import build_tiny, save_tiny
+
+    root = tmp_path_factory.mktemp("gta-small")
+    build_gta_datasets(out=str(root / "data"), num_instances=10, seed=0, kinds=("rl", "vmcpt"))
+    model, processor = build_tiny(message_text(load_kit_data(root / "data", "vmcpt")["train"]) * 4, dims=SMALL)
+    return root, str(save_tiny(model, processor, root / "base"))
+
+
+def test_data_kind(tmp_path):
+    from mpi_kit.data import build_datasets
+    from mpi_kit.gta_data import data_kind
+
+    build_gta_datasets(out=str(tmp_path / "g"), num_instances=4, kinds=("qa",))
+    build_datasets(out=str(tmp_path / "c"), num_policies=1, num_scenes=4, depth=2, kinds=("qa",), progress=False)
+    assert data_kind(tmp_path / "g") == "gta" and data_kind(tmp_path / "c") == "clevr"
+    with pytest.raises(DataError, match="no summary.json"):
+        data_kind(tmp_path / "none")
+
+
+def test_cli_rl_on_gta_data_uses_the_gta_reward(gta_small, tmp_path, capsys):
+    import pandas as pd
+
+    from mpi_kit.cli import main
+
+    root, base = gta_small
+    argv = ["rl", "--recipe", base, "--data", str(root / "data"), "--max-steps", "1", "--num-generations", "2",
+            "--set", "grpo.max_completion_length=8", "grpo.per_device_train_batch_size=2"]
+    assert main(argv + ["--out", str(tmp_path / "auto")]) == 0  # --reward auto: summary.json says GTA
+    s = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert s["steps"] == 1 and s["reward_funcs"] == ["gta_format_reward", "gta_reward"]
+    log = pd.concat(pd.read_parquet(f) for f in (tmp_path / "auto" / "completions").glob("*.parquet"))
+    assert {"gta_format_reward", "gta_reward"} <= set(log.columns) and "accuracy_reward" not in log.columns
+    assert main(argv + ["--out", str(tmp_path / "clevr"), "--reward", "clevr"]) == 0
+    assert json.loads((tmp_path / "clevr" / "summary.json").read_text())["reward_funcs"] == [
+        "format_reward", "accuracy_reward"]
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "x"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "no summary.json" in capsys.readouterr().err
+
+
+def test_gta_pipeline_end_to_end(gta_small, tmp_path, capsys):
+    from mpi_kit.cli import main
+    from mpi_kit.pipeline import GTA_METHODS
+
+    root, base = gta_small
+    out = tmp_path / "pipe"
+    argv = ["pipeline", "--dataset", "gta", "--out", str(out), "--model", base, "--num-instances", "10",
+            "--cpt-steps", "1", "--sft-steps", "1", "--rl-steps", "1", "--eval-limit", "2", "--max-new-tokens", "8",
+            "--no-forgetting"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["dataset"] == "gta" and saved["config"]["methods"] == list(GTA_METHODS)
+    assert "depths" not in saved["config"] and set(saved["methods"]) == {f"GTA/{m}" for m in GTA_METHODS}
+    for m, r in saved["methods"].items():
+        assert {"tool", "args", "overall", "override", "n"} <= set(r) and r["n"] == 2
+        assert {"tool", "args", "overall"} == set(r["override"])
+    assert "policy_in_context" in saved["methods"]["GTA/CoT SFT"]
+    rl = json.loads((out / "GTA" / "trimpi_poro_grpo" / "summary.json").read_text())
+    assert rl["reward_funcs"] == ["gta_format_reward", "gta_reward"] and rl["policy_rollout"]
+    assert saved["paper"]["gta_7b"]["TriMPI w/ PoRo-GRPO"][2] == 81.06
+    assert saved["context"]["in_context_prompt_tokens"] > 0 and saved["efficiency"]["GTA"]
+    assert "( 81.1)" in next(line for line in printed.out.splitlines() if line.startswith("TriMPI w/ PoRo-GRPO"))
+    assert (out / "report.html").stat().st_size > 10_000
+    # prompts past the model's trained positions still run; the check says so (the tiny model: ~4.4k > 4096)
+    from mpi_kit.models import load_model
+    from mpi_kit.pipeline import context_check
+
+    model, processor = load_model(base)
+    model.config.text_config.max_position_embeddings = 1000
+    c = context_check(model, processor, out / "GTA" / "data")
+    assert c["beyond_trained_context"] and c["in_context_prompt_tokens"] > 1000
+    assert "beyond the 1000 positions" in capsys.readouterr().err
