@@ -267,8 +267,10 @@ class Plan:
 
     def __str__(self) -> str:
         w = self.workload
-        head = (f"memory plan for {self.recipe}: budget {self.budget_gib if self.budget_gib else '-'} GiB "
-                f"(peak + {CUDA_OVERHEAD_GIB} GiB CUDA overhead must fit); policy {w.policy_tokens} tok, image "
+        budget = (f"budget {self.budget_gib} GiB (peak + {CUDA_OVERHEAD_GIB} GiB CUDA overhead must fit)"
+                  if self.budget_gib else "no budget (memory_budget_gib=0): predicted peaks only, the recipe's "
+                                          "micro-batches as written")
+        head = (f"memory plan for {self.recipe}: {budget}; policy {w.policy_tokens} tok, image "
                 f"{w.image_tokens} tok, completion {w.completion_tokens} tok, G={w.G}"
                 f"{' (+G policy-aware)' if w.policy_rollout else ''}")
         rows = [f"{'stage':<14}{'micro x accum':>14}{'tokens':>8}{'peak GiB':>10}   biggest terms (GiB)"]
@@ -352,6 +354,18 @@ def plan(recipe, budget_gib: float | None = None, *, policy_tokens: int = 2000, 
             raise MemoryPlanError(_refusal(recipe, stage, w, budget, sp, shape, eff))
         out[stage] = chosen
     return Plan(recipe.name, budget or None, w, out)
+
+
+def longest_policy_tokens(recipe, data_dir) -> int:
+    """Tokens of the longest policy document in a data folder (`mpi-kit data`), by the recipe's tokenizer: the
+    `policy_tokens` to plan VM-CPT and PolicyRollout's policy-aware rollouts with (policy images not counted)."""
+    from transformers import AutoTokenizer
+
+    from .data import load_policies
+    from .models import as_recipe
+
+    tok = AutoTokenizer.from_pretrained(as_recipe(recipe).model)
+    return max(len(tok(p.text(), add_special_tokens=False)["input_ids"]) for p in load_policies(data_dir).values())
 
 
 def _fits(recipe, stage, w, shape, budget, n) -> bool:
@@ -551,4 +565,5 @@ class measure_peak:
 
 
 __all__ = ["MemoryPlanError", "Plan", "StagePlan", "Workload", "plan", "predict", "apply_plan", "model_config",
-           "model_shape", "image_tokens", "measure_peak", "run_stage", "synthetic_inputs", "CUDA_OVERHEAD_GIB", "KNOWN_CONFIGS"]
+           "longest_policy_tokens", "model_shape", "image_tokens", "measure_peak", "run_stage", "synthetic_inputs",
+           "CUDA_OVERHEAD_GIB", "KNOWN_CONFIGS"]

@@ -87,3 +87,17 @@ def test_recipes_use_the_plan_by_default_and_tiny_does_not(tmp_path):
     kw = trainer_kwargs(tiny, tiny.vm_cpt, tmp_path)
     assert (kw["per_device_train_batch_size"], kw["gradient_accumulation_steps"]) == (8, 1)
     assert "steps_per_generation" not in trainer_kwargs(tiny, tiny.grpo, tmp_path)
+
+
+def test_no_budget_predicts_peaks_and_keeps_the_recipes_split(tmp_path):
+    from mpi_kit.data import build_datasets
+    from mpi_kit.memory import longest_policy_tokens
+
+    p = plan("tiny")  # memory_budget_gib = 0
+    assert p.budget_gib is None and set(p.stages) == {"vm_cpt", "sft", "rl_generation", "rl_update"}
+    assert all((sp.micro_batch, sp.accumulation) == (8, 1) and sp.peak_gib > 0 for sp in p.stages.values())
+    assert "no budget" in str(p) and "predicted peaks only" in str(p)
+    big = plan("qwen2.5-vl-3b", 0, policy_tokens=8000, stages=("vm_cpt",)).stages["vm_cpt"]  # no refusal either
+    assert (big.micro_batch, big.accumulation) == (1, 16) and big.needs_gib > 15
+    build_datasets(out=str(tmp_path / "d"), num_policies=2, num_scenes=6, depth=2, progress=False, kinds=("vmcpt",))
+    assert 50 < longest_policy_tokens("tiny", tmp_path / "d") < 1000
