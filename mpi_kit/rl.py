@@ -60,7 +60,9 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
 
     policy_rollout: the group of num_generations = 2G holds G no-policy and G policy-aware rollouts (the row's
         `policy` / `policy_images` columns are put in context for the second half).
-    policy_microbatch: generate the policy-aware half in chunks of this many prompts (long prompts, less memory).
+    policy_microbatch: None (default) generates both halves in ONE `generate` call (the no-policy prompts left-padded
+        to the policy-aware ones), so PoRo pays no second decode loop; an int generates the no-policy half, then the
+        policy-aware half in chunks of this many prompts (long prompts, less memory).
     dynamic_sampling_retries: regenerate the batch up to this many times; each group keeps its first sample set
         whose rewards differ; groups still all-equal after the last retry are dropped from the loss (DAPO).
     fast_rollouts: generate through `mpi_kit.rollout.shared_prefill_generate` (each prompt prefilled once for its
@@ -114,12 +116,16 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         completions: list = [None] * len(aware)
         plain_idx = [i for i, a in enumerate(aware) if not a]
         aware_idx = [i for i, a in enumerate(aware) if a]
-        chunk = self.policy_microbatch or max(1, len(aware_idx))
-        jobs = [(plain_idx, [self._prompts[i] for i in plain_idx])]
-        for s in range(0, len(aware_idx), chunk):
-            idx = aware_idx[s:s + chunk]
-            jobs.append((idx, [insert_policy(self._prompts[i], self._rows[i].get("policy") or [],
-                                             self._rows[i].get("policy_images") or []) for i in idx]))
+        def with_policy(i):
+            return insert_policy(self._prompts[i], self._rows[i].get("policy") or [],
+                                 self._rows[i].get("policy_images") or [])
+
+        if self.policy_microbatch is None:  # one decode loop for both halves: a step costs ~ one GRPO step
+            jobs = [(list(range(len(aware))), [with_policy(i) if a else self._prompts[i] for i, a in enumerate(aware)])]
+        else:
+            jobs = [(plain_idx, [self._prompts[i] for i in plain_idx])]
+            jobs += [(aware_idx[s:s + self.policy_microbatch], [with_policy(i) for i in aware_idx[s:s + self.policy_microbatch]])
+                     for s in range(0, len(aware_idx), self.policy_microbatch)]
         for idx, prompts in jobs:
             if not idx:
                 continue

@@ -57,6 +57,18 @@ def test_policy_tokens_never_reach_the_loss(small_rl_setup, tmp_path):
     assert out["prompt_mask"].sum(1).tolist() == [len(no_policy_ids[0])] * len(inputs)
 
 
+def test_both_halves_in_one_generate_call_unless_microbatched(small_rl_setup, tmp_path):
+    """Default: one decode loop for the pooled 2G (PoRo costs ~ a GRPO step); policy_microbatch=1: the no-policy
+    half, then one call per policy-aware prompt."""
+    for microbatch, calls in ((None, 1), (1, 3)):
+        t = trainer(small_rl_setup, tmp_path / str(microbatch), policy_microbatch=microbatch)
+        seen = []
+        original = t._tokenize_prompts
+        t._tokenize_prompts = lambda prompts, o=original: (seen.append(prompts), o(prompts))[1]
+        t._generate_and_score_completions(batch(t, 1))
+        assert len(seen) - 1 == calls  # the first tokenization is TRL's own, of the no-policy prompts
+
+
 def test_poro_off_is_plain_grpo(small_rl_setup, tmp_path):
     """Same seed, same data, same rewards: PolicyRolloutTrainer(policy_rollout=False) logs exactly the losses and
     rewards of TRL's own GRPOTrainer, step by step."""
