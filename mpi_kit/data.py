@@ -276,6 +276,14 @@ def load_scenes(out: str | Path, split: str | None = None) -> list[Scene]:
     return [Scene.from_dict(r) for r in rows if split is None or r["split"] == split]
 
 
+def spread(ds, limit: int | None):
+    """`limit` evenly spaced rows of `ds` (all of it when limit is None or larger). Eval splits are grouped by
+    policy, so the first `limit` rows would all come from one policy; every k-th row covers them all."""
+    if limit is None or limit >= len(ds):
+        return ds
+    return ds.select(sorted({i * len(ds) // limit for i in range(limit)}))
+
+
 def require_columns(ds: datasets.Dataset, columns: list[str], stage: str) -> None:
     """Fail early, naming the missing columns and what the stage needs them for."""
     missing = [c for c in columns if c not in ds.column_names]

@@ -70,13 +70,12 @@ def evaluate_accuracy(model, processor, data_dir, setting: str = "no_policy", me
                       max_new_tokens: int = 256, batch_size: int = 8, progress: bool = False) -> list[dict]:
     """Held-out accuracy in one setting: 'no_policy' (MPI), 'in_context' (policy in the prompt) or 'override'
     (a new tree under the old name in the prompt). Returns the per-example rows (see `summarize`)."""
-    from .data import load_kit_data
+    from .data import load_kit_data, spread
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     ds = load_kit_data(data_dir, "eval")[setting]
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
+    ds = spread(ds, limit)  # evenly spaced: every policy, not the first one's rows
     completions = generate_completions(model, processor, ds, max_new_tokens, batch_size, progress)
     return score_rows(ds, completions, method, setting)
 

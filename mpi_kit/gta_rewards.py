@@ -284,12 +284,11 @@ def summarize(rows: list[dict]) -> list[dict]:
 def evaluate_gta(model, processor, data_dir, setting: str = "no_policy", method: str = "", limit=None,
                  max_new_tokens: int = 256, batch_size: int = 8, progress: bool = False) -> list[dict]:
     """Greedy next-tool-call predictions on a GTA eval split ('no_policy', 'in_context' or 'override'), scored."""
-    from .data import load_kit_data
+    from .data import load_kit_data, spread
     from .evaluate import generate_completions
 
     ds = load_kit_data(data_dir, "eval")[setting]
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
+    ds = spread(ds, limit)  # evenly spaced: every policy, not the first one's rows
     completions = generate_completions(model, processor, ds, max_new_tokens, batch_size, progress)
     return score_rows(ds, completions, method, setting)
 

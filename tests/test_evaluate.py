@@ -97,3 +97,14 @@ def test_comparison_and_efficiency_figures():
     assert "93.9" in fig.layout.title.text
     assert list(fig.data[0].y) == [200, 400, 600] and list(fig.data[0].x) == ["N=2", "N=4", "N=6"]
     assert len(fig.data) == 2 + 2 * 2  # tokens (once) + time per batch size, each with and without the policy
+
+
+def test_eval_limit_spreads_over_every_policy(data):
+    """Eval splits are grouped by policy: a limit takes evenly spaced rows, so every policy is in the subset."""
+    from mpi_kit.data import spread
+    ds = load_kit_data(data, "eval")["no_policy"]
+    names = set(ds["policy_name"])
+    sub = spread(ds, len(names) * 2)
+    assert len(sub) == len(names) * 2 and set(sub["policy_name"]) == names
+    assert spread(ds, None) is ds and spread(ds, len(ds) + 5) is ds
+    assert sub["id"] == spread(ds, len(names) * 2)["id"]  # deterministic
