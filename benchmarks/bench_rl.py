@@ -2,13 +2,14 @@
 completions per prompt, the same number of completions per step, measured side by side in one process (steps
 interleaved A, B, A, B, ... so a busy machine slows both alike), and the peak memory of each.
 
-    python benchmarks/bench_rl.py [--steps 6] [--recipe tiny] [--G 4] [--depth 4]
+    python benchmarks/bench_rl.py [--steps 6] [--recipe tiny] [--G 4] [--depth 4] [--fixed-length 48]
 
 PoRo costs more because its policy-aware half is a second `generate` call on prompts that carry the whole policy
 document. Peak memory: CUDA max allocated per variant on a GPU; on a CPU, the peak RSS growth above the
 process's resident size at the start of each step (sampled every 5 ms), after a warmup step.
 """
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -76,8 +77,14 @@ def main():
     ap.add_argument("--G", type=int, default=4, help="PoRo samples G + G; GRPO samples 2G")
     ap.add_argument("--depth", type=int, default=4, help="policy depth N (longer policies: longer PoRo prompts)")
     ap.add_argument("--work", default=None)
+    ap.add_argument("--fast-rollouts", action="store_true", help="both variants generate through mpi_kit.rollout "
+                    "(one prefill per prompt for its group)")
+    ap.add_argument("--policy-microbatch", type=int, default=None, help="PoRo: generate the policy-aware half "
+                    "separately, in chunks of this many prompts (default: one call for both halves)")
+    ap.add_argument("--fixed-length", type=int, default=None, help="every completion exactly this many tokens "
+                    "(min_new_tokens = max): the same decode work in both variants, so the ratio is PoRo's own cost")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     torch.manual_seed(0)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-rl-"))
@@ -87,11 +94,19 @@ def main():
     recipe = tiny_or_random(recipe, work / "data", work / "base")
     G = args.G
     total = args.steps + 1
-    common = dict(max_steps=total, **{"grpo.per_device_train_batch_size": 2 * G})
+    common = dict(max_steps=total, fast_rollouts=args.fast_rollouts, **{"grpo.per_device_train_batch_size": 2 * G})
+    if args.fixed_length:
+        common["grpo.max_completion_length"] = args.fixed_length
     variants = {
         "GRPO (2G)": rl_trainer(recipe, work / "data", work / "grpo", "grpo", False, num_generations=2 * G, **common)[0],
-        "PoRo (G+G)": rl_trainer(recipe, work / "data", work / "poro", "grpo", True, num_generations=G, **common)[0],
+        "PoRo (G+G)": rl_trainer(recipe, work / "data", work / "poro", "grpo", True, num_generations=G,
+                                   policy_microbatch=args.policy_microbatch, **common)[0],
     }
+    if args.fixed_length:
+        for t in variants.values():
+            t.generation_config.min_new_tokens = args.fixed_length
+            if getattr(t, "generation_kwargs", None) is not None:
+                t.generation_kwargs["min_new_tokens"] = args.fixed_length
     batches = {k: prepare(t, total) for k, t in variants.items()}
     times = {k: [] for k in variants}
     peaks = {k: 0.0 for k in variants}
@@ -106,7 +121,8 @@ def main():
     lens = {k: statistics.mean(t._metrics["train"]["completions/mean_length"]) for k, t in variants.items()}
     device = "cuda" if torch.cuda.is_available() and recipe.device != "cpu" else "cpu"
     print(f"recipe {recipe.name} ({recipe.model}), device {device}, N = {args.depth}, G = {G}, "
-          f"{2 * G} completions per step, {args.steps} steps each, interleaved")
+          f"{2 * G} completions per step, {args.steps} steps each, interleaved; fast_rollouts={args.fast_rollouts}, "
+          f"policy_microbatch={args.policy_microbatch}, fixed_length={args.fixed_length}")
     for k in variants:
         print(f"{k:11s} median step {med[k]:6.2f} s  (min {min(times[k]):.2f}, max {max(times[k]):.2f})  "
               f"mean completion length {lens[k]:.1f}  peak memory {peaks[k]:.3f} GiB")
