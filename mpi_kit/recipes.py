@@ -283,11 +283,12 @@ def _tiny() -> Recipe:
         vm_cpt=StageSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=60, **small),
         sft_cot=StageSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=60, **small),
         sft_direct=StageSettings(learning_rate=3e-4, num_train_epochs=2, max_steps=60, **small),
+        # temperature 0.7: sampled at 1.0, the tiny model's CoTs fall apart (demo, N=4: 0 of 64 rollouts well-formed)
         grpo=RLSettings(learning_rate=1e-5, max_steps=20, per_device_train_batch_size=8, num_generations=4,
-                        max_completion_length=48, warmup_ratio=0.0),
+                        max_completion_length=48, warmup_ratio=0.0, temperature=0.7),
         dapo=RLSettings(learning_rate=1e-5, max_steps=20, per_device_train_batch_size=8, num_generations=4,
                         max_completion_length=48, warmup_ratio=0.0, loss_type="dapo", epsilon_high=0.28, beta=0.0,
-                        dynamic_sampling_retries=20),
+                        dynamic_sampling_retries=20, temperature=0.7),
     )
 
 
