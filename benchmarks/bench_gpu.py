@@ -72,14 +72,8 @@ def build_checkpoint(folder, shape: dict, seed: int = 0) -> str:
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(cfg)
     model = model.to_empty(device="cpu").to(torch.bfloat16 if big else torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("ln_q.weight"):
-                p.fill_(1.0)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.normal_(0, 0.02)
+    from bench_stages import random_weights  # same init as the 3B-shaped VM-CPT benchmark
+    random_weights(model)
     model.save_pretrained(folder)
     ip = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28, patch_size=14, merge_size=2)
     Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),

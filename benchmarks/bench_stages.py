@@ -60,6 +60,20 @@ QWEN25_VL_3B = dict(
                 fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu", in_chans=3))
 
 
+def random_weights(model) -> None:
+    """Initialise a model built on the meta device (`to_empty`): norms 1, biases 0, every other weight N(0, 0.02)."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("ln_q.weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0, 0.02)
+
+
 def _build_3b(folder: Path, texts: list[str]) -> None:
     """A Qwen2.5-VL-3B-shaped checkpoint with random bf16 weights and a BPE tokenizer trained on our texts
     (Qwen's special tokens; the 151,936-row embedding is kept at full size)."""
@@ -80,14 +94,7 @@ def _build_3b(folder: Path, texts: list[str]) -> None:
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(cfg)
     model = model.to_empty(device="cpu").to(torch.bfloat16)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("ln_q.weight"):
-                p.fill_(1.0)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.normal_(0, 0.02)
+    random_weights(model)
     model.save_pretrained(folder)
     ip = Qwen2VLImageProcessor(min_pixels=64 * 28 * 28, max_pixels=256 * 28 * 28, patch_size=14, merge_size=2)
     vp = Qwen2VLVideoProcessor(patch_size=14, merge_size=2)
