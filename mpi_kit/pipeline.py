@@ -136,12 +136,12 @@ def load_for_eval(cfg: PipelineConfig, stage_dir: Path | None, overrides: dict):
 
 def evaluate_method(method: str, model, processor, data_dir: Path, cfg: PipelineConfig) -> dict:
     """Every evaluation of one trained model at one N, as a dict of tidy numbers."""
-    from .data import load_kit_data, load_policies
+    from .data import load_policies
     from .evaluate import branching_error, evaluate_accuracy, referral_scores, summarize
 
     if cfg.dataset == "gta":
         return evaluate_gta_method(method, model, processor, data_dir, cfg)
-    depth = int(load_kit_data(data_dir, "eval")["no_policy"][0]["depth"])
+    depth = _depth(data_dir)
     kw = dict(limit=cfg.eval_limit, max_new_tokens=completion_budget(cfg, depth), method=method)
     main_setting = "in_context" if method == "In-Context" else "no_policy"
     rows = evaluate_accuracy(model, processor, data_dir, main_setting, **kw)
@@ -153,11 +153,17 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
             "accuracy"]
     res["override"] = summarize(evaluate_accuracy(model, processor, data_dir, "override", **kw))[0]["accuracy"]
     if cfg.forgetting:
-        from .pretrain import evaluate as general
-        g = general(model, processor, n_perception=cfg.eval_limit or 40, n_policy=0, depths=(), progress=False)
-        res["perception"] = round(100 * g["perception"], 2)
+        res["perception"] = perception(model, processor, cfg)
     res["examples"] = [{k: r[k] for k in ("gold", "parsed", "completion")} for r in rows[:3]]
     return res
+
+
+def perception(model, processor, cfg: PipelineConfig) -> float:
+    """Forgetting: the base abilities (existence and counting questions, %) of a trained model."""
+    from .pretrain import evaluate as general
+
+    g = general(model, processor, n_perception=cfg.eval_limit or 40, n_policy=0, depths=(), progress=False)
+    return round(100 * g["perception"], 2)
 
 
 def evaluate_gta_method(method: str, model, processor, data_dir: Path, cfg: PipelineConfig) -> dict:
@@ -177,9 +183,7 @@ def evaluate_gta_method(method: str, model, processor, data_dir: Path, cfg: Pipe
         res["policy_in_context"] = scores("in_context")[1]
     res["override"] = scores("override")[1]
     if cfg.forgetting:
-        from .pretrain import evaluate as general
-        g = general(model, processor, n_perception=cfg.eval_limit or 40, n_policy=0, depths=(), progress=False)
-        res["perception"] = round(100 * g["perception"], 2)
+        res["perception"] = perception(model, processor, cfg)
     res["examples"] = [{k: r[k] for k in ("gold", "pred", "overall", "reason", "completion")} for r in rows[:3]]
     return res
 
