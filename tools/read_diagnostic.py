@@ -114,7 +114,8 @@ def evaluate():
     return sum(p == e["answer"] for p, e in zip(pred, ev)) / len(ev)
 t = time.time(); model.train()
 for step in range(steps):
-    nc = 8 if "curr" not in variant else (1 if step < 60 else 2 if step < 150 else 4 if step < 250 else 8)
+    ends = [int(x) for x in __import__("os").environ.get("CURR", "60,150,250").split(",")]  # ends of the 1/2/4-colour stages
+    nc = 8 if "curr" not in variant else (1 if step < ends[0] else 2 if step < ends[1] else 4 if step < ends[2] else 8)
     b = mk([color_ex(f"train/{step}/{j}", nc) for j in range(16)])
     ORACLE["t"] = b.pop("_t", None)
     q, tg = b.pop("_q", None), b.pop("_tgt", None)
