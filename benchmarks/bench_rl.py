@@ -77,8 +77,9 @@ def main():
     ap.add_argument("--G", type=int, default=4, help="PoRo samples G + G; GRPO samples 2G")
     ap.add_argument("--depth", type=int, default=4, help="policy depth N (longer policies: longer PoRo prompts)")
     ap.add_argument("--work", default=None)
-    ap.add_argument("--fast-rollouts", action="store_true", help="both variants generate through mpi_kit.rollout "
-                    "(one prefill per prompt for its group)")
+    ap.add_argument("--fast-rollouts", choices=("recipe", "on", "off"), default="recipe", help="both variants "
+                    "generate through mpi_kit.rollout (one prefill per prompt group, grouped decoding attention, a "
+                    "static cache for long prompts); default: the recipe's `fast_rollouts` (on for tiny)")
     ap.add_argument("--policy-microbatch", type=int, default=None, help="PoRo: generate the policy-aware half "
                     "separately, in chunks of this many prompts (default: one call for both halves)")
     ap.add_argument("--fixed-length", type=int, default=None, help="every completion exactly this many tokens "
@@ -94,7 +95,8 @@ def main():
     recipe = tiny_or_random(recipe, work / "data", work / "base")
     G = args.G
     total = args.steps + 1
-    common = dict(max_steps=total, fast_rollouts=args.fast_rollouts, **{"grpo.per_device_train_batch_size": 2 * G})
+    fast = {"recipe": None, "on": True, "off": False}[args.fast_rollouts]
+    common = dict(max_steps=total, fast_rollouts=fast, **{"grpo.per_device_train_batch_size": 2 * G})
     if args.fixed_length:
         common["grpo.max_completion_length"] = args.fixed_length
     variants = {
@@ -121,7 +123,8 @@ def main():
     lens = {k: statistics.mean(t._metrics["train"]["completions/mean_length"]) for k, t in variants.items()}
     device = "cuda" if torch.cuda.is_available() and recipe.device != "cpu" else "cpu"
     print(f"recipe {recipe.name} ({recipe.model}), device {device}, N = {args.depth}, G = {G}, "
-          f"{2 * G} completions per step, {args.steps} steps each, interleaved; fast_rollouts={args.fast_rollouts}, "
+          f"{2 * G} completions per step, {args.steps} steps each, interleaved; "
+          f"fast_rollouts={variants['PoRo (G+G)'].fast_rollouts}, "
           f"policy_microbatch={args.policy_microbatch}, fixed_length={args.fixed_length}")
     for k in variants:
         print(f"{k:11s} median step {med[k]:6.2f} s  (min {min(times[k]):.2f}, max {max(times[k]):.2f})  "

@@ -147,7 +147,7 @@ class StageSettings(_Section):
 class RLSettings(StageSettings):
     """GRPO / DAPO, in TRL GRPOTrainer's names. PolicyRollout doubles the group: G no-policy + G policy-aware."""
 
-    NOT_TRL = ("dynamic_sampling_retries",)
+    NOT_TRL = ("dynamic_sampling_retries", "fast_rollouts")
     loss_type: str = field(default="grpo", metadata={"help": "TRL loss_type: 'grpo' or 'dapo' (token-level)."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip eps_low (paper: 0.2 for GRPO and DAPO)."})
     epsilon_high: float = field(default=0.3, metadata={"help": "Upper clip eps_high (paper: 0.3 GRPO, 0.28 DAPO)."})
@@ -163,6 +163,10 @@ class RLSettings(StageSettings):
     dynamic_sampling_retries: int = field(default=0, metadata={
         "help": "DAPO dynamic sampling: resample a batch up to this many times to drop all-equal groups (paper: 20 "
                 "for DAPO, 0 = off). Not a TRL argument."})
+    fast_rollouts: bool = field(default=False, metadata={
+        "help": "Generate rollouts through mpi_kit.rollout: one prefill per prompt group, grouped-query decoding "
+                "attention on the CPU, a static cache for long prompts. Same greedy tokens; on the tiny recipe it "
+                "cuts PolicyRollout's extra cost (benchmarks/bench_rl.py). Not a TRL argument."})
 
     def validate(self):
         super().validate()
@@ -285,10 +289,10 @@ def _tiny() -> Recipe:
         sft_direct=StageSettings(learning_rate=3e-4, num_train_epochs=2, max_steps=60, **small),
         # temperature 0.7: sampled at 1.0, the tiny model's CoTs fall apart (demo, N=4: 0 of 64 rollouts well-formed)
         grpo=RLSettings(learning_rate=1e-5, max_steps=20, per_device_train_batch_size=8, num_generations=4,
-                        max_completion_length=48, warmup_ratio=0.0, temperature=0.7),
+                        max_completion_length=48, warmup_ratio=0.0, temperature=0.7, fast_rollouts=True),
         dapo=RLSettings(learning_rate=1e-5, max_steps=20, per_device_train_batch_size=8, num_generations=4,
                         max_completion_length=48, warmup_ratio=0.0, loss_type="dapo", epsilon_high=0.28, beta=0.0,
-                        dynamic_sampling_retries=20, temperature=0.7),
+                        dynamic_sampling_retries=20, temperature=0.7, fast_rollouts=True),
     )
 
 

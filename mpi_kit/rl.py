@@ -236,7 +236,7 @@ ALGOS = ("grpo", "dapo")
 def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
                init=None, max_steps=None, limit=None, save_steps=None, callbacks=(), progress=False,
                num_generations: int | None = None, policy_microbatch: int | None = None, dataset=None,
-               train_vision=False, reward_funcs=None, reward_weights=None, fast_rollouts: bool = False,
+               train_vision=False, reward_funcs=None, reward_weights=None, fast_rollouts: bool | None = None,
                **overrides):
     """(trainer, processor, info) for GRPO or DAPO, with or without PolicyRollout, on the rl train split.
 
@@ -244,7 +244,7 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     reference; DAPO clip 0.2/0.28, no KL, token-level loss, dynamic sampling with 20 retries). G is the
     recipe's num_generations (or `num_generations`); PolicyRollout samples 2G per prompt, G of them with the
     policy in context. `reward_funcs`/`reward_weights` replace the ClevrPolicy rewards (GTAPolicy passes
-    `gta_rewards.GTA_REWARD_FUNCS`, which read the `answer` column)."""
+    `gta_rewards.GTA_REWARD_FUNCS`, which read the `answer` column). fast_rollouts: None = the recipe's."""
     from trl import GRPOConfig
 
     from .data import load_kit_data, require_columns
@@ -268,6 +268,7 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     model, processor = load_stage_model(recipe, init)
     frozen = 0 if train_vision else freeze_vision(model)
     G = num_generations or settings.num_generations
+    fast_rollouts = settings.fast_rollouts if fast_rollouts is None else fast_rollouts
     kw = trainer_kwargs(recipe, settings, out, max_steps, save_steps, progress)
     kw.pop("dynamic_sampling_retries", None)
     kw["num_generations"] = 2 * G if policy_rollout else G

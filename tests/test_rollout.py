@@ -87,3 +87,43 @@ def test_rl_trainer_fast_rollouts_same_completions(small_rl_setup, tmp_path):
         torch.manual_seed(0)
         outs.append(t._generate_and_score_completions(rows)["completion_ids"])
     assert torch.equal(outs[0], outs[1])
+
+
+def test_decode_attention_matches_sdpa_with_gqa_and_padding():
+    """One query token per row, 4 query heads over 2 KV heads, a left-padding mask: same output as transformers'
+    SDPA path (which repeats the cache), to fp32 roundoff; more than one query token falls back to SDPA itself."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from mpi_kit.rollout import decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, L, D = 3, 4, 2, 7, 8
+    key, value = torch.randn(B, Hkv, L, D, generator=g), torch.randn(B, Hkv, L, D, generator=g)
+    mask = torch.ones(B, 1, 1, L, dtype=torch.bool)
+    mask[0, ..., :3] = False  # row 0 is left-padded
+    module = SimpleNamespace(num_key_value_groups=H // Hkv, is_causal=True)
+    q1 = torch.randn(B, H, 1, D, generator=g)
+    ours, _ = decode_attention(module, q1, key, value, mask, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q1, key, value, mask, scaling=0.3)
+    assert ours.shape == ref.shape == (B, 1, H, D)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    unmasked, _ = decode_attention(module, q1, key, value, None, scaling=0.3)
+    assert not torch.allclose(unmasked[0], ref[0], atol=1e-3)  # the mask mattered: the test can fail
+    q3 = torch.randn(B, H, 3, D, generator=g)
+    mask3 = mask.expand(B, 1, 3, L).clone()
+    assert torch.equal(decode_attention(module, q3, key, value, mask3)[0],
+                       sdpa_attention_forward(module, q3, key, value, mask3)[0])
+
+
+def test_grouped_decode_attention_restores_the_model(lora_model):
+    from mpi_kit.rollout import DECODE_ATTENTION, grouped_decode_attention
+
+    model, _ = lora_model
+    text = model.config.get_text_config(decoder=True)
+    assert text._attn_implementation == "sdpa"
+    with grouped_decode_attention(model):
+        assert text._attn_implementation == DECODE_ATTENTION
+        assert model.config.vision_config._attn_implementation == "sdpa"  # the vision tower is left alone
+    assert text._attn_implementation == "sdpa"
