@@ -3,9 +3,13 @@ completions per prompt, the same number of completions per step, measured side b
 interleaved A, B, A, B, ... so a busy machine slows both alike), and the peak memory of each.
 
     python benchmarks/bench_rl.py [--steps 6] [--recipe tiny] [--G 4] [--depth 4] [--fixed-length 48]
+                                  [--fast-rollouts recipe|on|off] [--policy-microbatch K]
 
-PoRo costs more because its policy-aware half is a second `generate` call on prompts that carry the whole policy
-document. Peak memory: CUDA max allocated per variant on a GPU; on a CPU, the peak RSS growth above the
+PoRo costs more because its policy-aware half decodes with the whole policy document in its KV cache (and, in the
+default one-call generation, the no-policy half is left-padded to the same length). `--fast-rollouts` (default: the
+recipe's setting, on for tiny) is what keeps that extra small; `--fixed-length` makes both variants decode the same
+number of tokens, so the ratio is PoRo's own cost rather than a difference in what the model chose to write.
+Peak memory: CUDA max allocated per variant on a GPU; on a CPU, the peak RSS growth above the
 process's resident size at the start of each step (sampled every 5 ms), after a warmup step.
 """
 import argparse
