@@ -113,22 +113,64 @@ def _split_images(input_ids, pixel_values, image_grid_thw, image_token_id: int, 
 
 def shared_prefill_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                             generation_config=None, static: bool | None = None,
-                            grouped_decode: bool | None = None, **kwargs):
+                            grouped_decode: bool | None = None, per_prompt_prefill: bool | None = None, **kwargs):
     """`model.generate(input_ids, attention_mask, **kwargs)` with one prefill per run of identical prompt rows.
 
     Same inputs and output as `generate` (prompt + completion ids, left-padded prompts); `pixel_values`,
     `image_grid_thw`, `mm_token_type_ids` are split per row and deduplicated with the prompts. static: None =
     a StaticCache on CUDA (compiled decoding), and on the CPU for prompts of >= STATIC_MIN_PROMPT tokens;
     True/False forces it. Falls back to plain `generate` when no
-    prompt repeats and no static cache is asked for. grouped_decode: None = `decode_attention` on the CPU only."""
+    prompt repeats and no static cache is asked for. grouped_decode: None = `decode_attention` on the CPU only.
+    per_prompt_prefill: None = prefill the unique prompts one by one, unpadded, when padding would be over a quarter
+    of a batched prefill (PoRo's one-call generation pads its no-policy prompts to the policy-aware ones)."""
     if grouped_decode is None:
         grouped_decode = input_ids.device.type == "cpu"
     with grouped_decode_attention(model, grouped_decode):
         return _shared_prefill_generate(model, input_ids, attention_mask, generation_config=generation_config,
-                                        static=static, **kwargs)
+                                        static=static, per_prompt_prefill=per_prompt_prefill, **kwargs)
 
 
-def _shared_prefill_generate(model, input_ids, attention_mask, *, generation_config, static, **kwargs):
+def _prefill(model, input_ids, attention_mask, starts, row_pixels, row_grids, mm_types, per_prompt: bool):
+    """DynamicCache of every prompt but its last token, one row per unique prompt (rows `starts`), left-padded as
+    in the batch; leaves each row's multimodal rope offset in the model's `rope_deltas`. per_prompt: prefill each
+    prompt alone without its padding (then pad its cache with zeros, which the attention mask hides; the rope
+    offsets count real tokens only, so they need no shift) instead of one padded batch."""
+    from transformers import DynamicCache
+
+    text_config = model.config.get_text_config(decoder=True)
+    holders = _rope_holders(model)
+    parts = []
+    for rows in ([[s] for s in starts] if per_prompt else [starts]):
+        idx = torch.tensor(rows, device=input_ids.device)
+        keep = attention_mask[rows[0], :-1].bool() if per_prompt else slice(None)
+        inputs = {"input_ids": input_ids[idx, :-1][:, keep], "attention_mask": attention_mask[idx, :-1][:, keep]}
+        if row_pixels is not None:
+            inputs["pixel_values"] = torch.cat([row_pixels[i] for i in rows])
+            inputs["image_grid_thw"] = torch.cat([row_grids[i] for i in rows])
+        if mm_types is not None:
+            inputs["mm_token_type_ids"] = mm_types[idx, :-1][:, keep]
+        pad = input_ids.shape[1] - 1 - inputs["input_ids"].shape[1]
+        for m in holders:
+            m.rope_deltas = None  # a fresh prefill computes them
+        cache = DynamicCache(config=text_config)
+        with torch.no_grad():
+            model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        parts.append((cache, pad, [m.rope_deltas for m in holders]))  # offsets count real tokens: padding-free
+    for j, m in enumerate(holders):
+        deltas = [p[2][j] for p in parts]
+        m.rope_deltas = None if deltas[0] is None else torch.cat(deltas)
+    if len(parts) == 1:
+        return parts[0][0]
+    cache = DynamicCache(config=text_config)
+    for layer in range(len(parts[0][0].layers)):
+        pad = lambda t, n: torch.nn.functional.pad(t, (0, 0, n, 0))  # noqa: E731  (B, H, L, D): zeros in front of L
+        cache.update(torch.cat([pad(c.layers[layer].keys, n) for c, n, _ in parts]),
+                     torch.cat([pad(c.layers[layer].values, n) for c, n, _ in parts]), layer)
+    return cache
+
+
+def _shared_prefill_generate(model, input_ids, attention_mask, *, generation_config, static, per_prompt_prefill,
+                             **kwargs):
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if static is None:
@@ -147,21 +189,13 @@ def _shared_prefill_generate(model, input_ids, attention_mask, *, generation_con
                                    ("mm_token_type_ids", mm_types)) if v is not None}
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
                               **extra, **kwargs)
-    from transformers import DynamicCache, StaticCache
+    from transformers import StaticCache
 
-    idx = torch.tensor(starts, device=input_ids.device)
-    prefill = {"input_ids": input_ids[idx, :-1], "attention_mask": attention_mask[idx, :-1]}
-    if pixel_values is not None:
-        prefill["pixel_values"] = torch.cat([row_pixels[i] for i in starts])
-        prefill["image_grid_thw"] = torch.cat([row_grids[i] for i in starts])
-    if mm_types is not None:
-        prefill["mm_token_type_ids"] = mm_types[idx, :-1]
+    if per_prompt_prefill is None:  # padding that a batched prefill would compute for nothing
+        real = int(attention_mask[starts].sum())
+        per_prompt_prefill = len(starts) > 1 and real < 0.75 * len(starts) * input_ids.shape[1]
+    cache = _prefill(model, input_ids, attention_mask, starts, row_pixels, row_grids, mm_types, per_prompt_prefill)
     holders = _rope_holders(model)
-    for m in holders:
-        m.rope_deltas = None  # a fresh prefill computes them
-    cache = DynamicCache(config=config.get_text_config(decoder=True))
-    with torch.no_grad():
-        model(**prefill, past_key_values=cache, use_cache=True, logits_to_keep=1)
     # one prefill per unique prompt -> its run of rows
     if len(set(counts)) == 1:
         cache.batch_repeat_interleave(counts[0])

@@ -42,13 +42,15 @@ def _group_inputs(proc, G):
     return rep
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_greedy_fast_path_equals_generate(lora_model, static):
+@pytest.mark.parametrize("static,per_prompt", [(False, False), (True, False), (False, True), (True, True)])
+def test_greedy_fast_path_equals_generate(lora_model, static, per_prompt):
+    """Batched or per-prompt (unpadded) prefill, dynamic or static cache: plain `generate`'s tokens."""
     model, proc = lora_model
     x = _group_inputs(proc, 3)
+    assert (x["attention_mask"] == 0).any()  # one prompt is left-padded, so per-prompt prefill really unpads it
     kw = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
     slow = model.generate(**x, **kw)
-    fast = shared_prefill_generate(model, **x, static=static, **kw)
+    fast = shared_prefill_generate(model, **x, static=static, per_prompt_prefill=per_prompt, **kw)
     assert torch.equal(slow, fast)
     assert slow[0, -10:].tolist() != slow[3, -10:].tolist()  # the two prompts differ, so the test can fail
 
