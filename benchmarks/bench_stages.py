@@ -102,16 +102,10 @@ def _build_3b(folder: Path, texts: list[str]) -> None:
                         chat_template=chat_template()).save_pretrained(folder)
 
 
-def _step_3b(work: str) -> dict:
-    """Peak memory of one VM-CPT optimizer step (forward, backward, AdamW on the adapter) for the 3B shape."""
-    import torch
-
-    from mpi_kit.cpt import VMCPTCollator
+def _prepare_3b(work: Path):
+    """(an N=6 VM-CPT row, the 3B-shaped checkpoint folder), built once under `work`."""
     from mpi_kit.data import build_datasets, load_kit_data
-    from mpi_kit.models import count_parameters, load_model, peak_memory
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    work = Path(work)
     data = work / "data"
     if not (data / "vmcpt").exists():
         build_datasets(out=str(data), num_policies=1, num_scenes=4, depth=6, image_size=(480, 320),
@@ -121,6 +115,23 @@ def _step_3b(work: str) -> dict:
     if not (folder / "config.json").exists():
         texts = ["".join(p["text"] or "" for m in row["prompt"] + row["completion"] for p in m["content"])] * 8
         _build_3b(folder, texts)
+    return row, folder
+
+
+def _step_3b(work: str, build_only: bool = False) -> dict:
+    """Peak memory of one VM-CPT optimizer step (forward, backward, AdamW on the adapter) for the 3B shape.
+    The checkpoint is built by an earlier process (`build_only`): the peak RSS of a process never resets, and
+    building the random bf16 model would otherwise count."""
+    import torch
+
+    from mpi_kit.cpt import VMCPTCollator
+    from mpi_kit.models import count_parameters, load_model, peak_memory
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    work = Path(work)
+    row, folder = _prepare_3b(work)
+    if build_only:
+        return {"built": str(folder)}
     # the qwen2.5-vl-3b recipe (NF4, LoRA r=16 on the language model, gradient checkpointing), on this device
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = load_model("qwen2.5-vl-3b", model=str(folder), device=device,
@@ -146,7 +157,10 @@ def _step_3b(work: str) -> dict:
 
 
 def _child(args) -> None:
-    res = _tiny_stage(args.stage, args.data, args.out, args.steps) if args.stage != "3b" else _step_3b(args.out)
+    if args.stage in ("3b", "build3b"):
+        res = _step_3b(args.out, build_only=args.stage == "build3b")
+    else:
+        res = _tiny_stage(args.stage, args.data, args.out, args.steps)
     print("RESULT " + json.dumps(res))
 
 
@@ -193,6 +207,7 @@ def main() -> None:
             print(f"{r['stage']:<12}{r['steps_per_s']:>9.3f}{r['examples_per_s']:>8.2f}{r['peak_rss_gib']:>14.2f}"
                   f"{r['trainable']:>12,}{r['first_loss']:>8.2f}->{r['last_loss']:.2f}")
     if args.b3 or args.only_3b:
+        _spawn("--stage", "build3b", "--out", str(work / "3b"))  # its own process: see _step_3b
         res = _spawn("--stage", "3b", "--out", str(work / "3b"))
         print("\nQwen2.5-VL-3B-shaped VM-CPT step (NF4 + LoRA r=16, gradient checkpointing, N=6 -T policy):")
         print(json.dumps(res, indent=1))
