@@ -167,7 +167,7 @@ def _child(args) -> None:
 def _spawn(*argv) -> dict:
     # glibc: big blocks straight from mmap and back to the OS when freed. With the defaults the 3B-shaped step's
     # process was OOM-killed at 22.4 GiB RSS on a 24 GiB machine (freed blocks kept); with these it peaked at 14.6.
-    env = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "0", **os.environ,
+    env = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "2", **os.environ,
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     r = subprocess.run([sys.executable, __file__, "--child", *argv], env=env, capture_output=True, text=True)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
