@@ -26,9 +26,8 @@ the first decode step) moves a logit across a sampling boundary: ~1e-6 relative 
 """
 from __future__ import annotations
 
-import copy
-
 import contextlib
+import copy
 
 import torch
 from transformers import AttentionInterface
@@ -119,8 +118,8 @@ def shared_prefill_generate(model, input_ids: torch.Tensor, attention_mask: torc
     Same inputs and output as `generate` (prompt + completion ids, left-padded prompts); `pixel_values`,
     `image_grid_thw`, `mm_token_type_ids` are split per row and deduplicated with the prompts. static: None =
     a StaticCache on CUDA (compiled decoding), and on the CPU for prompts of >= STATIC_MIN_PROMPT tokens;
-    True/False forces it. Falls back to plain `generate` when no
-    prompt repeats and no static cache is asked for. grouped_decode: None = `decode_attention` on the CPU only.
+    True/False forces it. Falls back to plain `generate` when no prompt repeats and no static cache is asked for.
+    grouped_decode: None = `decode_attention` on the CPU only.
     per_prompt_prefill: None = prefill the unique prompts one by one, unpadded, when padding would be over a quarter
     of a batched prefill (PoRo's one-call generation pads its no-policy prompts to the policy-aware ones)."""
     if grouped_decode is None:
@@ -161,11 +160,13 @@ def _prefill(model, input_ids, attention_mask, starts, row_pixels, row_grids, mm
         m.rope_deltas = None if deltas[0] is None else torch.cat(deltas)
     if len(parts) == 1:
         return parts[0][0]
+    def left_pad(t, n):  # (B, H, L, D): n zero positions in front of L
+        return torch.nn.functional.pad(t, (0, 0, n, 0))
+
     cache = DynamicCache(config=text_config)
     for layer in range(len(parts[0][0].layers)):
-        pad = lambda t, n: torch.nn.functional.pad(t, (0, 0, n, 0))  # noqa: E731  (B, H, L, D): zeros in front of L
-        cache.update(torch.cat([pad(c.layers[layer].keys, n) for c, n, _ in parts]),
-                     torch.cat([pad(c.layers[layer].values, n) for c, n, _ in parts]), layer)
+        cache.update(torch.cat([left_pad(c.layers[layer].keys, n) for c, n, _ in parts]),
+                     torch.cat([left_pad(c.layers[layer].values, n) for c, n, _ in parts]), layer)
     return cache
 
 
