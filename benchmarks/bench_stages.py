@@ -118,9 +118,9 @@ def _prepare_3b(work: Path):
     return row, folder
 
 
-def _step_3b(work: str, build_only: bool = False) -> dict:
+def _step_3b(work: str) -> dict:
     """Peak memory of one VM-CPT optimizer step (forward, backward, AdamW on the adapter) for the 3B shape.
-    The checkpoint is built by an earlier process (`build_only`): the peak RSS of a process never resets, and
+    Build the checkpoint first in another process (stage "build3b"): the peak RSS of a process never resets, and
     building the random bf16 model would otherwise count."""
     import torch
 
@@ -130,8 +130,6 @@ def _step_3b(work: str, build_only: bool = False) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     work = Path(work)
     row, folder = _prepare_3b(work)
-    if build_only:
-        return {"built": str(folder)}
     # the qwen2.5-vl-3b recipe (NF4, LoRA r=16 on the language model, gradient checkpointing), on this device
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = load_model("qwen2.5-vl-3b", model=str(folder), device=device,
@@ -157,8 +155,10 @@ def _step_3b(work: str, build_only: bool = False) -> dict:
 
 
 def _child(args) -> None:
-    if args.stage in ("3b", "build3b"):
-        res = _step_3b(args.out, build_only=args.stage == "build3b")
+    if args.stage == "build3b":
+        res = {"built": str(_prepare_3b(Path(args.out))[1])}
+    elif args.stage == "3b":
+        res = _step_3b(args.out)
     else:
         res = _tiny_stage(args.stage, args.data, args.out, args.steps)
     print("RESULT " + json.dumps(res))
