@@ -43,13 +43,18 @@ def set_threads(n: int | None = None) -> None:
 
 # ----------------------------------------------------------------------------------------------- dense targets
 
+def cell_of(obj, size: tuple[int, int] = IMAGE_SIZE) -> int:
+    """The merged image token (raster order) whose 16x16 px cell holds the object's centre."""
+    gw, gh = size[0] // CELL, size[1] // CELL
+    return min(int(obj.y * gh), gh - 1) * gw + min(int(obj.x * gw), gw - 1)
+
+
 def cell_targets(scene: Scene, size: tuple[int, int] = IMAGE_SIZE) -> torch.Tensor:
     """(cells, 1 + 15) multi-hot: per merged image token (raster order), 'an object centre is here' and the
     attribute values of the objects centred in that cell."""
-    gw, gh = size[0] // CELL, size[1] // CELL
-    t = torch.zeros(gh * gw, 1 + len(VALUES))
+    t = torch.zeros((size[1] // CELL) * (size[0] // CELL), 1 + len(VALUES))
     for o in scene.objects:
-        c = min(int(o.y * gh), gh - 1) * gw + min(int(o.x * gw), gw - 1)
+        c = cell_of(o, size)
         t[c, 0] = 1
         for k, (a, v) in enumerate(VALUES):
             if getattr(o, a) == v:
@@ -119,7 +124,7 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
         parts, pimgs = policy_parts(policy)
         return {"prompt": user_prompt(query_text(policy.name), parts),
                 "completion": assistant(policy.gold_cot(scene)), "images": pimgs + [image],
-                "task": f"policy{depth}", "answer": policy.evaluate(scene)[0]}
+                "task": f"policy{depth}", "answer": policy.evaluate(scene)[0], "scene": scene}
     if task == "describe":
         q, a = "Describe the image.", describe_answer(scene)
     else:
@@ -135,7 +140,83 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
         else:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     return {"prompt": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": q}]}],
-            "completion": assistant(a), "images": [image], "task": task, "answer": a}
+            "completion": assistant(a), "images": [image], "task": task, "answer": a, "scene": scene}
+
+
+# ---------------------------------------------------------------------------------------- taught retrieval
+# Answers alone do not teach the language model to read the visual tokens: binding a question's words to the
+# matching image cells sits on a loss plateau for hundreds of steps (assets/tiny-vlm/README.md). Dense targets
+# do, as for the vision tower. At every position that answers a question about the scene, one head is taught to
+# attend to the question's attribute words (GATHER) and one head of the next layer to the image cells of the
+# objects that match them, plus the image's <|vision_start|> as a sink (RETRIEVE): the sink's share of the
+# attention then says how many objects match (1 = none).
+GATHER, RETRIEVE = (0, 0), (1, 0)  # (layer, head)
+QUESTION_START = ("Is", " Is", "How", " How")
+
+
+def attribute_tokens(tokenizer) -> dict[int, tuple[str, str]]:
+    """Token id -> (attribute, value) for the single-token words " red", " metal", " cube", " cubes", ..."""
+    out = {}
+    for a, vals in ATTRIBUTES.items():
+        for v in vals:
+            for word in (v, PLURAL.get(v)):
+                ids = tokenizer(f" {word}", add_special_tokens=False)["input_ids"] if word else []
+                if len(ids) == 1:
+                    out[ids[0]] = (a, v)
+    return out
+
+
+def retrieval_targets(batch: dict, examples: list[dict], tokenizer, image_token_id: int) -> dict | None:
+    """Attention targets for a collated batch: rows, positions, and (M, T) target distributions for GATHER and
+    RETRIEVE. A supervised position predicts an answer about the scene: the last prompt token of an existence
+    or counting question, and each "?" followed by " Yes"/" No" in a completion (the CoT's conditions)."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    words = attribute_tokens(tokenizer)
+    tid = lambda t: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t))[0]
+    qmark, answers = tid("?"), {tid(" Yes"), tid(" No"), tid("Yes"), tid("No")}
+    starts = {tid(t) for t in QUESTION_START}
+    vstart = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    rows, pos, gather, retrieve = [], [], [], []
+    for i, ex in enumerate(examples):
+        row, lab = ids[i].tolist(), labels[i].tolist()
+        first = next((k for k, v in enumerate(lab) if v != -100), None)
+        if ex.get("scene") is None or first is None:
+            continue
+        sites = [(p, p) for p in range(first, len(row) - 1) if row[p] == qmark and row[p + 1] in answers]
+        if ex.get("task") in ("exist", "count"):
+            q = max(p for p in range(first) if row[p] == qmark)
+            sites.append((q, first - 1))
+        s = max(p for p, t in enumerate(row) if t == vstart)  # the scene is the last image
+        cells = [p for p in range(s + 1, len(row)) if row[p] == image_token_id]
+        for q, at in sites:
+            k = q
+            while k > 0 and row[k] not in starts and q - k < 64:
+                k -= 1
+            span = [p for p in range(k, q) if row[p] in words]
+            if not span:
+                continue
+            subject = dict(words[row[p]] for p in span)
+            g = torch.zeros(len(row))
+            g[span] = 1.0 / len(span)
+            r = torch.zeros(len(row))
+            r[s] = 1.0
+            for o in ex["scene"].objects:
+                if o.matches(**subject):
+                    r[cells[cell_of(o)]] += 1
+            rows.append(i), pos.append(at), gather.append(g), retrieve.append(r / r.sum())
+    if not rows:
+        return None
+    return {"rows": torch.tensor(rows), "pos": torch.tensor(pos), "gather": torch.stack(gather),
+            "retrieve": torch.stack(retrieve)}
+
+
+def retrieval_loss(attentions, targets: dict) -> torch.Tensor:
+    """Cross-entropy of the GATHER and RETRIEVE heads' attention (at the answer positions) to their targets."""
+    loss = 0.0
+    for (layer, head), key in ((GATHER, "gather"), (RETRIEVE, "retrieve")):
+        a = attentions[layer][targets["rows"], head, targets["pos"]]
+        loss = loss - (targets[key] * torch.log(a + 1e-9)).sum(-1).mean()
+    return loss
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -203,6 +284,7 @@ class PretrainConfig:
                                                       "describe": 0.03, "exist": 0.14, "count": 0.13})
     sizes: dict = field(default_factory=lambda: {"perception": 16, "policy2": 8, "policy4": 4, "policy6": 1})
     save_steps: int = 40
+    taught_retrieval: bool = True           # read/follow: attention targets for the GATHER and RETRIEVE heads
 
 
 def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
@@ -235,6 +317,20 @@ def probe_accuracy(probe: DenseProbe, image_processor, n: int = 64) -> dict:
         res[a] = (pred[:, ix] == t[:, ix]).all(-1)[occupied].float().mean().item()
         k += len(vals)
     return res
+
+
+def _reading_trainer():
+    """HF Trainer whose loss adds `retrieval_loss` when the batch carries retrieval targets."""
+    from transformers import Trainer
+
+    class ReadingTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            targets = inputs.pop("retrieval", None)
+            out = model(**inputs, output_attentions=targets is not None)
+            loss = out.loss if targets is None else out.loss + retrieval_loss(out.attentions, targets)
+            return (loss, out) if return_outputs else loss
+
+    return ReadingTrainer
 
 
 def _args(cfg: PretrainConfig, stage: str, steps: int, lr: float, warmup: int):
@@ -319,10 +415,20 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
         data = Batches(steps, lambda i, stage=stage, mix=mix: mixed_batch(stage, i, mix, cfg.sizes))
-        trainer = Trainer(model=model, args=_args(cfg, stage, steps, lr, 10), train_dataset=data,
-                          data_collator=unwrap(lambda b: collate([{k: e[k] for k in ("prompt", "completion", "images")}
-                                                                  for e in b])))
+
+        def collate_taught(examples):
+            batch = collate([{k: e[k] for k in ("prompt", "completion", "images")} for e in examples])
+            if cfg.taught_retrieval:
+                targets = retrieval_targets(batch, examples, processor.tokenizer, model.config.image_token_id)
+                if targets is not None:
+                    batch["retrieval"] = targets
+            return batch
+
+        model.set_attn_implementation("eager" if cfg.taught_retrieval else "sdpa")  # eager returns attentions
+        trainer = _reading_trainer()(model=model, args=_args(cfg, stage, steps, lr, 10), train_dataset=data,
+                                     data_collator=unwrap(collate_taught))
         seconds = _train(trainer, work / stage)
+        model.set_attn_implementation("sdpa")
         model.train(False)
         for p in model.parameters():
             p.requires_grad_(True)

@@ -118,3 +118,82 @@ def test_examples_are_seeded_and_correct():
     e = pt.make_example("policy", "x/2", 4)
     assert pt.boxed(e["completion"][0]["content"][0]["text"]) == e["answer"]
     assert pt.cell_targets(sample_scene(3)).shape == (24, 16)
+
+
+def _collated(processor, examples):
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+    collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
+    return collate([{k: e[k] for k in ("prompt", "completion", "images")} for e in examples])
+
+
+def test_retrieval_targets_point_at_the_subject_and_its_objects(fresh):
+    """Known by construction: the gather head's target is the question's attribute words; the retrieve head's
+    target puts 1/(k+1) on the scene's <|vision_start|> and on each cell of the k matching objects."""
+    model, processor = fresh
+    tok = processor.tokenizer
+    ex = [pt.make_example("count", f"t/{i}") for i in range(6)] + [pt.make_example("exist", "t/9"),
+                                                                 pt.make_example("describe", "t/10")]
+    batch = _collated(processor, ex)
+    t = pt.retrieval_targets(batch, ex, tok, model.config.image_token_id)
+    assert 7 not in t["rows"].tolist()  # a caption answers no question
+    vstart = tok.convert_tokens_to_ids("<|vision_start|>")
+    for r, pos, g, rt in zip(t["rows"], t["pos"], t["gather"], t["retrieve"]):
+        e, ids = ex[int(r)], batch["input_ids"][int(r)]
+        assert batch["labels"][int(r)][pos + 1] != -100 and batch["labels"][int(r)][pos] == -100  # predicts the answer
+        subject = [w for w in tok.decode(ids[g > 0]).split()]
+        question = e["prompt"][0]["content"][1]["text"]
+        assert subject and all(w in question.split() for w in subject)
+        assert torch.isclose(g.sum(), torch.tensor(1.0)) and torch.isclose(rt.sum(), torch.tensor(1.0))
+        sink = float(rt[(ids == vstart).nonzero()[-1]])
+        k = int(e["answer"]) if e["task"] == "count" else None
+        if k is not None:
+            assert sink == pytest.approx(1 / (k + 1))  # the sink's share says how many objects match
+        else:
+            assert (sink == 1.0) == (e["answer"] == "No")
+        cells = int((rt[ids == model.config.image_token_id] > 0).sum())
+        assert (cells > 0) == (sink < 1) and (k is None or cells <= k)  # two objects may share a cell
+
+
+def test_retrieval_targets_cover_every_condition_of_a_cot(fresh):
+    model, processor = fresh
+    e = pt.make_example("policy", "t/cot", 4)
+    batch = _collated(processor, [e])
+    t = pt.retrieval_targets(batch, [e], processor.tokenizer, model.config.image_token_id)
+    cot = e["completion"][0]["content"][0]["text"]
+    assert len(t["pos"]) == cot.count("? Yes") + cot.count("? No") > 0
+    for pos in t["pos"]:
+        assert processor.tokenizer.decode(batch["input_ids"][0][pos + 1]).strip() in ("Yes", "No")
+
+
+def test_taught_retrieval_trains_the_two_heads(fresh):
+    """A few steps of the reading trainer's loss move the gather and retrieve heads towards their targets."""
+    model, processor = fresh
+    import copy
+    m = copy.deepcopy(model)
+    m.set_attn_implementation("eager")
+    ex = [pt.make_example("exist", f"t/h{i}") for i in range(4)]
+    batch = _collated(processor, ex)
+    t = pt.retrieval_targets(batch, ex, processor.tokenizer, m.config.image_token_id)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(m.model.language_model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        out = m(**batch, output_attentions=True)
+        aux = pt.retrieval_loss(out.attentions, t)
+        (out.loss + aux).backward(), opt.step(), opt.zero_grad()
+        losses.append(aux.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_pretrain_command_runs_every_stage_and_resumes(tmp_path):
+    """`pretrain` end to end at toy size: all four stages, taught retrieval on, a standard checkpoint out (sdpa
+    attention, not the eager attention used for training), and a second call that finds every stage done."""
+    cfg = pt.PretrainConfig(out=str(tmp_path / "out"), work=str(tmp_path / "work"), tokenizer_policies=2,
+                            tokenizer_questions=20, see_steps=2, see_batch=4, read_steps=2, follow_steps=2,
+                            sizes={"perception": 4, "policy2": 2, "policy4": 1, "policy6": 1}, save_steps=1)
+    info = pt.pretrain(cfg)
+    assert set(info["seconds"]) >= {"init", "see", "read", "follow"}
+    model, _ = tiny.load_tiny(cfg.out)
+    assert model.config.text_config._attn_implementation != "eager"
+    again = pt.pretrain(cfg)
+    assert again["seconds"] == info["seconds"]  # nothing retrained
