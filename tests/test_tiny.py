@@ -75,13 +75,15 @@ def test_batched_generation_with_images(fresh):
 
 
 def test_shipped_model_sees(shipped):
-    """A small held-out perception check on the shipped weights: on these 48 questions "Yes" is the gold answer
-    48% of the time, so 65% needs the image (the shipped model scores 77%)."""
+    """A small held-out perception check on the shipped weights. On these 48 existence questions "Yes" is the
+    gold answer 52% of the time, and on the 48 counting questions the commonest count is right 25% of the time;
+    the shipped model scores 92% and 50%, so the bars (80%, 40%) need the image."""
     model, processor = shipped
-    ex = [pt.make_example("exist", f"test-shipped/{i}") for i in range(48)]
-    outs, _, _ = pt.answer(model, processor, ex, max_new_tokens=4, batch_size=48)
-    acc = sum(o.strip() == e["answer"] for o, e in zip(outs, ex)) / len(ex)
-    assert acc >= 0.65, (acc, list(zip(outs, [e["answer"] for e in ex])))
+    for task, bar in (("exist", 0.8), ("count", 0.4)):
+        ex = [pt.make_example(task, f"test-shipped/{i}") for i in range(48)]
+        outs, _, _ = pt.answer(model, processor, ex, max_new_tokens=4, batch_size=48)
+        acc = sum(o.strip() == e["answer"] for o, e in zip(outs, ex)) / len(ex)
+        assert acc >= bar, (task, acc, list(zip(outs, [e["answer"] for e in ex])))
     assert sum(p.numel() for p in model.parameters()) < 10_000_000
     assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 25 * 2**20
     assert "Held-out accuracy" in (SHIPPED / "README.md").read_text()
