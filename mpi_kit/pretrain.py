@@ -14,6 +14,7 @@ never the policies that the kit later internalizes (`mpi_kit.data` draws those f
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -156,6 +157,7 @@ GATHER, RETRIEVE = (0, 0), (1, 0)  # (layer, head)
 QUESTION_START = ("Is", " Is", "How", " How")
 
 
+@functools.lru_cache(maxsize=4)  # called for every batch; the tokenizer does not change during a run
 def attribute_tokens(tokenizer) -> dict[int, tuple[str, str]]:
     """Token id -> (attribute, value) for the single-token words " red", " metal", " cube", " cubes", ..."""
     out = {}
