@@ -54,3 +54,27 @@ def patch_trl_cpu_logprobs() -> bool:
         _TorchChunkedLogProb.original = current
         tu._ChunkedLogProbFunction = _TorchChunkedLogProb
     return True
+
+
+def disable_cpu_weight_packing(model) -> int:
+    """Keep bitsandbytes 0.50's 4-bit layers in their trainable layout on every CPU; returns layers changed.
+
+    On a CPU with AVX512-BF16, `Linear4bit.forward` in eval mode without grad repacks its weight for a CPU
+    inference kernel, and the packing stays: training afterwards crashes (layers with bias) or gets silently wrong
+    gradients (layers without). So one CPU would train differently from another. We switch that fast path off
+    (and undo a packing already made), so every CPU runs the same 4-bit matmul for generation and training."""
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except ImportError:  # no bitsandbytes: no 4-bit layers
+        return 0
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        w = module.weight
+        if getattr(getattr(w, "quant_state", None), "packing_format_for_cpu", False):
+            w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(w.data, w.quant_state)
+        n += 1
+    return n

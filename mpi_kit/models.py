@@ -178,6 +178,10 @@ def _load_hf(recipe: Recipe, device: str, use_lora: bool, local_files_only: bool
     m = AutoModelForImageTextToText.from_pretrained(path, **kw)
     if recipe.quantization == "none":
         m = m.to(device)
+    else:
+        from .compat import disable_cpu_weight_packing
+
+        disable_cpu_weight_packing(m)  # else an AVX512-BF16 CPU repacks 4-bit weights on the first generate()
     if not use_lora:
         return m, processor
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training

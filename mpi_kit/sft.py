@@ -88,8 +88,12 @@ def answer(model, processor, rows, max_new_tokens: int = 128, batch_size: int = 
     """Greedy completions for rows of a no-policy dataset (eval `no_policy`, cot/qa `test`): image + query only."""
     from .evaluate import generate_completions
 
+    was_training = model.training
     model.eval()
-    return generate_completions(model, processor, rows, max_new_tokens, batch_size)
+    try:
+        return generate_completions(model, processor, rows, max_new_tokens, batch_size)
+    finally:
+        model.train(was_training)  # a model that was training stays in training mode
 
 
 def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:

@@ -235,3 +235,63 @@ def test_unknown_model_gives_clear_error(tmp_path):
 
 def test_peak_memory_reports_gib():
     assert 0.05 < peak_memory() < 64
+
+
+# ---------------------------------------------------------------- 4-bit weights on any CPU
+
+@pytest.fixture
+def force_avx512bf16(monkeypatch):
+    """Make bitsandbytes believe this CPU has AVX512-BF16, so its inference-time weight packing path is taken
+    (it is on such CPUs; on others this forces it): the regression then guards on every machine."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))  # Qwen2.5-VL's q/k/v have bias (crashed), Qwen3-VL's not (wrong grads)
+def test_nf4_lora_grads_unchanged_by_a_generate_before_training(checkpoints, force_avx512bf16, arch):
+    import bitsandbytes as bnb
+
+    def lora_grads(generate_first: bool) -> dict:
+        model, processor = load_model(ARCHS[arch], model=checkpoints[arch], precision="fp32")
+        layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert layers
+        batch = _batch(processor)
+        if generate_first:  # what the kit does: sample rollouts / evaluate, then train the same model
+            model.eval()
+            with torch.no_grad():
+                model.generate(**batch, max_new_tokens=2, do_sample=False)
+            assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+        model.train()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    clean, after = lora_grads(False), lora_grads(True)
+    assert clean.keys() == after.keys() and len(clean) == 2 * 7 * 2  # lora_A + lora_B on 7 linears x 2 layers
+    assert any(g.abs().sum() > 0 for n, g in clean.items() if ".layers.0.self_attn.q_proj" in n)
+    for n in clean:
+        assert torch.equal(clean[n], after[n]), n
+
+
+def test_cpu_weight_packing_is_undone_if_already_made(force_avx512bf16):
+    import bitsandbytes as bnb
+
+    from mpi_kit.compat import disable_cpu_weight_packing
+
+    torch.manual_seed(0)
+    lin = bnb.nn.Linear4bit(64, 64, bias=True, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    x = torch.randn(4, 64)
+    lin.train()
+    before = lin(x)
+    lin.eval()
+    with torch.no_grad():
+        lin(x)
+    assert lin.weight.quant_state.packing_format_for_cpu  # the path this guards against was taken
+    assert disable_cpu_weight_packing(torch.nn.Sequential(lin)) == 1
+    assert not lin.weight.quant_state.packing_format_for_cpu and not lin.support_avx512bf16_for_cpu
+    lin.train()
+    xg = x.clone().requires_grad_(True)
+    out = lin(xg)
+    out.sum().backward()  # crashed here before ("a view of a leaf Variable ... in-place operation")
+    # bitsandbytes' inverse re-quantizes the double-quantized absmax, so outputs agree to ~1e-3, not bit for bit
+    assert torch.allclose(out, before, atol=1e-2) and xg.grad is not None and xg.grad.abs().sum() > 0
