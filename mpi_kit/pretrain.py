@@ -14,6 +14,7 @@ never the policies that the kit later internalizes (`mpi_kit.data` draws those f
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import json
 import os
@@ -114,20 +115,22 @@ def describe_answer(scene: Scene) -> str:
     return f"There are {n} objects: {scene.describe()}."
 
 
-def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE_SIZE) -> dict:
+def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE_SIZE, variant: str = "T") -> dict:
     """One prompt/completion example (TRL's conversational format + `images`), fully determined by `key`.
 
     Tasks: describe (caption left to right), exist (yes/no on 1-3 attribute values), count (0-10), and
-    policy (a fresh policy of `depth` in the prompt, gold CoT + boxed case as the completion)."""
+    policy (a fresh policy of `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT +
+    boxed case as the completion)."""
     rng = random.Random(f"PRETRAIN/{task}/{depth}/{key}")
     scene = sample_scene(rng, scene_id=f"pt-{task}-{key}")
     image = render_scene(scene, image_size)
     if task == "policy":
-        policy = sample_policy(depth, random.Random(f"base/{key}/{depth}"))
+        seed = f"base/{key}/{depth}" + ("" if variant == "T" else f"/{variant}")
+        policy = sample_policy(depth, random.Random(seed), variant=variant)
         parts, pimgs = policy_parts(policy)
         return {"prompt": user_prompt(query_text(policy.name), parts),
                 "completion": assistant(policy.gold_cot(scene)), "images": pimgs + [image],
-                "task": f"policy{depth}", "answer": policy.evaluate(scene)[0], "scene": scene}
+                "task": f"policy{depth}{'' if variant == 'T' else variant}", "answer": policy.evaluate(scene)[0], "scene": scene}
     if task == "describe":
         q, a = "Describe the image.", describe_answer(scene)
     else:
@@ -223,6 +226,125 @@ def retrieval_loss(attentions, targets: dict) -> torch.Tensor:
     return loss
 
 
+# ------------------------------------------------------------------------------------------- taught copying
+# Following a policy in context is copying: each CoT step repeats a section's question, then the yes- or no-line's
+# ", go to Condition <id>" or ", the response is Case <k>", and the next step starts at the id just written. A
+# tiny model does not find this from answers alone (its first question matches the policy at chance), so four
+# heads are taught where to look, as for retrieval, and the copy head's own output is taught to carry the token:
+#   PREV (L0H2): every token attends to the one before it, so a key knows its predecessor (induction);
+#   SECT (L1H2): every token of a section, or of a CoT step, attends to that section's or step's condition id;
+#   LINE (L1H3): every token of a question / yes-line / no-line attends to its first word ("Is", " yes", " no"),
+#                and in the CoT to " Is" / the step's " Yes" or " No", which says which line to copy from;
+#   COPY (L2H2): the position before each copied CoT token attends to the policy token it copies; the next
+#                step's id attends to the id just written; the boxed case to the CoT's case.
+# The COPY head's value path is trained too (`direct_logit_loss`): attending to the right token is not enough,
+# the head must also write it into the logits.
+PREV, SECT, LINE, COPY = (0, 2), (1, 2), (1, 3), (2, 2)  # (layer, head)
+SECTION_RE = re.compile(r"# Condition (?P<id>[\d.]+)\n(?P<q>Is there [^\n]*)\?\n- If (?P<yw>yes), (?P<yes>[^\n]*)\."
+                        r"\n- If (?P<nw>no), (?P<no>[^\n]*)\.\n")
+STEP_RE = re.compile(r"Condition (?P<id>[\d.]+): (?P<q>Is there [^?(]*?)(?: \(that is, [^)]*\))?\? "
+                     r"(?P<ans>Yes|No)(?P<to>, (?:go to Condition [\d.]+|the response is Case \d+))\.")
+BOXED_RE = re.compile(r"\\boxed\{(?P<case>Case \d+)\}")
+
+
+@functools.lru_cache(maxsize=4)
+def token_strings(tokenizer) -> list[str]:
+    """Token id -> its text (byte-level tokens decode one by one; the kit's text is ASCII)."""
+    return [tokenizer.decode([i]) for i in range(len(tokenizer))]
+
+
+def copy_targets(input_ids: torch.Tensor, first: list[int | None], tokenizer) -> dict:
+    """(row, query position, key position) triples for PREV, SECT, LINE and COPY in a collated batch.
+
+    `first[i]` is row i's first completion position (None: not a policy-following row). Targets are found in
+    the row's text, parsed with the policy document's and the CoT's formats, then mapped back to tokens."""
+    strings = token_strings(tokenizer)
+    out: dict[str, list] = {"prev": [], "sect": [], "line": [], "copy": []}
+    pad = tokenizer.pad_token_id
+    for i, f in enumerate(first):
+        if f is None:
+            continue
+        row = input_ids[i].tolist()
+        start = next((k for k, t in enumerate(row) if t != pad), 0)
+        pieces = [strings[t] for t in row]
+        offsets, n = [], 0
+        for piece in pieces:
+            offsets.append(n)
+            n += len(piece)
+        text = "".join(pieces)
+        at = lambda c: bisect.bisect_right(offsets, c) - 1  # noqa: E731  the token holding character c
+        cot0 = offsets[f]
+        out["prev"] += [(i, q, q - 1) for q in range(start + 1, len(row))]
+
+        def span(a, b):  # tokens that start inside characters [a, b)
+            return [k for k in range(at(a), at(max(a, b - 1)) + 1) if a <= offsets[k] < b]
+
+        def align(src_a, src_b, dst_a, dst_b):  # copied token positions (dst) and the same text in the source
+            pairs = []
+            for k in span(dst_a, dst_b):
+                j = at(src_a + offsets[k] - dst_a)
+                if offsets[j] == src_a + offsets[k] - dst_a and pieces[j] == pieces[k] and offsets[j] < src_b:
+                    pairs.append((k, j))
+            return pairs
+
+        sections = {}
+        for m in SECTION_RE.finditer(text, 0, cot0):
+            sid = at(m.start("id"))
+            sections[m["id"]] = m
+            out["sect"] += [(i, k, sid) for k in span(m.start("id"), m.end())]
+            for word, body in (("q", "q"), ("yw", "yes"), ("nw", "no")):
+                head = at(m.start(word))
+                out["line"] += [(i, k, head) for k in span(m.start(word), m.end(body))]
+        last_id = None  # position of the go-to id just written in the CoT
+        case_at = None
+        for m in STEP_RE.finditer(text, cot0):
+            sec = sections.get(m["id"])
+            if sec is None:
+                continue
+            sid = at(m.start("id"))
+            out["sect"] += [(i, k, sid) for k in span(m.start("id"), m.end())]
+            if last_id is not None and pieces[sid] == pieces[last_id]:
+                out["copy"].append((i, sid - 1, last_id))
+            qh, ah = at(m.start("q")), at(m.start("ans"))
+            out["line"] += [(i, k, qh) for k in span(m.start("q"), m.end("q"))]
+            out["line"] += [(i, k, ah) for k in span(m.start("ans"), m.end("to"))]
+            word = "yes" if m["ans"] == "Yes" else "no"
+            copied = align(sec.start("q"), sec.end("q"), m.start("q"), m.end("q"))
+            copied += align(sec.start(word) - 2, sec.end(word), m.start("to"), m.end("to"))
+            out["copy"] += [(i, k - 1, j) for k, j in copied if k - 1 > qh or k > ah]
+            last_id = at(m.end("to") - 1) if "Condition" in m["to"] else None
+            case_at = m.start("to") + m["to"].index("Case") if "Case" in m["to"] else None
+        b = BOXED_RE.search(text, cot0)
+        if b is not None and case_at is not None:
+            out["copy"] += [(i, k - 1, j) for k, j in align(case_at, case_at + len(b["case"]), b.start("case"),
+                                                             b.end("case"))]
+    return {k: torch.tensor(v, dtype=torch.long).reshape(-1, 3) for k, v in out.items()}
+
+
+def copying_loss(attentions, targets: dict) -> torch.Tensor:
+    """Mean cross-entropy of the PREV, SECT, LINE and COPY heads' attention to their one target key each."""
+    loss = 0.0
+    for (layer, head), key in ((PREV, "prev"), (SECT, "sect"), (LINE, "line"), (COPY, "copy")):
+        t = targets[key]
+        if len(t):
+            loss = loss - torch.log(attentions[layer][t[:, 0], head, t[:, 1], t[:, 2]] + 1e-9).mean()
+    return loss
+
+
+def direct_logit_loss(model, head_outputs: torch.Tensor, targets: dict, input_ids: torch.Tensor) -> torch.Tensor:
+    """The COPY head's own contribution (its slice of o_proj, then the final norm and lm_head) must predict the
+    token it attends to: cross-entropy at every COPY position. `head_outputs` is o_proj's input at layer COPY[0]."""
+    t = targets["copy"]
+    if not len(t):
+        return head_outputs.sum() * 0.0
+    lm = model.model.language_model
+    attn = lm.layers[COPY[0]].self_attn
+    d, h = attn.head_dim, COPY[1]
+    x = head_outputs[t[:, 0], t[:, 1], h * d:(h + 1) * d]
+    logits = model.lm_head(lm.norm(x @ attn.o_proj.weight[:, h * d:(h + 1) * d].T))
+    return nn.functional.cross_entropy(logits, input_ids[t[:, 0], t[:, 2]])
+
+
 # ------------------------------------------------------------------------------------------------ batches
 
 class Batches(torch.utils.data.Dataset):
@@ -257,8 +379,10 @@ def mixed_batch(stage_key: str, i: int, mix: dict[str, float], sizes: dict[str, 
     from the perception part of `mix` (mixed tasks in a batch teach the model to read the question)."""
     rng = random.Random(f"PRETRAIN/{stage_key}/{i}")
     task = rng.choices(list(mix), weights=list(mix.values()))[0]
-    if task.startswith("policy"):
-        return [make_example("policy", f"{stage_key}/{i}/{j}", int(task[6:])) for j in range(sizes[task])]
+    if task.startswith("policy"):  # "policy4" (-T) or "policy4M" (-M: attribute values shown as images)
+        depth, variant = int(task[6:].rstrip("M")), "M" if task.endswith("M") else "T"
+        size = sizes.get(task, sizes[f"policy{depth}"])
+        return [make_example("policy", f"{stage_key}/{i}/{j}", depth, variant=variant) for j in range(size)]
     percept = {k: v for k, v in mix.items() if not k.startswith("policy")}
     tasks = rng.choices(list(percept), weights=list(percept.values()), k=sizes["perception"])
     return [make_example(t, f"{stage_key}/{i}/{j}") for j, t in enumerate(tasks)]
@@ -266,6 +390,18 @@ def mixed_batch(stage_key: str, i: int, mix: dict[str, float], sizes: dict[str, 
 
 # ----------------------------------------------------------------------------------------------- pretraining
 
+
+
+# Stage 3, "follow", as a curriculum over depth: each piece is a resumable stage of its own. Perception replay
+# (exist/count) keeps what "read" taught; every piece keeps shorter policies in the mix so they are not forgotten.
+FOLLOW = (
+    {"name": "follow2", "steps": 1200, "lr": 5e-4,
+     "mix": {"policy2": 0.55, "policy2M": 0.1, "describe": 0.03, "exist": 0.14, "count": 0.18}},
+    {"name": "follow4", "steps": 1000, "lr": 4e-4,
+     "mix": {"policy2": 0.12, "policy4": 0.45, "policy4M": 0.05, "describe": 0.02, "exist": 0.14, "count": 0.22}},
+    {"name": "follow6", "steps": 500, "lr": 3e-4,
+     "mix": {"policy2": 0.08, "policy4": 0.22, "policy6": 0.35, "describe": 0.02, "exist": 0.13, "count": 0.2}},
+)
 
 
 @dataclass
@@ -276,19 +412,19 @@ class PretrainConfig:
     seed: int = 0
     tokenizer_policies: int = 30            # per depth, for the tokenizer corpus
     tokenizer_questions: int = 300          # per perception task, for the tokenizer corpus
+    tokenizer_gta: int = 60                 # GTAPolicy instances (tool descriptions, rules, JSON calls) for it
     see_steps: int = 3000                   # stage 1: dense per-cell attribute targets on the ViT + merger
     see_batch: int = 16
     see_lr: float = 3e-3
     read_steps: int = 1000                  # stage 2: describe / exist / count, vision frozen
     read_lr: float = 1e-3
     read_mix: dict = field(default_factory=lambda: {"describe": 0.05, "exist": 0.5, "count": 0.45})
-    follow_steps: int = 80                  # stage 3: policies in context (N = 2, 4, 6) + perception replay
-    follow_lr: float = 2e-4                 # lower, with more perception replay: 5e-4 cost counting 12 points
-    follow_mix: dict = field(default_factory=lambda: {"policy2": 0.2, "policy4": 0.15, "policy6": 0.1,
-                                                      "describe": 0.03, "exist": 0.25, "count": 0.27})
+    follow: list = field(default_factory=lambda: [dict(s) for s in FOLLOW])  # stage 3: the depth curriculum
     sizes: dict = field(default_factory=lambda: {"perception": 16, "policy2": 8, "policy4": 4, "policy6": 1})
     save_steps: int = 40
     taught_retrieval: bool = True           # read/follow: attention targets for the GATHER and RETRIEVE heads
+    taught_copying: bool = True             # follow: PREV/SECT/LINE/COPY attention targets + the direct-logit loss
+    until: str | None = None                # stop after this stage (run the schedule in pieces); None: all
 
 
 def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
@@ -304,6 +440,11 @@ def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
             e = make_example(t, f"tokenizer/{i}")
             texts += [e["prompt"][0]["content"][1]["text"], e["answer"]]
     texts.append("You are a helpful assistant.")
+    from mpi_kit.gta_data import BASE_POLICY, generate_instances  # GTA prompts would overrun the context otherwise
+
+    texts.append(BASE_POLICY.text())
+    for inst in generate_instances(cfg.tokenizer_gta, seed=cfg.seed, prefix="tokenizer"):
+        texts += [inst.prompt_text(BASE_POLICY), inst.cot(BASE_POLICY), json.dumps(inst.answer(BASE_POLICY))]
     return texts
 
 
@@ -324,14 +465,29 @@ def probe_accuracy(probe: DenseProbe, image_processor, n: int = 64) -> dict:
 
 
 def _reading_trainer():
-    """HF Trainer whose loss adds `retrieval_loss` when the batch carries retrieval targets."""
+    """HF Trainer whose loss adds `retrieval_loss` and the taught-copying losses when the batch carries targets."""
     from transformers import Trainer
 
-    class ReadingTrainer(Trainer):
+    from mpi_kit.training import ResumeFix  # resuming a Qwen-VL checkpoint must map its keys (see ResumeFix)
+
+    class ReadingTrainer(ResumeFix, Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            targets = inputs.pop("retrieval", None)
-            out = model(**inputs, output_attentions=targets is not None)
-            loss = out.loss if targets is None else out.loss + retrieval_loss(out.attentions, targets)
+            targets, copying = inputs.pop("retrieval", None), inputs.pop("copying", None)
+            captured, hook = {}, None
+            if copying is not None:  # o_proj's input at the COPY layer: the heads' outputs, side by side
+                o_proj = model.model.language_model.layers[COPY[0]].self_attn.o_proj
+                hook = o_proj.register_forward_pre_hook(lambda mod, args: captured.update(x=args[0]))
+            try:
+                out = model(**inputs, output_attentions=targets is not None or copying is not None)
+            finally:
+                if hook is not None:
+                    hook.remove()
+            loss = out.loss
+            if targets is not None:
+                loss = loss + retrieval_loss(out.attentions, targets)
+            if copying is not None:
+                loss = loss + copying_loss(out.attentions, copying) + \
+                    direct_logit_loss(model, captured["x"], copying, inputs["input_ids"])
             return (loss, out) if return_outputs else loss
 
     return ReadingTrainer
@@ -395,7 +551,10 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
         t = time.time()
         model, processor = build_tiny(tokenizer_corpus(cfg), seed=cfg.seed)
         finish("init", model, processor, time.time() - t)
-    last = [s for s in ("init", "see", "read", "follow") if done(s)][-1]
+    if cfg.until == "init":
+        return {"seconds": timings}
+    follow = [f["name"] for f in cfg.follow]
+    last = [s for s in ("init", "see", "read", *follow) if done(s)][-1]
     model, processor = load_tiny(work / last / "final")
 
     # stage 1 (see): dense per-cell targets on the vision tower
@@ -409,11 +568,14 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
         model.train(False)
         (work / "see" / "probe.json").write_text(json.dumps(probe_accuracy(probe, processor.image_processor)))
         finish("see", model, processor, seconds)
+    if cfg.until == "see":
+        return {"seconds": timings}
 
     # stages 2-3 (read, follow): answers only, vision tower frozen, loss on the completion
     collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
-    for stage, steps, lr, mix in (("read", cfg.read_steps, cfg.read_lr, cfg.read_mix),
-                                  ("follow", cfg.follow_steps, cfg.follow_lr, cfg.follow_mix)):
+    pieces = [("read", cfg.read_steps, cfg.read_lr, cfg.read_mix)]
+    pieces += [(f["name"], f["steps"], f["lr"], f["mix"]) for f in cfg.follow]
+    for stage, steps, lr, mix in pieces:
         if done(stage):
             continue
         for p in model.model.visual.parameters():
@@ -426,9 +588,13 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
                 targets = retrieval_targets(batch, examples, processor.tokenizer, model.config.image_token_id)
                 if targets is not None:
                     batch["retrieval"] = targets
+            if cfg.taught_copying and any(e["task"].startswith("policy") for e in examples):
+                first = [int((lab != -100).nonzero()[0]) if e["task"].startswith("policy") else None
+                         for lab, e in zip(batch["labels"], examples)]
+                batch["copying"] = copy_targets(batch["input_ids"], first, processor.tokenizer)
             return batch
 
-        model.set_attn_implementation("eager" if cfg.taught_retrieval else "sdpa")  # eager returns attentions
+        model.set_attn_implementation("eager" if cfg.taught_retrieval or cfg.taught_copying else "sdpa")  # eager returns attentions
         trainer = _reading_trainer()(model=model, args=_args(cfg, stage, steps, lr, 10), train_dataset=data,
                                      data_collator=unwrap(collate_taught))
         seconds = _train(trainer, work / stage)
@@ -437,8 +603,10 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
         for p in model.parameters():
             p.requires_grad_(True)
         finish(stage, model, processor, seconds)
+        if cfg.until == stage:
+            return {"seconds": timings}
 
-    model, processor = load_tiny(work / "follow" / "final")
+    model, processor = load_tiny(work / follow[-1] / "final")
     save_tiny(model, processor, cfg.out)
     probe_path = work / "see" / "probe.json"
     info = {"config": asdict(cfg), "seconds": timings, "params": count_params(model), "threads": THREADS,
@@ -527,6 +695,16 @@ def _limits(res: dict) -> str:
             "model as a weak perceiver: it runs every TriMPI stage end to end, and its accuracies are low.\n")
 
 
+def _follow_rows(cfg: dict, sec: dict) -> str:
+    copying = (", taught copying (PREV/SECT/LINE/COPY heads + the COPY head's direct-logit loss)"
+               if cfg.get("taught_copying") else "")
+    return "\n".join(
+        f"| {f['name']} | language model (vision frozen, taught retrieval on every condition{copying}): policy in "
+        f"context + image + query -> gold CoT + boxed case, with perception replay: "
+        f"{', '.join(f'{k} {v:.0%}' for k, v in f['mix'].items())} | {f['steps']} batches | {f['lr']} | "
+        f"{sec.get(f['name'], 0):.0f} s |" for f in cfg["follow"])
+
+
 def write_card(out, info: dict, res: dict) -> Path:
     """README.md for the shipped model: every number comes from `info` (pretraining) and `res` (evaluate)."""
     out = Path(out)
@@ -562,7 +740,7 @@ It loads like any checkpoint: `AutoProcessor.from_pretrained(path)`, `AutoModelF
 | init | tokenizer + random init | - | - | {sec.get('init', 0):.0f} s |
 | see | ViT + merger + linear head: per-cell multi-hot attributes of the objects centred in each 16x16 cell (targets from the scene graph) | {cfg['see_steps']} x {cfg['see_batch']} scenes | {cfg['see_lr']} | {sec.get('see', 0):.0f} s |
 | read | language model (vision frozen), answers{taught}: {', '.join(f"{k} {v:.0%}" for k, v in cfg['read_mix'].items())} | {cfg['read_steps']} batches | {cfg['read_lr']} | {sec.get('read', 0):.0f} s |
-| follow | language model (vision frozen{', taught retrieval on every condition of the CoT' if cfg.get('taught_retrieval') else ''}): policy in context + image + query -> gold CoT + boxed case, with perception replay: {', '.join(f"{k} {v:.0%}" for k, v in cfg['follow_mix'].items())} | {cfg['follow_steps']} batches | {cfg['follow_lr']} | {sec.get('follow', 0):.0f} s |
+{_follow_rows(cfg, sec)}
 
 Dense probe after "see", held-out cells holding an object centre (exact value set per attribute):
 {', '.join(f"{k} {_pct(v)}" for k, v in info.get('probe', {}).items())} ("object_here" over all cells).
@@ -615,8 +793,13 @@ def main(argv=None) -> None:
     ap.add_argument("--n-policy", type=int, default=30)
     ap.add_argument("--no-card", action="store_true", help="train only: no evaluation, no card")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: $MPI_KIT_THREADS or 2)")
-    for name in ("see_steps", "read_steps", "follow_steps"):
+    for name in ("see_steps", "read_steps"):
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(PretrainConfig, name))
+    ap.add_argument("--follow-steps", type=int, nargs=len(FOLLOW), metavar="N",
+                    default=[f["steps"] for f in FOLLOW], help="steps of each follow piece: " +
+                    ", ".join(f["name"] for f in FOLLOW))
+    ap.add_argument("--until", choices=("init", "see", "read", *(f["name"] for f in FOLLOW)),
+                    help="stop after this stage (run the schedule in pieces; rerun to go on)")
     a = ap.parse_args(argv)
     global THREADS
     THREADS = a.threads or THREADS
@@ -625,10 +808,11 @@ def main(argv=None) -> None:
         model, processor = load_tiny(a.eval)
         print(json.dumps(evaluate(model, processor, a.n_perception, a.n_policy), indent=1))
         return
+    follow = [dict(f, steps=n) for f, n in zip(FOLLOW, a.follow_steps)]
     cfg = PretrainConfig(out=a.out, work=a.work, seed=a.seed, see_steps=a.see_steps, read_steps=a.read_steps,
-                         follow_steps=a.follow_steps)
+                         follow=follow, until=a.until)
     info = pretrain(cfg)
-    if a.no_card:
+    if a.no_card or a.until:
         return
     model, processor = load_tiny(a.out)
     info["vocab_size"] = len(processor.tokenizer)

@@ -27,7 +27,7 @@ PATCH, MERGE = 8, 2
 MIN_PIXELS = 32 * 32             # small policy crops (-M) get at least 2 x 2 image tokens
 MAX_PIXELS = IMAGE_SIZE[0] * IMAGE_SIZE[1]  # larger images (real CLEVR 480x320) shrink to 96x64
 
-TINY_DIMS = dict(vocab_size=1536, hidden=256, layers=4, heads=4, kv_heads=2, mlp=768, max_positions=4096,
+TINY_DIMS = dict(vocab_size=2048, hidden=256, layers=4, heads=4, kv_heads=2, mlp=768, max_positions=4096,
                  vit_hidden=128, vit_depth=4, vit_heads=4, vit_mlp=384)
 
 

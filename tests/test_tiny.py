@@ -3,6 +3,7 @@ and deterministic pretraining steps. One process builds one small model (session
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-vlm"
 
 @pytest.fixture(scope="session")
 def corpus():
-    return pt.tokenizer_corpus(pt.PretrainConfig(tokenizer_policies=3, tokenizer_questions=40))
+    return pt.tokenizer_corpus(pt.PretrainConfig(tokenizer_policies=3, tokenizer_questions=40, tokenizer_gta=6))
 
 
 @pytest.fixture(scope="session")
@@ -188,14 +189,131 @@ def test_taught_retrieval_trains_the_two_heads(fresh):
 
 
 def test_pretrain_command_runs_every_stage_and_resumes(tmp_path):
-    """`pretrain` end to end at toy size: all four stages, taught retrieval on, a standard checkpoint out (sdpa
-    attention, not the eager attention used for training), and a second call that finds every stage done."""
+    """`pretrain` end to end at toy size: every stage (the follow curriculum's pieces with -T and -M policies),
+    taught retrieval and copying on, a standard checkpoint out (sdpa attention, not the eager attention used for
+    training), and a second call that finds every stage done."""
+    follow = [{"name": "follow2", "steps": 2, "lr": 1e-3, "mix": {"policy2": 0.5, "policy2M": 0.5}},
+              {"name": "follow4", "steps": 1, "lr": 1e-3, "mix": {"policy4": 1.0}}]
     cfg = pt.PretrainConfig(out=str(tmp_path / "out"), work=str(tmp_path / "work"), tokenizer_policies=2,
-                            tokenizer_questions=20, see_steps=2, see_batch=4, read_steps=2, follow_steps=2,
-                            sizes={"perception": 4, "policy2": 2, "policy4": 1, "policy6": 1}, save_steps=1)
+                            tokenizer_questions=20, tokenizer_gta=4, see_steps=2, see_batch=4, read_steps=2,
+                            follow=follow, sizes={"perception": 4, "policy2": 2, "policy4": 1, "policy6": 1},
+                            save_steps=1)
     info = pt.pretrain(cfg)
-    assert set(info["seconds"]) >= {"init", "see", "read", "follow"}
+    assert set(info["seconds"]) >= {"init", "see", "read", "follow2", "follow4"}
     model, _ = tiny.load_tiny(cfg.out)
     assert model.config.text_config._attn_implementation != "eager"
     again = pt.pretrain(cfg)
     assert again["seconds"] == info["seconds"]  # nothing retrained
+
+
+# ---------------------------------------------------------------- taught copying
+
+def _copying(processor, examples):
+    batch = _collated(processor, examples)
+    first = [int((lab != -100).nonzero()[0]) for lab in batch["labels"]]
+    return batch, first, pt.copy_targets(batch["input_ids"], first, processor.tokenizer)
+
+
+@pytest.mark.parametrize("depth", [2, 4, 6])
+@pytest.mark.parametrize("variant", ["T", "M"])
+def test_copy_targets_point_at_the_token_they_copy(fresh, depth, variant):
+    """Known by construction: each COPY position predicts the very token its key holds (the policy's question
+    words, its yes/no line, the id just written, the case); PREV keys are the previous token; SECT keys are
+    condition ids; every CoT step of the gold completion is covered."""
+    processor = fresh[1]
+    tok = processor.tokenizer
+    ex = [pt.make_example("policy", f"t/copy/{i}", depth, variant=variant) for i in range(2)]
+    batch, first, t = _copying(processor, ex)
+    ids = batch["input_ids"]
+    c = t["copy"]
+    assert len(c) and torch.equal(ids[c[:, 0], c[:, 1] + 1], ids[c[:, 0], c[:, 2]])
+    for r, q, k in c.tolist():
+        assert q + 1 >= first[r] and k <= q  # predicts a completion token from a token already seen
+    p = t["prev"]
+    assert torch.equal(p[:, 2], p[:, 1] - 1)
+    sect_keys = {tok.decode(ids[r, k]).strip() for r, _, k in t["sect"].tolist()}
+    assert sect_keys and all(re.fullmatch(r"\d+(\.\d+)*", s) for s in sect_keys)
+    line_keys = {tok.decode(ids[r, k]).strip() for r, _, k in t["line"].tolist()}
+    assert line_keys <= {"Is", "yes", "no", "Yes", "No"} and {"yes", "no"} <= line_keys
+    for r, e in enumerate(ex):
+        cot = e["completion"][0]["content"][0]["text"]
+        steps = cot.count(": Is there")
+        copied = tok.decode(ids[r, [q + 1 for rr, q, _ in c.tolist() if rr == r]])
+        assert copied.count(" Condition") >= steps - 1 and e["answer"].split()[1] in copied  # go-tos and the case
+        keys_in_prompt = [k < first[r] for rr, _, k in c.tolist() if rr == r]
+        assert sum(keys_in_prompt) >= 6 * steps  # each step copies its question words and line from the policy
+
+
+def test_copy_targets_skip_rows_that_follow_no_policy(fresh):
+    processor = fresh[1]
+    ex = [pt.make_example("exist", "t/c0"), pt.make_example("policy", "t/c1", 2)]
+    batch = _collated(processor, ex)
+    t = pt.copy_targets(batch["input_ids"], [None, int((batch["labels"][1] != -100).nonzero()[0])],
+                        processor.tokenizer)
+    assert all(len(v) and set(v[:, 0].tolist()) == {1} for v in t.values())
+
+
+def test_taught_copying_trains_the_heads_and_the_value_path(fresh):
+    """A few steps of the copying losses move the four heads onto their targets, and the direct-logit loss
+    teaches the COPY head's own output to name the token it attends to."""
+    import copy
+    model, processor = fresh
+    m = copy.deepcopy(model)
+    m.set_attn_implementation("eager")
+    m.train()
+    batch, _, t = _copying(processor, [pt.make_example("policy", f"t/cl{i}", 2) for i in range(2)])
+    trainer = pt._reading_trainer()
+    captured = {}
+    m.model.language_model.layers[pt.COPY[0]].self_attn.o_proj.register_forward_pre_hook(
+        lambda mod, args: captured.update(x=args[0]))
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(m.model.language_model.parameters(), lr=3e-3)
+    first, last = None, None
+    for _ in range(8):
+        out = m(**batch, output_attentions=True)
+        heads = pt.copying_loss(out.attentions, t)
+        logit = pt.direct_logit_loss(m, captured["x"], t, batch["input_ids"])
+        (heads + logit).backward(), opt.step(), opt.zero_grad()
+        first = first or (heads.item(), logit.item())
+        last = (heads.item(), logit.item())
+    assert last[0] < 0.7 * first[0] and last[1] < 0.7 * first[1], (first, last)
+    inputs = dict(batch, copying=t)
+    assert torch.isfinite(trainer.compute_loss(None, m, inputs))  # the trainer adds both losses
+
+
+def test_pretrain_resume_equals_uninterrupted(tmp_path):
+    """Interrupting the follow curriculum mid-piece and rerunning gives bit-identical weights."""
+    import signal
+
+    from safetensors.torch import load_file
+
+    follow = [{"name": "follow2", "steps": 4, "lr": 1e-3, "mix": {"policy2": 0.6, "exist": 0.4}}]
+    def cfg(work, **kw):
+        return pt.PretrainConfig(out=str(work / "out"), work=str(work / "w"), tokenizer_policies=2,
+                                 tokenizer_questions=20, tokenizer_gta=4, see_steps=2, see_batch=4, read_steps=2,
+                                 follow=follow, sizes={"perception": 4, "policy2": 2}, save_steps=2, **kw)
+    pt.pretrain(cfg(tmp_path / "a"))
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if "follow2" in args.output_dir and state.global_step == 2:
+                raise KeyboardInterrupt
+
+    import transformers
+    original = transformers.Trainer.__init__
+
+    def with_interrupt(self, *a, **kw):
+        original(self, *a, **kw)
+        self.add_callback(Interrupt())
+    transformers.Trainer.__init__ = with_interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pt.pretrain(cfg(tmp_path / "b"))
+    finally:
+        transformers.Trainer.__init__ = original
+    assert not (tmp_path / "b" / "w" / "follow2" / "final").exists()
+    pt.pretrain(cfg(tmp_path / "b"))
+    a, b = (load_file(str(tmp_path / r / "out" / "model.safetensors")) for r in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    del signal
