@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 
 from .data import DataError, load_kit_data
-from .training import ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, stage_recipe, train_stage, \
+from .training import ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, open_run, run_settings, \
+    stage_recipe, train_stage, \
     trainer_kwargs
 
 VISUAL_TOKENS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
@@ -119,6 +120,9 @@ def run_cpt(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, resume=True, **k
     """Run VM-CPT into `out` (resuming from its last checkpoint) and return the summary written to summary.json.
     Keywords: init, max_steps, limit (rows), save_steps, callbacks, progress, train_vision, and recipe overrides
     such as `**{"vm_cpt.learning_rate": 1e-4}`."""
+    done = open_run(out, run_settings("vm_cpt", recipe, data_dir, **kw), resume)
+    if done is not None:
+        return done  # finished before with these settings: reused as it is
     trainer, processor, info = cpt_trainer(recipe, data_dir, out, **kw)
     return train_stage(trainer, "vm_cpt", out, processor, info, resume=resume)
 

@@ -507,8 +507,8 @@ def _train(trainer, stage_dir: Path) -> float:
     """Train, resuming from the stage's last checkpoint; returns the stage's wall seconds, counting the time
     spent before an interruption (each checkpoint stores the seconds so far in elapsed.json)."""
     from transformers import TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
-    last = get_last_checkpoint(str(stage_dir)) if stage_dir.exists() else None
+    from mpi_kit.training import last_checkpoint  # skips a checkpoint whose write was cut short
+    last = last_checkpoint(stage_dir)
     before = json.loads((Path(last) / "elapsed.json").read_text())["seconds"] if last and \
         (Path(last) / "elapsed.json").exists() else 0.0
     t = time.time()

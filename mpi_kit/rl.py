@@ -291,8 +291,13 @@ def run_rl(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", poli
            resume=True, **kw) -> dict:
     """Run GRPO/DAPO (optionally with PolicyRollout) into `out`, resuming from its last checkpoint; the rollout
     log is `out/completions/completions_*.parquet`. Returns the summary written to summary.json."""
-    from .training import train_stage
+    from .training import open_run, run_settings, train_stage
 
-    trainer, processor, info = rl_trainer(recipe, data_dir, out, algo, policy_rollout, **kw)
     name = f"{'poro_' if policy_rollout else ''}{algo}"
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    done = open_run(out, run_settings(name, recipe, data_dir, **kw), resume)
+    if done is not None:
+        return done  # finished before with these settings: reused as it is
+    trainer, processor, info = rl_trainer(recipe, data_dir, out, algo, policy_rollout, **kw)
     return train_stage(trainer, name, out, processor, info, resume=resume)

@@ -13,7 +13,8 @@ a VM-CPT folder with `init=` (VM-CPT + CoT SFT, the TriMPI order).
 from __future__ import annotations
 
 from .data import DataError, load_kit_data
-from .training import ResumeFix, check_rows, freeze_vision, load_stage_model, stage_recipe, train_stage, trainer_kwargs
+from .training import (ResumeFix, check_rows, freeze_vision, load_stage_model, open_run, run_settings, stage_recipe,
+                       train_stage, trainer_kwargs)
 
 MODES = {"cot": ("cot", "sft_cot"), "direct": ("qa", "sft_direct")}  # mode -> (dataset kind, recipe section)
 PAPER_DEFAULTS = {"lora": True, "r": 8, "learning_rate": 1e-4, "cot_epochs": 5, "direct_epochs": 2,
@@ -78,6 +79,10 @@ def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot",
 def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, init=None, resume=True, **kw) -> dict:
     """Run CoT (mode="cot") or Direct (mode="direct") SFT into `out`, from the base model or `init` (a VM-CPT
     folder); resumes from `out`'s last checkpoint; returns the summary written to summary.json."""
+    _mode(mode)
+    done = open_run(out, run_settings(f"sft_{mode}", recipe, data_dir, init=init, **kw), resume)
+    if done is not None:
+        return done  # finished before with these settings: reused as it is
     trainer, processor, info = sft_trainer(recipe, data_dir, out, mode, init=init, **kw)
     return train_stage(trainer, f"sft_{mode}", out, processor, info, resume=resume)
 

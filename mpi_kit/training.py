@@ -66,13 +66,30 @@ def stage_recipe(recipe: "Recipe | str", init: str | None = None, **overrides) -
     if not p.is_dir():
         raise StageError(f"--init {init}: no such folder; pass the output folder of a previous stage")
     if is_adapter_dir(p):
+        _check_init_complete(p)
         saved = p / RECIPE_FILE
         base = json.loads(saved.read_text())["model"] if saved.exists() else recipe.model
         return as_recipe(recipe, model=base)
     if not (p / "config.json").exists():
         raise StageError(f"--init {init}: holds neither a model (config.json) nor a LoRA adapter "
                          f"(adapter_config.json); did that stage finish?")
+    _check_init_complete(p)
     return as_recipe(recipe, model=str(p))
+
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+
+
+def _check_init_complete(p: Path) -> None:
+    """A stage folder to start from must hold its final weights, and, if a stage wrote it, a finished summary."""
+    if not any((p / w).exists() for w in WEIGHTS):
+        raise StageError(f"--init {p}: has a config but no weights ({' / '.join(WEIGHTS[:3])}); the stage that "
+                         f"wrote it did not finish saving. Rerun that stage into {p} to finish it.")
+    summary = p / "summary.json"
+    stage_dir = summary.exists() or any(p.glob("checkpoint-*"))
+    if stage_dir and not (summary.exists() and json.loads(summary.read_text()).get("completed", True)):
+        raise StageError(f"--init {p}: that stage has not finished (no completed summary.json). Rerun it into {p} "
+                         f"to resume and finish it, then start from it.")
 
 
 def load_stage_model(recipe: Recipe, init: str | None = None, trainable: bool = True):
@@ -148,6 +165,9 @@ def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | N
                         kw)
     kw["warmup_steps"] = kw.pop("warmup_ratio")  # transformers 5: a float < 1 is a ratio of the total steps
     if max_steps is not None:
+        if int(max_steps) < 1:
+            raise StageError(f"max_steps must be >= 1, got {max_steps} (leave it unset for the recipe's "
+                             f"{kw['max_steps']} steps)")
         kw["max_steps"] = int(max_steps)
     steps = kw["max_steps"]
     if save_steps is None:
@@ -180,13 +200,134 @@ class ResumeFix:
         del loaded
 
 
-def last_checkpoint(out) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a write cut short by a kill or a full disk), or None if it can."""
+    import zipfile
 
-    return get_last_checkpoint(str(out)) if Path(out).is_dir() else None
+    state = ckpt / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return "trainer_state.json is missing or unreadable"
+    if not any((ckpt / w).exists() and (ckpt / w).stat().st_size > 0 for w in WEIGHTS):
+        return "no weights"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        f = ckpt / name
+        if f.exists() and not zipfile.is_zipfile(f):  # torch.save writes a zip; a cut one has no directory
+            return f"{name} is truncated"
+    return None
+
+
+def last_checkpoint(out) -> str | None:
+    """The newest complete `checkpoint-N` in `out`; incomplete ones are skipped with a warning."""
+    import re
+    import warnings
+
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in out.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, ckpt in reversed(found):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return str(ckpt)
+        warnings.warn(f"skipping incomplete checkpoint {ckpt} ({problem}); resuming from an earlier one",
+                      stacklevel=2)
+    return None
+
+
+RUN_FILE = "mpi_run.json"  # what a run folder was started with: a rerun with other settings is refused
+NOT_SETTINGS = ("callbacks", "progress", "save_steps", "resume")  # change how a run is watched, not its result
+
+
+def _jsonable(v):
+    if isinstance(v, Recipe):
+        return v.to_dict()
+    if callable(v):
+        return getattr(v, "__name__", type(v).__name__)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if hasattr(v, "_fingerprint"):  # a datasets.Dataset passed directly
+        return f"dataset:{v._fingerprint}"
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def run_settings(stage: str, recipe, data_dir, **kw) -> dict:
+    """The settings that decide a stage's result: its name, recipe (+ overrides), data folder and arguments."""
+    if kw.get("max_steps") is not None and int(kw["max_steps"]) < 1:
+        raise StageError(f"max_steps must be >= 1, got {kw['max_steps']} (leave it unset for the recipe's steps)")
+    settings = {"stage": stage, "recipe": _jsonable(recipe),
+                "data": str(Path(data_dir).resolve()) if data_dir else None}
+    for k, v in sorted(kw.items()):
+        if k not in NOT_SETTINGS:
+            settings[k] = str(Path(v).resolve()) if k == "init" and v else _jsonable(v)
+    return settings
+
+
+def open_run(out, settings: dict, resume: bool = True) -> dict | None:
+    """Check a stage's run folder before any model loads. Returns the saved summary when `out` already holds this
+    stage finished with the same settings (it is reused as it is, nothing retrains); None when there is nothing
+    yet, or an unfinished run of the same settings to resume. Another run's folder is refused, naming the
+    difference and the way out; so is an `out` that is a file or cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StageError(f"--out {out} is a file; pass a folder for the run (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise StageError(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
+    saved_file, summary_file = out / RUN_FILE, out / "summary.json"
+    started = saved_file.exists() or summary_file.exists() or any(out.glob("checkpoint-*"))
+    if not started or not resume:
+        saved_file.write_text(json.dumps(settings, indent=1) + "\n")
+        return None
+    if not saved_file.exists():
+        raise StageError(f"--out {out} already holds a run whose settings were not recorded (made by an older kit, or "
+                         f"by hand); use a new --out, or delete {out} to start over")
+    saved = json.loads(saved_file.read_text())
+    diff = [f"{k}: {json.dumps(saved.get(k))} there, {json.dumps(settings.get(k))} asked"
+            for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+    if diff:
+        raise StageError(f"--out {out} holds a different run ({'; '.join(diff)}). Use a new --out for these settings, "
+                         f"or delete {out} to replace that run")
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("completed"):
+            return {**summary, "reused": True}
+    return None
+
+
+def _disk_full(e: BaseException, out: Path) -> bool:
+    import errno
+    import shutil
+
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    text = str(e).lower()
+    return ("write failed" in text or "no space" in text) and shutil.disk_usage(out).free < 64 * 2**20
 
 
 def train_stage(trainer, stage: str, out, processor, info: dict | None = None, resume: bool = True) -> dict:
+    """Train, save and summarise, saying so plainly when the disk fills (a rerun resumes from the last complete
+    checkpoint)."""
+    try:
+        return _train_stage(trainer, stage, out, processor, info, resume)
+    except (OSError, RuntimeError) as e:
+        if _disk_full(e, Path(out)):
+            raise StageError(f"the disk is full: writing {out} failed ({type(e).__name__}: {str(e)[:120]}). Free some "
+                             f"space and rerun; the stage resumes from its last complete checkpoint") from e
+        raise
+
+
+def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, resume: bool = True) -> dict:
     """Train (resuming from the folder's last checkpoint when there is one), save the final model + processor
     and write `summary.json`; returns the summary."""
     out = Path(out)
@@ -209,7 +350,9 @@ def train_stage(trainer, stage: str, out, processor, info: dict | None = None, r
         "resumed_from": ckpt,
         "loss": [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h],
         "final_loss": next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None),
-        "train_loss": result.training_loss if state.global_step > step0 else None,
+        # the mean logged loss over every step, resumed ones included (result.training_loss covers this call only)
+        "train_loss": (sum(h["loss"] for h in state.log_history if "loss" in h) /
+                       max(1, sum("loss" in h for h in state.log_history))) if state.global_step > step0 else None,
         "seconds": round(seconds, 2),
         "steps_per_second": round((state.global_step - step0) / seconds, 4) if seconds > 0 else None,
         "peak_memory_gib": round(peak_memory(), 3),
@@ -241,4 +384,4 @@ def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
 
 
 __all__ = ["StageError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision", "trainer_kwargs",
-           "train_stage", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir", "tiny_or_random"]
+           "train_stage", "open_run", "run_settings", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir", "tiny_or_random"]

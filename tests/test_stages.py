@@ -215,3 +215,109 @@ def test_cli_errors_exit_2(data, tmp_path, capsys):
     assert "no vmcpt dataset" in capsys.readouterr().err
     assert main(["sft", "--data", data["T"], "--out", str(tmp_path / "o"), "--set", "sft_cot.lr=1"]) == 2
     assert "unknown" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- reruns and run folders
+
+def test_rerun_of_a_finished_stage_reuses_it_and_other_settings_are_refused(data, base, tmp_path):
+    """A finished stage rerun with the same settings trains nothing and rewrites nothing; another mode or step
+    count into the same folder is refused with a message naming the difference and the way out."""
+    out = tmp_path / "cot"
+    first = _run(run_sft, data["T"], out, "cot", model=base, max_steps=3, save_steps=1)
+    files = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = _run(run_sft, data["T"], out, "cot", model=base, max_steps=3, save_steps=1)
+    assert again["reused"] and again["steps"] == first["steps"] == 3
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
+    with pytest.raises(StageError, match=r'stage: "sft_cot" there, "sft_direct" asked.*new --out.*delete'):
+        _run(run_sft, data["T"], out, "direct", model=base, max_steps=3, save_steps=1)
+    with pytest.raises(StageError, match=r"max_steps: 3 there, 2 asked"):
+        _run(run_sft, data["T"], out, "cot", model=base, max_steps=2, save_steps=1)
+    assert main(["sft", "--recipe", base, "--data", data["T"], "--out", str(out), "--mode", "direct"]) == 2
+    assert json.loads((out / "summary.json").read_text())["stage"] == "sft_cot"  # nothing was overwritten
+
+
+def test_incomplete_checkpoint_is_skipped_on_resume(data, base, tmp_path):
+    """A kill during a checkpoint write leaves an empty or truncated checkpoint; the rerun warns, resumes from
+    the last complete one and ends like an uninterrupted run."""
+    from conftest import StopAt
+
+    out = tmp_path / "run"
+
+    def run(**kw):
+        return _run(run_cpt, data["T"], out, model=base, max_steps=4, save_steps=2, **kw)
+    stopped = run(callbacks=[StopAt(2)])
+    assert stopped["steps"] == 2
+    (out / "checkpoint-3").mkdir()  # a SIGKILL right after the folder was made
+    with open(out / "checkpoint-2" / "optimizer.pt", "rb") as f:
+        head = f.read(200)
+    ckpt4 = out / "checkpoint-4"
+    import shutil
+    shutil.copytree(out / "checkpoint-2", ckpt4)
+    (ckpt4 / "optimizer.pt").write_bytes(head)  # a full disk cut the optimizer state short
+    with pytest.warns(UserWarning, match=r"skipping incomplete checkpoint .*checkpoint-4 \(optimizer.pt is truncated"):
+        done = run()
+    assert done["resumed_from"].endswith("checkpoint-2") and done["completed"] and done["steps"] == 4
+
+
+def test_train_loss_after_resume_is_the_whole_runs(data, base, tmp_path):
+    def run(out, **kw):
+        return _run(run_cpt, data["T"], out, model=base, max_steps=4, save_steps=10, **kw)
+    full, resumed = interrupted_then_resumed(run, tmp_path)
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-3)
+
+
+def test_run_folder_problems_are_stated_before_the_model_loads(data, base, tmp_path, monkeypatch):
+    import mpi_kit.training as training
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the folder was checked")
+    monkeypatch.setattr(training, "load_model", no_load)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StageError, match="is a file; pass a folder"):
+        _run(run_cpt, data["T"], tmp_path / "file", model=base, max_steps=1)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permissions: make the write itself fail instead
+            real = Path.write_text
+            monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: (_ for _ in ()).throw(
+                PermissionError(13, "Permission denied")) if self.parent == ro else real(self, *a, **k))
+        with pytest.raises(StageError, match="cannot write to --out .*Permission denied"):
+            _run(run_cpt, data["T"], ro, model=base, max_steps=1)
+    finally:
+        ro.chmod(0o700)
+    with pytest.raises(StageError, match="max_steps must be >= 1, got 0"):
+        _run(run_cpt, data["T"], tmp_path / "z", model=base, max_steps=0)
+    with pytest.raises(StageError, match="max_steps must be >= 1, got -5"):
+        _run(run_cpt, data["T"], tmp_path / "n", model=base, max_steps=-5)
+
+
+def test_half_saved_stage_is_refused_as_init(data, base, tmp_path):
+    from conftest import StopAt
+
+    half = tmp_path / "half"
+    _run(run_cpt, data["T"], half, model=base, max_steps=4, save_steps=2, callbacks=[StopAt(2)])
+    (half / "model.safetensors").unlink(missing_ok=True)
+    (half / "config.json").write_text("{}")  # a config was written, the weights were not
+    with pytest.raises(StageError, match="no weights.*did not finish saving"):
+        _run(run_sft, data["T"], tmp_path / "s", "cot", model=base, init=str(half))
+    stopped = tmp_path / "stopped"
+    _run(run_cpt, data["T"], stopped, model=base, max_steps=4, save_steps=2, callbacks=[StopAt(2)])
+    with pytest.raises(StageError, match="has not finished"):
+        _run(run_sft, data["T"], tmp_path / "s2", "cot", model=base, init=str(stopped))
+
+
+def test_disk_full_says_so(data, base, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import mpi_kit.training as training
+
+    def full(*a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+    monkeypatch.setattr(training, "_train_stage", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(1, 1, 0))
+    with pytest.raises(StageError, match="the disk is full.*Free some space and rerun"):
+        _run(run_cpt, data["T"], tmp_path / "d", model=base, max_steps=1)
