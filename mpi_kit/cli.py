@@ -302,11 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     from .policy import PolicyError
     from .recipes import RecipeError
     from .scenes import SceneError
+    from .training import StageError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, PolicyError, SceneError, FileNotFoundError, BackendUnavailableError, RecipeError) as e:
+    except (DataError, PolicyError, SceneError, FileNotFoundError, BackendUnavailableError, RecipeError,
+            StageError) as e:
         print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -119,6 +119,11 @@ class DataConfig:
             raise DataError(f"unknown dataset kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
         if self.variant not in ("T", "M"):
             raise DataError(f"variant must be 'T' or 'M', got {self.variant!r}")
+        from .policy import MAX_DEPTH
+        if not 1 <= self.depth <= MAX_DEPTH:
+            raise DataError(f"depth must be from 1 to {MAX_DEPTH}, got {self.depth} (the paper uses N = 2, 4, 6)")
+        if len(self.image_size) != 2 or min(self.image_size) < 32:
+            raise DataError(f"image_size must be (width, height) of at least 32 px each, got {tuple(self.image_size)}")
 
 
 def _png(img) -> dict:
@@ -186,13 +191,24 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
     cfg.check()
     t0 = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    writable_dir(out)
+    config = {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "image_size": list(cfg.image_size),
+              "kinds": list(cfg.kinds)}
+    previous = out / "summary.json"
+    if previous.exists():
+        saved = json.loads(previous.read_text())
+        if saved.get("config") == config:  # built before with these settings: nothing to redo
+            return {**saved, "seconds": 0.0, "reused": True}
+    _clear_build(out)  # another build lived here: none of its files may survive into this one
 
     policies = sample_policies(cfg.num_policies, cfg.depth, cfg.seed, cfg.variant, prefix=cfg.policy_prefix)
     if cfg.clevr_root:
         scenes = load_clevr_scenes(cfg.clevr_root, cfg.clevr_split, limit=cfg.num_scenes)
         if len(scenes) < 2:
             raise DataError(f"{cfg.clevr_root} gave {len(scenes)} scenes; need at least 2")
+        if len(scenes) < cfg.num_scenes:
+            raise DataError(f"{cfg.clevr_root} has only {len(scenes)} {cfg.clevr_split} scenes but num_scenes is "
+                            f"{cfg.num_scenes}; pass --num-scenes {len(scenes)} or fewer")
     else:
         scenes = sample_scenes(cfg.num_scenes, cfg.seed)
     train, test = split_scenes(scenes, cfg.test_fraction, cfg.seed)
@@ -217,7 +233,7 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
             "vmcpt": {"train": ("vmcpt", train)},
             "rl": {"train": ("rl", train)},
             "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test), "override": ("override", test)}}
-    summary = {"config": {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)},
+    summary = {"config": config,
                "policies": [p.name for p in policies], "num_scenes": {"train": len(train), "test": len(test)},
                "datasets": {}}
     total = sum(len(sc) * len(policies) for k in cfg.kinds for _, sc in plan[k].values())
@@ -249,6 +265,32 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
     return summary
 
 
+def writable_dir(out: Path) -> Path:
+    """Create `out` if needed and check it can be written, before any work: a DataError says what is wrong."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").write_text("")
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise DataError(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
+    return out
+
+
+def _clear_build(out: Path) -> None:
+    """Remove what a previous `build_datasets` wrote into `out` (and only that), summary first, so a build cut short
+    is never mistaken for a finished one."""
+    import shutil
+
+    (out / "summary.json").unlink(missing_ok=True)
+    (out / "scenes.jsonl").unlink(missing_ok=True)
+    for name in ("policies", "overrides", *KINDS):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+
+
 # ------------------------------------------------------------------------------------------ loading back
 
 def load_kit_data(out: str | Path, kind: str) -> datasets.DatasetDict:
@@ -258,7 +300,27 @@ def load_kit_data(out: str | Path, kind: str) -> datasets.DatasetDict:
     path = Path(out) / kind
     if not path.exists():
         raise DataError(f"no {kind} dataset at {path}; build it with `mpi-kit data --out {out} --kinds {kind}`")
-    return datasets.load_from_disk(str(path))
+    try:
+        dd = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"{path} is not a saved dataset ({e}); rebuild it with `mpi-kit data --out {out}`") from None
+    if not isinstance(dd, datasets.DatasetDict):
+        raise DataError(f"{path} holds one split, not the kit's splits (train/test/...); save a DatasetDict")
+    return KitData(dd, path)
+
+
+class KitData(datasets.DatasetDict):
+    """A DatasetDict whose missing split is a DataError naming the splits it has."""
+
+    def __init__(self, dd, path=None):
+        super().__init__(dd)
+        self._path = path
+
+    def __getitem__(self, split):
+        if isinstance(split, str) and split not in self:
+            raise DataError(f"{self._path or 'the dataset'} has no {split!r} split (it has "
+                            f"{', '.join(self) or 'none'}); rebuild it with `mpi-kit data`")
+        return super().__getitem__(split)
 
 
 def load_policies(out: str | Path, overrides: bool = False) -> dict[str, Policy]:
@@ -292,6 +354,26 @@ def require_columns(ds: datasets.Dataset, columns: list[str], stage: str) -> Non
                         f"Build it with `mpi-kit data` or rename your columns.")
     if len(ds) == 0:
         raise DataError(f"{stage}: the dataset is empty; build more scenes or check your filters")
+    if "images" in columns and _missing_image(ds) is not None:
+        raise DataError(f"{stage}: row {_missing_image(ds)} has a missing image (None) in its `images` column; every "
+                        f"row needs its images (rebuild the data, or drop that row)")
+
+
+def _missing_image(ds) -> int | None:
+    """The first row whose `images` list is null or holds a null, read from Arrow (no image is decoded)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = ds.with_format("arrow")[:]["images"] if len(ds) else None
+    if col is None or not pa.types.is_list(col.type):
+        return None
+    flat_null = pc.is_null(pc.list_flatten(col))
+    if not col.null_count and not pc.any(flat_null).as_py():
+        return None
+    parents = pc.list_parent_indices(col).to_pylist()
+    bad = [parents[k] for k, n in enumerate(flat_null.to_pylist()) if n]
+    rows = [i for i, v in enumerate(pc.is_null(col).to_pylist()) if v]
+    return min(bad + rows)
 
 
 __all__ = ["DataConfig", "DataError", "build_datasets", "load_kit_data", "load_policies", "load_scenes",

@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageDraw
 
-from .data import FEATURES, DataError, _png, assistant, policy_parts, user_prompt
+from .data import FEATURES, DataError, _png, assistant, policy_parts, user_prompt, writable_dir
 from .gta_policy import (BASE_POLICY, DEFAULT_OVERRIDE, GTAPolicy, PolicyError, UserProfile, _cond_text,
                          rule_leaves, sample_profile, tool_type)
 from .scenes import CLEVR_SIZE, RADIUS, Scene, sample_scene, scene_image
@@ -403,6 +403,8 @@ class GTADataConfig:
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise DataError(f"unknown dataset kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+        if len(self.image_size) != 2 or min(self.image_size) < 32:
+            raise DataError(f"image_size must be (width, height) of at least 32 px each, got {tuple(self.image_size)}")
 
 
 def make_row(inst: Instance, kind: str, policy: GTAPolicy, doc: tuple[list, list], images: list) -> dict:
@@ -464,8 +466,7 @@ def build_gta_datasets(cfg: GTADataConfig | None = None, progress: bool = False,
     cfg = cfg or GTADataConfig(**kw)
     cfg.check()
     t0 = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(Path(cfg.out))
     try:
         override = json.loads(cfg.override) if cfg.override else DEFAULT_OVERRIDE
     except json.JSONDecodeError as e:

@@ -40,14 +40,55 @@ def resolve_device(device: str | None = "auto") -> str:
     return device
 
 
+def resolve_precision(precision: str = "auto", device: str | None = "auto", capability=None) -> str:
+    """A recipe's precision for the card at hand: an explicit 'fp32'/'bf16'/'fp16' wins; 'auto' is fp32 on a CPU,
+    bf16 on CUDA compute capability >= 8 (Ampere and newer: bf16 tensor cores) and fp16 below (T4 7.5, V100 7.0:
+    torch reports bf16 as supported there, but it is emulated). `capability` skips asking the GPU."""
+    if precision != "auto":
+        return precision
+    if capability is None:
+        device = resolve_device(device)
+        if not device.startswith("cuda"):
+            return "fp32"
+        import torch
+
+        capability = torch.cuda.get_device_capability(device)
+    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
+
+
+_ANNOUNCED: set = set()
+
+
+def _announce_precision(device: str, precision: str) -> None:
+    """Say once per process and device which precision 'auto' chose, and why."""
+    if (device, precision) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((device, precision))
+    if precision == "fp32":
+        print("precision auto -> fp32 (CPU: bf16 and fp16 are far slower there)")
+        return
+    import torch
+
+    cap = torch.cuda.get_device_capability(device)
+    why = ("bf16 tensor cores" if precision == "bf16" else
+           "no bf16 tensor cores below 8.0: fp16 with loss scaling (trainer fp16, bitsandbytes compute in fp16)")
+    print(f"precision auto -> {precision} ({torch.cuda.get_device_name(device)}, compute capability "
+          f"{cap[0]}.{cap[1]}: {why})")
+
+
 def as_recipe(recipe: "Recipe | str | Path" = "tiny", /, **overrides) -> Recipe:
     """A Recipe from a Recipe, a recipe name, a hub id or a local folder (then the recipe naming that id, if any,
     else tiny's full-fine-tune fp32 settings around it), with `get_recipe`-style overrides applied."""
     if isinstance(recipe, Recipe):
         return Recipe.from_dict(_merge(recipe.to_dict(), overrides)) if overrides else recipe
     recipe = str(recipe)
-    if recipe in RECIPES:
+    if recipe in RECIPES or recipe == "auto":
         return get_recipe(recipe, **overrides)
+    if "/" not in recipe and not Path(recipe).expanduser().exists():  # hub ids are org/name; folders exist
+        from .recipes import _suggest
+
+        raise RecipeError(f"unknown recipe {recipe!r}.{_suggest(recipe, RECIPES)} Known recipes: {', '.join(RECIPES)}. "
+                          f"A model can also be a local checkpoint folder or a hub id (org/name)")
     base = recipe_for_model(recipe)
     return Recipe.from_dict(_merge(base.to_dict(), overrides)) if overrides else base
 
@@ -152,6 +193,13 @@ def load_model(recipe: "Recipe | str | Path" = "tiny", /, backend: str | None = 
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         overrides = {**overrides, "backend": backend}
     recipe = as_recipe(recipe, **overrides)
+    if recipe.precision == "auto":  # resolved for the card at hand; the model's recipe keeps the choice
+        import torch
+
+        if recipe.backend == "hf" or torch.cuda.is_available():  # unsloth without a GPU: its own error below
+            where = resolve_device(device or recipe.device)
+            recipe = as_recipe(recipe, precision=resolve_precision("auto", where))
+            _announce_precision(where, recipe.precision)
     use_lora = recipe.lora.enabled if lora is None else bool(lora)
     if recipe.backend == "unsloth":
         m, processor = _load_unsloth(recipe, device or recipe.device, use_lora, local_files_only)

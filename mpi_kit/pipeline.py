@@ -220,15 +220,24 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     from .evaluate import efficiency
     from .recipes import get_recipe
 
+    from .data import DataError
+    from .policy import MAX_DEPTH
+
     cfg = cfg or PipelineConfig(**kw)
     if cfg.dataset not in ("clevr", "gta"):
-        raise ValueError(f"dataset must be 'clevr' or 'gta', got {cfg.dataset!r}")
+        raise DataError(f"dataset must be 'clevr' or 'gta', got {cfg.dataset!r}")
+    if cfg.eval_limit is not None and cfg.eval_limit < 1:
+        raise DataError(f"eval_limit must be >= 1 (examples per evaluation), got {cfg.eval_limit}")
+    bad_depths = [d for d in cfg.depths if not 1 <= d <= MAX_DEPTH]
+    if bad_depths:
+        raise DataError(f"depths must be from 1 to {MAX_DEPTH} (the paper uses 2 4 6), got {bad_depths}")
     gta = cfg.dataset == "gta"
     if gta and tuple(cfg.methods) == tuple(METHODS):  # the default: the four methods compared on GTAPolicy
         cfg = replace(cfg, methods=GTA_METHODS)
     unknown = set(cfg.methods) - set(METHOD_STAGE)
     if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHOD_STAGE)}")
+        raise DataError(f"unknown methods {sorted(unknown)}; choose from: {'; '.join(METHOD_STAGE)} (quote names "
+                        f"with spaces, e.g. --methods 'CoT SFT' 'TriMPI w/ PoRo-GRPO')")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = {"model": cfg.model} if cfg.model else {}

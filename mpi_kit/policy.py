@@ -22,6 +22,9 @@ INSTRUCTION = ("You are a visual assistant that follows Policy {name}. Look at t
                "Follow the conditions until you reach a case, and respond with that case.")
 
 
+MAX_DEPTH = 8  # 255 conditions and ~10K tokens of policy at most; the paper's deepest is N = 6
+
+
 class PolicyError(ValueError):
     """A policy that cannot be built, loaded or evaluated; the message says what is wrong and how to fix it."""
 
@@ -90,13 +93,26 @@ class Policy:
         name = d["name"]
         if not isinstance(name, str) or not name.strip():
             raise PolicyError("policy has no name; give it a unique name such as 'L4-Surinu'")
+        if not isinstance(d["conditions"], list) or not isinstance(d["cases"], list):
+            raise PolicyError(f"policy {name}: 'conditions' and 'cases' must be lists")
+        depth = d.get("depth", 0)
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:
+            raise PolicyError(f"policy {name}: depth must be a whole number from 1 to {MAX_DEPTH}, got {depth!r}")
         conds: dict[str, Condition] = {}
         for i, c in enumerate(d["conditions"]):
+            if not isinstance(c, dict):
+                raise PolicyError(f"policy {name}: condition #{i} must be an object with id, attribute, value, "
+                                  f"yes and no; got {c!r}")
             missing = [k for k in ("id", "attribute", "value", "yes", "no") if k not in c]
             if missing:
                 cid = c.get("id", f"#{i}")
                 raise PolicyError(f"policy {name}: condition {cid} is missing {', '.join(missing)}; a decision "
                                   f"node needs both a 'yes' and a 'no' child")
+            empty = [k for k in ("id", "attribute", "value", "yes", "no") if not isinstance(c[k], str) or not c[k]]
+            if empty:
+                raise PolicyError(f"policy {name}: condition {c.get('id', f'#{i}')!r} has {', '.join(empty)} "
+                                  f"{'set to ' + ', '.join(repr(c[k]) for k in empty)}; each must be a non-empty "
+                                  f"string (a 'yes'/'no' names a condition id or a case such as 'Case 3')")
             if c["id"] in conds:
                 raise PolicyError(f"policy {name}: duplicate condition id {c['id']!r}; ids must be unique")
             try:
@@ -105,7 +121,7 @@ class Policy:
             except SceneError as e:
                 raise PolicyError(f"policy {name}, condition {c['id']}: {e}") from None
             conds[c["id"]] = Condition(c["id"], c["attribute"], c["value"], c["yes"], c["no"])
-        p = cls(name=name, depth=int(d.get("depth", 0)), conditions=conds, cases=list(d["cases"]),
+        p = cls(name=name, depth=depth, conditions=conds, cases=list(d["cases"]),
                 root=d.get("root", "1"), instruction=d.get("instruction", INSTRUCTION),
                 variant=d.get("variant", "T"), image_values=[tuple(v) for v in d.get("image_values", [])])
         p._link()
@@ -118,7 +134,13 @@ class Policy:
             path = Path(s)
             if not path.exists():
                 raise PolicyError(f"no policy file at {path}")
-            s = path.read_text()
+            if path.is_dir():
+                raise PolicyError(f"{path} is a folder; pass a policy .json file (a data folder keeps them in "
+                                  f"policies/)")
+            try:
+                s = path.read_text()
+            except UnicodeDecodeError:
+                raise PolicyError(f"{path} is not a text file; a policy is a JSON file (see Policy.to_json)") from None
         try:
             d = json.loads(s)
         except json.JSONDecodeError as e:
@@ -307,8 +329,9 @@ def sample_policy(depth: int, rng: random.Random | int, name: str | None = None,
     yes lies in that range ("a small object?" is almost always yes), so that outcomes are not dominated by
     one case; the most balanced feasible draw is kept otherwise.
     """
-    if depth < 1:
-        raise PolicyError(f"depth must be >= 1, got {depth}")
+    if not 1 <= depth <= MAX_DEPTH:
+        raise PolicyError(f"depth must be from 1 to {MAX_DEPTH}, got {depth} (the paper uses N = 2, 4, 6; a depth-12 "
+                          f"tree already has thousands of conditions)")
     if variant not in ("T", "M"):
         raise PolicyError(f"variant must be 'T' (text) or 'M' (multimodal), got {variant!r}")
     rng = random.Random(rng) if isinstance(rng, int) else rng

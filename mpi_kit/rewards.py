@@ -48,7 +48,10 @@ def format_reward(completions, **kwargs) -> list[float]:
 
 def accuracy_reward(completions, case=None, **kwargs) -> list[float]:
     """1.0 when the last boxed answer is exactly the gold `case` column (e.g. "Case 3"), 0.0 otherwise."""
-    golds = case if isinstance(case, (list, tuple)) else [case] * len(completions)
+    golds = list(case) if isinstance(case, (list, tuple)) else [case] * len(completions)
+    if len(golds) != len(completions):
+        raise ValueError(f"accuracy_reward got {len(completions)} completions but {len(golds)} gold cases; pass one "
+                         f"`case` per completion (TRL repeats each row's columns for its G completions)")
     out = []
     for c, gold in zip(completions, golds):
         try:

@@ -17,6 +17,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from .compat import patch_trl_cpu_logprobs
+from .progress import quiet_stage, watch_stage
 from .rewards import parse_answer
 from .training import ResumeFix
 
@@ -233,6 +234,17 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
 ALGOS = ("grpo", "dapo")
 
 
+def check_group_size(G: int, policy_rollout: bool) -> None:
+    """GRPO's advantage compares a completion with the others of its prompt's group: one alone has none to
+    compare with. PolicyRollout's group is 2G (G no-policy + G policy-aware), so G = 1 still gives a pair."""
+    from .training import StageError
+
+    if G < (1 if policy_rollout else 2):
+        raise StageError(f"num_generations (G) must be >= {1 if policy_rollout else 2}, got {G}: a group of one "
+                         f"completion has no advantage (its reward minus the group mean is 0)"
+                         + ("" if policy_rollout else "; PolicyRollout allows G = 1, a group of 2"))
+
+
 def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
                init=None, max_steps=None, limit=None, save_steps=None, callbacks=(), progress=False,
                num_generations: int | None = None, policy_microbatch: int | None = None, dataset=None,
@@ -250,6 +262,7 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     from .data import load_kit_data, require_columns
     from .rewards import REWARD_FUNCS, REWARD_WEIGHTS
     from .training import freeze_vision, load_stage_model, stage_recipe, trainer_kwargs
+    from .timing import stage_facts
 
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
@@ -265,9 +278,10 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     if policy_rollout and not any(ds[0]["policy"] or []):
         raise ValueError("PolicyRollout needs the policy of every row in its `policy` column; this dataset's is "
                          "empty. Build it with `mpi-kit data --kinds rl`.")
+    G = num_generations or settings.num_generations
+    check_group_size(G, policy_rollout)
     model, processor = load_stage_model(recipe, init)
     frozen = 0 if train_vision else freeze_vision(model)
-    G = num_generations or settings.num_generations
     fast_rollouts = settings.fast_rollouts if fast_rollouts is None else fast_rollouts
     kw = trainer_kwargs(recipe, settings, out, max_steps, save_steps, progress)
     kw.pop("dynamic_sampling_retries", None)
@@ -279,14 +293,17 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
                                    policy_rollout=policy_rollout, policy_microbatch=policy_microbatch,
                                    dynamic_sampling_retries=settings.dynamic_sampling_retries,
                                    fast_rollouts=fast_rollouts)
+    watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
     info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts, "group_size": kw["num_generations"],
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
             "reward_weights": dict(zip(("format", "accuracy"), reward_weights)),
-            "reward_funcs": [getattr(f, "__name__", str(f)) for f in reward_funcs]}
+            "reward_funcs": [getattr(f, "__name__", str(f)) for f in reward_funcs],
+            **stage_facts(algo, recipe, args, ds, processor, policy_rollout=policy_rollout)}  # precision, time estimate
     return trainer, processor, info
 
 
+@quiet_stage
 def run_rl(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
            resume=True, **kw) -> dict:
     """Run GRPO/DAPO (optionally with PolicyRollout) into `out`, resuming from its last checkpoint; the rollout
@@ -296,6 +313,8 @@ def run_rl(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", poli
     name = f"{'poro_' if policy_rollout else ''}{algo}"
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    if kw.get("num_generations") is not None:
+        check_group_size(int(kw["num_generations"]), policy_rollout)
     done = open_run(out, run_settings(name, recipe, data_dir, **kw), resume)
     if done is not None:
         return done  # finished before with these settings: reused as it is

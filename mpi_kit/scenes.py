@@ -56,7 +56,15 @@ class SceneObject:
 
     def __post_init__(self):
         for attribute in ATTRIBUTES:
-            check_attribute(attribute, getattr(self, attribute))
+            value = getattr(self, attribute)
+            if not isinstance(value, str):  # None would pass the ontology check and render as "a None cube"
+                raise SceneError(f"object {attribute} is {value!r}; it must be one of "
+                                 f"{', '.join(ATTRIBUTES[attribute])}")
+            check_attribute(attribute, value)
+        for k in ("x", "y"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SceneError(f"object position {k} is {v!r}; it must be a number (a fraction of the image)")
 
     def matches(self, **attrs: str) -> bool:
         """True if this object has every given attribute value, e.g. matches(color="cyan", size="small")."""
@@ -201,7 +209,11 @@ def scene_image(scene: Scene, size: tuple[int, int] | int | None = None) -> Imag
         p = Path(scene.image_path)
         if not p.exists():
             raise FileNotFoundError(f"scene {scene.scene_id!r}: image {p} is missing; check the CLEVR images folder")
-        img = Image.open(p).convert("RGB")
+        try:
+            img = Image.open(p).convert("RGB")
+        except (OSError, SyntaxError) as e:  # PIL: UnidentifiedImageError / truncated file
+            raise SceneError(f"scene {scene.scene_id!r}: {p} is not a readable image ({e}); re-download it, or "
+                             f"leave that scene out") from None
         if size is not None:
             if isinstance(size, int):
                 size = (int(round(size * img.width / img.height)), size)
@@ -254,15 +266,19 @@ def load_clevr_scenes(root: str | Path, split: str = "val", limit: int | None = 
     try:
         data = json.loads(path.read_text())
         raw_scenes = data["scenes"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SceneError(f"{path} is not a CLEVR scene file (expected {{'scenes': [...]}}): {e}") from e
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise SceneError(f"{path} is not a CLEVR scene file (expected {{'scenes': [...]}}): {e}") from None
+    if not isinstance(raw_scenes, list):
+        raise SceneError(f"{path}: 'scenes' is a {type(raw_scenes).__name__}; a CLEVR scene file holds a list of "
+                         f"scenes ({{'scenes': [{{'image_filename': ..., 'objects': [...]}}, ...]}})")
     scenes = []
     for s in raw_scenes[:limit]:
         try:
             image_path = root / "images" / split / s["image_filename"]
             if require_images and not image_path.exists():
-                raise FileNotFoundError(f"CLEVR image {image_path} is missing (scene {s['image_index']}); "
-                                        f"download the images or pass require_images=False")
+                raise FileNotFoundError(f"CLEVR image {image_path} is missing (scene {s['image_index']}); put the "
+                                        f"CLEVR_v1.0 images in {root / 'images' / split}, or build without "
+                                        f"--clevr-root to render the scenes instead")
             objects = []
             for o in s["objects"]:
                 px, py = o["pixel_coords"][:2]
@@ -270,5 +286,8 @@ def load_clevr_scenes(root: str | Path, split: str = "val", limit: int | None = 
                                            round(px / CLEVR_SIZE[0], 4), round(py / CLEVR_SIZE[1], 4)))
         except KeyError as e:
             raise SceneError(f"{path}: scene {s.get('image_index', '?')} lacks field {e}") from e
+        except (SceneError, TypeError, AttributeError) as e:
+            where = s.get("image_index", "?") if isinstance(s, dict) else "?"
+            raise SceneError(f"{path}: scene {where}: {e}") from None
         scenes.append(Scene(tuple(objects), scene_id=Path(s["image_filename"]).stem, image_path=str(image_path)))
     return scenes
