@@ -209,3 +209,16 @@ def efficiency(model, processor, data_dir, batch_sizes=(1, 8)) -> list[dict]:
                      "prefill_s_in_context": round(t_ic, 4), "prefill_s_no_policy": round(t_np, 4),
                      "prefill_reduction_pct": round(100 * (1 - t_np / t_ic), 1)})
     return rows
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials, as fractions. Unlike k/n +- 1.96 SE it stays inside
+    [0, 1] and is honest at 0% or 100% with small n (0 of 24 is 0-14%, not 0-0%)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

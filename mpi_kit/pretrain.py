@@ -654,29 +654,64 @@ def majority_share(examples: list[dict]) -> float:
     return Counter(e["answer"] for e in examples).most_common(1)[0][1] / len(examples)
 
 
-def evaluate(model, processor, n_perception: int = 200, n_policy: int = 50, depths=(2, 4, 6),
-             progress: bool = True) -> dict:
-    """Held-out accuracy: existence, counting (exact), captions (exact), in-context policy following at each N.
+COT_STEP = re.compile(r"Condition ([\d.]+): (Is there [^?(]*?)(?: \(that is, [^)]*\))?\? (Yes|No), "
+                      r"(?:go to Condition ([\d.]+)|the response is (Case \d+))\.")
+STEP_PARTS = ("question", "yes_no", "go_to", "case")
 
-    Scenes and policies come from the `eval/` keys, which training never uses."""
-    set_threads()
+
+def cot_steps(output: str, gold: str) -> dict[str, list[int]]:
+    """Where in-context following breaks, step by step: for each gold CoT step the model reached (same condition
+    id), was the question copied, the yes/no right, the go-to id or the case id right? Counting stops at the first
+    wrong part, since what follows it answers another condition. Returns {part: [right, reached]}."""
+    out = {k: [0, 0] for k in STEP_PARTS}
+    for g, o in zip(COT_STEP.findall(gold), COT_STEP.findall(output)):
+        if g[0] != o[0]:
+            break
+        checks = [("question", g[1] == o[1]), ("yes_no", g[2] == o[2])]
+        checks.append(("go_to", g[3] == o[3]) if g[3] else ("case", g[4] == o[4]))
+        for part, ok in checks:
+            out[part][0] += ok
+            out[part][1] += 1
+            if not ok:
+                return out
+    return out
+
+
+def evaluate(model, processor, n_perception: int = 400, n_policy: int = 200, depths=(2, 4, 6),
+             progress: bool = True) -> dict:
+    """Held-out accuracy: existence, counting (exact), captions (exact), in-context policy following at each N,
+    each with its n and 95% Wilson interval; and per-step CoT accuracy at each N (`cot_steps`).
+
+    Scenes and policies come from the `eval/` keys, which training never uses. Threads are the caller's."""
     from tqdm.auto import tqdm
-    res: dict = {}
+
+    from mpi_kit.evaluate import wilson_interval
+
+    res: dict = {"n": {}, "interval_95": {}}
     tokens, seconds = 0, 0.0
-    jobs = [(t, None, n_perception, 8) for t in ("exist", "count")] + [("describe", None, n_perception // 4, 80)]
+    jobs = [(t, None, n_perception, 8) for t in ("exist", "count")] + [("describe", None, max(1, n_perception // 4), 80)]
     jobs += [("policy", d, n_policy, 48 + 32 * d) for d in depths]
     for task, depth, n, max_new in tqdm(jobs, desc="evaluate", disable=not progress):
         ex = [make_example(task, f"eval/{i}", depth) for i in range(n)]
         outs, nt, s = answer(model, processor, ex, max_new, batch_size=16 if depth is None else 8)
         tokens, seconds = tokens + nt, seconds + s
         if task == "policy":
+            key = f"in_context_N{depth}"
             ok = [boxed(o) == e["answer"] for o, e in zip(outs, ex)]
-            res[f"in_context_N{depth}"] = sum(ok) / n
+            steps = {k: [0, 0] for k in STEP_PARTS}
+            for o, e in zip(outs, ex):
+                for k, (right, reached) in cot_steps(o, e["completion"][0]["content"][0]["text"]).items():
+                    steps[k][0] += right
+                    steps[k][1] += reached
+            res.setdefault("cot_steps", {})[f"N{depth}"] = steps
+            res[f"{key}_majority"] = majority_share(ex)
         else:
+            key = task
             ok = [o.strip() == e["answer"] for o, e in zip(outs, ex)]
-            res[task] = sum(ok) / n
             res[f"{task}_majority"] = majority_share(ex)
-        res.setdefault("n", {})[task if depth is None else f"in_context_N{depth}"] = n
+        res[key] = sum(ok) / n
+        res["n"][key] = n
+        res["interval_95"][key] = [round(x, 4) for x in wilson_interval(sum(ok), n)]
     res["perception"] = (res["exist"] + res["count"]) / 2
     res["generation_tokens_per_s"] = tokens / seconds
     return res
@@ -686,6 +721,27 @@ def evaluate(model, processor, n_perception: int = 200, n_policy: int = 50, dept
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def _ci(res: dict, key: str) -> str:
+    lo, hi = res.get("interval_95", {}).get(key, (None, None))
+    return "" if lo is None else f"{100 * lo:.1f}-{100 * hi:.1f}%"
+
+
+def _in_context_rows(res: dict) -> str:
+    rows = []
+    for k in sorted(k for k in res["n"] if k.startswith("in_context_N")):
+        rows.append(f"| in-context policy following, N = {k[12:]} (policy in the prompt, boxed case exact; the "
+                    f"commonest case scores {_pct(res.get(k + '_majority', 0))}) | **{_pct(res[k])}** | {_ci(res, k)} "
+                    f"| {res['n'][k]} |")
+    return "\n".join(rows)
+
+
+def _step_rows(res: dict) -> str:
+    def cell(right, reached):
+        return f"{right}/{reached} ({_pct(right / reached)})" if reached else "-"
+    return "\n".join(f"| {d[1:]} | " + " | ".join(cell(*steps[p]) for p in STEP_PARTS) + " |"
+                     for d, steps in res.get("cot_steps", {}).items())
 
 
 def _limits(res: dict) -> str:
@@ -754,15 +810,21 @@ only (TRL's `DataCollatorForVisionLanguageModeling`), HF `Trainer` for every sta
 
 ## Held-out accuracy (greedy; scenes and policies never seen in pretraining)
 
-| task | accuracy | n |
-|---|---|---|
-| existence ("Is there a small cyan object in the image?", 1-3 attribute values; always answering the majority answer scores {_pct(res['exist_majority'])}) | {_pct(res['exist'])} | {n['exist']} |
-| counting ("How many metal cubes are in the image?", exact; majority answer scores {_pct(res['count_majority'])}) | {_pct(res['count'])} | {n['count']} |
-| **perception** (mean of the two) | **{_pct(res['perception'])}** | |
-| caption, whole caption exact ("There are 5 objects: a large red metal cube, ...") | {_pct(res['describe'])} | {n['describe']} |
-| in-context policy following, N = 2 (policy in the prompt, boxed case exact) | {_pct(res['in_context_N2'])} | {n['in_context_N2']} |
-| in-context policy following, N = 4 | {_pct(res['in_context_N4'])} | {n['in_context_N4']} |
-| in-context policy following, N = 6 | {_pct(res['in_context_N6'])} | {n['in_context_N6']} |
+| task | accuracy | 95% interval (Wilson) | n |
+|---|---|---|---|
+| existence ("Is there a small cyan object in the image?", 1-3 attribute values; always answering the majority answer scores {_pct(res['exist_majority'])}) | {_pct(res['exist'])} | {_ci(res, 'exist')} | {n['exist']} |
+| counting ("How many metal cubes are in the image?", exact; majority answer scores {_pct(res['count_majority'])}) | {_pct(res['count'])} | {_ci(res, 'count')} | {n['count']} |
+| **perception** (mean of the two) | **{_pct(res['perception'])}** | | |
+| caption, whole caption exact ("There are 5 objects: a large red metal cube, ...") | {_pct(res['describe'])} | {_ci(res, 'describe')} | {n['describe']} |
+{_in_context_rows(res)}
+
+Where following breaks: per-step accuracy of the in-context CoTs above (teacher-free, greedy). A step counts
+when the model reached the gold step's condition; it is scored part by part and counting stops at the first
+wrong part (what follows it answers another condition).
+
+| N | question copied | yes/no right | go-to id right | case id right |
+|---|---|---|---|---|
+{_step_rows(res)}
 
 For reference, the paper's Qwen2.5-VL-3B scores 36.6 / 10.9 / 4.8% in context at N = 2 / 4 / 6.
 {_limits(res)}
@@ -789,8 +851,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default=PretrainConfig.work, help="checkpoint folder (training resumes from it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval", metavar="MODEL_DIR", help="only evaluate a saved model (prints JSON)")
-    ap.add_argument("--n-perception", type=int, default=200)
-    ap.add_argument("--n-policy", type=int, default=30)
+    ap.add_argument("--n-perception", type=int, default=400, help="existence and counting questions, each")
+    ap.add_argument("--n-policy", type=int, default=200, help="held-out policies (one scene each) per N")
     ap.add_argument("--no-card", action="store_true", help="train only: no evaluation, no card")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: $MPI_KIT_THREADS or 2)")
     for name in ("see_steps", "read_steps"):
@@ -804,6 +866,7 @@ def main(argv=None) -> None:
     global THREADS
     THREADS = a.threads or THREADS
     from mpi_kit.tiny import load_tiny
+    set_threads()  # the command's own threads (evaluate() leaves the caller's alone)
     if a.eval:
         model, processor = load_tiny(a.eval)
         print(json.dumps(evaluate(model, processor, a.n_perception, a.n_policy), indent=1))

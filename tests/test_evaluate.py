@@ -108,3 +108,17 @@ def test_eval_limit_spreads_over_every_policy(data):
     assert len(sub) == len(names) * 2 and set(sub["policy_name"]) == names
     assert spread(ds, None) is ds and spread(ds, len(ds) + 5) is ds
     assert sub["id"] == spread(ds, len(names) * 2)["id"]  # deterministic
+
+
+def test_wilson_interval_on_known_cases():
+    from mpi_kit.evaluate import wilson_interval
+
+    lo, hi = wilson_interval(0, 24)
+    assert lo == 0.0 and hi == pytest.approx(0.1380, abs=1e-4)  # 0 of 24 is not "exactly 0%"
+    lo, hi = wilson_interval(24, 24)
+    assert hi == 1.0 and lo == pytest.approx(0.8620, abs=1e-4)
+    assert wilson_interval(12, 24) == pytest.approx((0.3143, 0.6857), abs=1e-4)  # by hand: 0.5 -+ 0.1857
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    a, b = wilson_interval(30, 100), wilson_interval(300, 1000)
+    assert a[0] < b[0] < 0.3 < b[1] < a[1]  # more data, narrower
+    assert wilson_interval(0, 0) == (0.0, 1.0)
