@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL_DIR = next((p for p in (REPO_ROOT / "assets" / "tiny-vlm", Path(__file__).resolve().parent / "assets" /
                                     "tiny-vlm") if p.exists()), REPO_ROOT / "assets" / "tiny-vlm")
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 QUANTIZATIONS = ("none", "nf4")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("hf", "unsloth")
@@ -147,7 +147,7 @@ class StageSettings(_Section):
 class RLSettings(StageSettings):
     """GRPO / DAPO, in TRL GRPOTrainer's names. PolicyRollout doubles the group: G no-policy + G policy-aware."""
 
-    NOT_TRL = ("dynamic_sampling_retries", "fast_rollouts")
+    NOT_TRL = ("dynamic_sampling_retries", "dynamic_sampling_work", "fast_rollouts")
     loss_type: str = field(default="grpo", metadata={"help": "TRL loss_type: 'grpo' or 'dapo' (token-level)."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip eps_low (paper: 0.2 for GRPO and DAPO)."})
     epsilon_high: float = field(default=0.3, metadata={"help": "Upper clip eps_high (paper: 0.3 GRPO, 0.28 DAPO)."})
@@ -163,6 +163,11 @@ class RLSettings(StageSettings):
     dynamic_sampling_retries: int = field(default=0, metadata={
         "help": "DAPO dynamic sampling: resample a batch up to this many times to drop all-equal groups (paper: 20 "
                 "for DAPO, 0 = off). Not a TRL argument."})
+    dynamic_sampling_work: float = field(default=4.0, metadata={
+        "help": "Cap on DAPO's regeneration per step, in batches' worth of completion tokens (the first sample is 1): "
+                "when a step has regenerated this much it stops, drops the groups still all-equal and logs it. A "
+                "reward that is 0 for every completion otherwise regenerates dynamic_sampling_retries whole batches "
+                "(one N = 6 step on a CPU ran over 30 minutes). Tokens, not seconds: the same seed gives the same run."})
     fast_rollouts: bool = field(default=False, metadata={
         "help": "Generate rollouts through mpi_kit.rollout: one prefill per prompt group, grouped-query decoding "
                 "attention on the CPU, a static cache for long prompts. Same greedy tokens; on the tiny recipe it "
@@ -179,6 +184,7 @@ class RLSettings(StageSettings):
         _check(self.max_completion_length >= 1, "max_completion_length: must be >= 1")
         _check(self.temperature > 0, f"temperature: must be > 0, got {self.temperature}")
         _check(self.dynamic_sampling_retries >= 0, "dynamic_sampling_retries: must be >= 0")
+        _check(self.dynamic_sampling_work > 0, "dynamic_sampling_work: must be > 0 (batches' worth of tokens)")
 
 
 @dataclass
@@ -189,8 +195,10 @@ class Recipe(_Section):
     model: str = field(default=str(TINY_MODEL_DIR), metadata={"help": "Hub id (e.g. Qwen/Qwen2.5-VL-3B-Instruct) "
                                                                        "or a local checkpoint folder."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA if visible, else CPU), 'cpu' or 'cuda'."})
-    precision: str = field(default="fp32", metadata={"help": "Weights / compute dtype: 'fp32', 'bf16' or 'fp16'. "
-                                                             "bf16 on a CPU is ~15x slower than fp32."})
+    precision: str = field(default="fp32", metadata={
+        "help": "Weights / compute dtype: 'fp32', 'bf16', 'fp16' or 'auto' (the GPU recipes; resolved at load time by "
+                "`models.resolve_precision`: bf16 on CUDA compute capability >= 8, fp16 on a T4 or V100, whose bf16 "
+                "is emulated, fp32 on a CPU). An explicit value always wins. bf16 on a CPU is ~15x slower than fp32."})
     quantization: str = field(default="none", metadata={
         "help": "'none' or 'nf4' (bitsandbytes 4-bit NF4 with double quantization, compute in `precision`; "
                 "the vision tower and lm_head stay unquantized). nf4 needs LoRA: 4-bit weights cannot be trained. "
@@ -308,7 +316,7 @@ def _qwen(name: str, model: str, batch: int, accum: int, max_pixels: int, min_pi
     rl = dict(learning_rate=2e-5, num_train_epochs=2, per_device_train_batch_size=8, gradient_accumulation_steps=2,
               num_generations=4, max_completion_length=512, temperature=1.0, warmup_ratio=0.0)
     return Recipe(
-        name=name, model=model, device="auto", precision="bf16", quantization="nf4", gradient_checkpointing=True,
+        name=name, model=model, device="auto", precision="auto", quantization="nf4", gradient_checkpointing=True,
         memory_budget_gib=budget,
         min_pixels=min_pixels, max_pixels=max_pixels, render_size=[480, 320],
         lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.05),

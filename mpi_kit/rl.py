@@ -11,6 +11,7 @@ With policy_rollout=False and no dynamic sampling it is exactly `GRPOTrainer`.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from trl import GRPOTrainer
@@ -20,6 +21,8 @@ from .compat import patch_trl_cpu_logprobs
 from .progress import quiet_stage, watch_stage
 from .rewards import parse_answer
 from .training import ResumeFix
+
+logger = logging.getLogger("mpi_kit.rl")
 
 patch_trl_cpu_logprobs()
 
@@ -66,13 +69,16 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         policy-aware half in chunks of this many prompts (long prompts, less memory).
     dynamic_sampling_retries: regenerate the batch up to this many times; each group keeps its first sample set
         whose rewards differ; groups still all-equal after the last retry are dropped from the loss (DAPO).
+    dynamic_sampling_work: stop regenerating once a step has sampled this many batches' worth of completion
+        tokens beyond the first (logged), so a reward that is always 0 cannot stall a step.
     fast_rollouts: generate through `mpi_kit.rollout.shared_prefill_generate` (each prompt prefilled once for its
         group; static cache + compiled decoding on CUDA). Greedy: the same tokens; sampling: see `mpi_kit.rollout`.
     Resuming a full fine-tune reloads the checkpoint through `from_pretrained` (`ResumeFix`, transformers#43701).
     """
 
     def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,
-                 dynamic_sampling_retries: int = 0, fast_rollouts: bool = False, **kwargs):
+                 dynamic_sampling_retries: int = 0, dynamic_sampling_work: float = 4.0, fast_rollouts: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.fast_rollouts = fast_rollouts
         if policy_rollout and self.num_generations % 2:
@@ -81,6 +87,7 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         self.policy_rollout = policy_rollout
         self.policy_microbatch = policy_microbatch
         self.dynamic_sampling_retries = dynamic_sampling_retries
+        self.dynamic_sampling_work = dynamic_sampling_work
         self._rows = None
         self._prompts = None
 
@@ -184,19 +191,33 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
                     for i in rows:
                         choice[i] = k
 
+        def tokens(res) -> float:  # completion tokens sampled, summed over processes (all decide alike)
+            return float(self.accelerator.gather(res["completion_mask"].sum().reshape(1).float()).sum())
+
         update(0, out)
-        retries = 0
+        retries, capped = 0, False
+        budget, spent = self.dynamic_sampling_work * tokens(out), 0.0
         while retries < self.dynamic_sampling_retries:
             missing = torch.tensor([float(not all(filled.values()))], device=self.accelerator.device)
             if self.accelerator.gather(missing).sum() == 0:  # every process is full
                 break
+            if spent >= budget:
+                capped = True
+                break
             retries += 1
             attempts.append(self._score_once(inputs, retries))
             update(retries, attempts[-1])
+            spent += tokens(attempts[-1])
         dropped = [i for i, g in enumerate(groups) if not filled[g]]
         merged = self._merge_attempts(attempts, choice, dropped)
         n_dropped = torch.tensor([len({groups[i] for i in dropped})], device=self.accelerator.device, dtype=torch.float)
         mode = "train"
+        if capped:
+            logger.warning(f"DAPO dynamic sampling: step {self.state.global_step + 1} stopped regenerating after "
+                           f"{retries} retries ({spent:.0f} completion tokens, cap {budget:.0f} = "
+                           f"{self.dynamic_sampling_work:g} batches' worth); {len({groups[i] for i in dropped})} "
+                           f"group(s) still had equal rewards and are left out of this step's loss")
+        self._metrics[mode]["dynamic_sampling/capped"].append(float(capped))
         self._metrics[mode]["dynamic_sampling/retries"].append(float(retries))
         self._metrics[mode]["dynamic_sampling/dropped_groups"].append(self.accelerator.gather(n_dropped).sum().item())
         return merged
@@ -292,6 +313,7 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
                                    reward_funcs=reward_funcs, callbacks=list(callbacks),
                                    policy_rollout=policy_rollout, policy_microbatch=policy_microbatch,
                                    dynamic_sampling_retries=settings.dynamic_sampling_retries,
+                                   dynamic_sampling_work=settings.dynamic_sampling_work,
                                    fast_rollouts=fast_rollouts)
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
     info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts, "group_size": kw["num_generations"],

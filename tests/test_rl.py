@@ -117,3 +117,26 @@ def test_dynamic_sampling_retries_then_drops(small_rl_setup, tmp_path):
     assert t._metrics["train"]["dynamic_sampling/retries"][-1] == 1.0
     assert t._metrics["train"]["dynamic_sampling/dropped_groups"][-1] == 0.0
     assert out["advantages"].abs().sum() > 0 and out["completion_mask"].sum() > 0
+
+
+def test_dynamic_sampling_stops_at_its_work_cap_and_says_so(small_rl_setup, tmp_path, caplog):
+    """A reward that is 0 for every completion: without a cap each step regenerates 20 whole batches. With a cap
+    of 2 batches' worth of tokens the step ends after about 2 retries, with a log line, and drops the group."""
+    import logging
+
+    t = trainer(small_rl_setup, tmp_path, algo="dapo", **{"dapo.dynamic_sampling_work": 2.0})
+    assert t.dynamic_sampling_retries == 20 and t.dynamic_sampling_work == 2.0
+    calls = []
+
+    def zero(completions, **kw):
+        calls.append(len(completions))
+        return [0.0] * len(completions)
+
+    t.reward_funcs, t.reward_func_names, t.reward_processing_classes = [zero], ["zero"], [None]
+    t.reward_weights = torch.ones(1)
+    t.model.train()
+    with caplog.at_level(logging.WARNING, logger="mpi_kit.rl"):
+        out = t._generate_and_score_completions(batch(t, 1))
+    assert 2 <= len(calls) <= 4  # the first sample + about 2 batches' worth, not 1 + 20
+    assert out["completion_mask"].sum() == 0 and t._metrics["train"]["dynamic_sampling/capped"][-1] == 1.0
+    assert "stopped regenerating after" in caplog.text and "left out of this step's loss" in caplog.text
