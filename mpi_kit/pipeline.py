@@ -145,7 +145,7 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
     kw = dict(limit=cfg.eval_limit, max_new_tokens=completion_budget(cfg, depth), method=method)
     main_setting = "in_context" if method == "In-Context" else "no_policy"
     rows = evaluate_accuracy(model, processor, data_dir, main_setting, **kw)
-    res = {"accuracy": summarize(rows)[0]["accuracy"], "n": len(rows),
+    res = {"accuracy": summarize(rows)[0]["accuracy"], "n": len(rows), "interval_95": interval(rows),
            "branching_error": branching_error(rows),
            "referral": referral_scores(rows[:100], load_policies(data_dir))}
     if method != "In-Context":
@@ -156,6 +156,30 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
         res["perception"] = perception(model, processor, cfg)
     res["examples"] = [{k: r[k] for k in ("gold", "parsed", "completion")} for r in rows[:3]]
     return res
+
+
+def interval(rows: list[dict]) -> list[float]:
+    """95% Wilson interval (%) of the rows' accuracy: `correct` per row."""
+    from .evaluate import wilson_interval
+
+    lo, hi = wilson_interval(sum(bool(r["correct"]) for r in rows), len(rows))
+    return [round(100 * lo, 1), round(100 * hi, 1)]
+
+
+def beyond(results: dict) -> list[str]:
+    """Pairs of methods at one N whose 95% intervals do not overlap, higher first: the differences that are not
+    noise at this n."""
+    by_depth: dict = {}
+    for r in results["methods"].values():
+        if "interval_95" in r:
+            by_depth.setdefault(r.get("depth", "GTA"), []).append(r)
+    out = []
+    for d, rs in sorted(by_depth.items(), key=lambda kv: str(kv[0])):
+        for a in rs:
+            for b in rs:
+                if a["interval_95"][0] > b["interval_95"][1]:
+                    out.append(f"N={d}: {a['method']} {a['accuracy']:.1f} > {b['method']} {b['accuracy']:.1f}")
+    return out
 
 
 def perception(model, processor, cfg: PipelineConfig) -> float:
@@ -295,16 +319,22 @@ def table(results: dict) -> str:
         return gta_table(results)
     depths = sorted({r["depth"] for r in results["methods"].values()})
     acc = results["paper"]["accuracy_7b"]
-    lines = [f"{'method':<22}" + "".join(f"{'N=' + str(d):>18}" for d in depths)]
+    lines = [f"{'method':<22}" + "".join(f"{'N=' + str(d):>26}" for d in depths)]
     for m in METHODS:
         cells = []
         for d in depths:
             r = results["methods"].get(f"N{d}/{m}")
             p = acc.get(str(d), acc.get(d, {})).get(m)
-            cells.append(f"{r['accuracy']:6.1f}" + (f" ({p:5.1f})" if p is not None else " " * 8) if r else "-")
+            ci = f" [{r['interval_95'][0]:4.1f}-{r['interval_95'][1]:4.1f}]" if r and "interval_95" in r else ""
+            cells.append(f"{r['accuracy']:5.1f}{ci}" + (f" ({p:4.1f})" if p is not None else "") if r else "-")
         if any(c != "-" for c in cells):
-            lines.append(f"{m:<22}" + "".join(f"{c:>18}" for c in cells))
-    return "\n".join(lines) + "\n(ours: accuracy % with no policy in context; In-Context has it; paper 7B in brackets)"
+            lines.append(f"{m:<22}" + "".join(f"{c:>26}" for c in cells))
+    ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
+    notes = beyond(results)
+    return ("\n".join(lines) + f"\n(ours: accuracy % with no policy in context, In-Context has it; [95% Wilson "
+            f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" +
+            ("\nbeyond the intervals: " + "; ".join(notes) if notes else
+             "\nno two methods differ beyond their 95% intervals at this n"))
 
 
 def gta_table(results: dict) -> str:

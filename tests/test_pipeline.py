@@ -50,3 +50,22 @@ def test_pipeline_results_and_resume(base, tmp_path):
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown methods"):
         run_pipeline(PipelineConfig(out=str(tmp_path), methods=("CoT SFT", "RLHF")))
+
+
+def test_table_shows_intervals_and_what_lies_beyond_them():
+    from mpi_kit.paper import paper_table
+    from mpi_kit.pipeline import beyond, interval
+
+    rows = [{"correct": i < 150} for i in range(200)]
+    assert interval(rows) == [68.6, 80.5]  # Wilson, 150 of 200: 74.5 -+ 6.0 by hand
+    res = {"paper": paper_table(), "methods": {
+        "N4/CoT SFT": {"method": "CoT SFT", "depth": 4, "accuracy": 30.0, "n": 200, "interval_95": [24.1, 36.7]},
+        "N4/CoT SFT + GRPO": {"method": "CoT SFT + GRPO", "depth": 4, "accuracy": 34.0, "n": 200,
+                              "interval_95": [27.8, 40.8]},
+        "N4/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 4, "accuracy": 75.0, "n": 200,
+                                   "interval_95": interval(rows)}}}
+    assert beyond(res) == ["N=4: TriMPI w/ PoRo-GRPO 75.0 > CoT SFT 30.0",
+                           "N=4: TriMPI w/ PoRo-GRPO 75.0 > CoT SFT + GRPO 34.0"]
+    text = table(res)
+    assert "[68.6-80.5]" in text and "n = 200 per cell" in text and "beyond the intervals: N=4: TriMPI" in text
+    assert "CoT SFT + GRPO 34.0 > CoT SFT" not in text  # overlapping intervals are not a difference
