@@ -39,9 +39,26 @@ def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> 
     return path
 
 
+CAPTIONS = {  # what each chart measures, shown under its title
+    "accuracy": "Share of held-out questions whose boxed case is right with the policy NOT in the prompt (In-Context:"
+                " in it). Bars: ours with 95% Wilson intervals; diamonds: the paper's Qwen2.5-VL-7B.",
+    "override": "A new tree under the old name, given in context: does the model follow the new rules or its "
+                "internalized ones?",
+    "policy_in_context": "After training, the policy is put back in the prompt: internalization should not break "
+                         "reading it.",
+    "branching_error": "How far the condition ids the reasoning cites are from the gold path's (total variation "
+                       "distance, %); lower is better.",
+    "referral": "How accurately the reasoning cites the policy, scored 0-10 by the rule judge.",
+    "perception": "The base abilities a method may forget: existence and counting questions (%), no policy involved.",
+}
+PERCENT = ("accuracy", "override", "policy_in_context", "branching_error", "perception")
+
+
 def comparison_figures(results: dict) -> list:
-    """One plotly bar chart per evaluation in a pipeline's `results`: ours per method and N (bars), the paper's
-    Qwen2.5-VL-7B number beside it where it reports one (diamonds). Evaluations no method has are left out."""
+    """One plotly bar chart per evaluation in a pipeline's `results`: ours per method and N (bars, with 95%
+    intervals where known), the paper's Qwen2.5-VL-7B number beside it where it reports one (diamonds). Each says
+    what it measures; a chart whose bars are all 0 says so instead of drawing an empty axis. Evaluations no method
+    has are left out."""
     import plotly.graph_objects as go
 
     from .paper import METHODS
@@ -49,22 +66,38 @@ def comparison_figures(results: dict) -> list:
     rows = list(results["methods"].values())
     depths = sorted({r["depth"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    get = lambda m, d, k: next((r.get(k) for r in rows if r["method"] == m and r["depth"] == d), None)
+    row = lambda m, d: next((r for r in rows if r["method"] == m and r["depth"] == d), {})  # noqa: E731
     paper = results.get("paper", {})
     figs = []
 
     def bars(title, key, paper_key=None, ytitle="accuracy (%)"):
-        if all(get(m, d, key) is None for m in methods for d in depths):
+        values = [row(m, d).get(key) for m in methods for d in depths]
+        if all(v is None for v in values):
             return
         fig = go.Figure()
         for d in depths:
-            fig.add_trace(go.Bar(name=f"ours N={d}", x=methods, y=[get(m, d, key) for m in methods]))
+            ys = [row(m, d).get(key) for m in methods]
+            err = None
+            if key == "accuracy" and all("interval_95" in row(m, d) for m in methods):
+                lo = [y - row(m, d)["interval_95"][0] for m, y in zip(methods, ys)]
+                hi = [row(m, d)["interval_95"][1] - y for m, y in zip(methods, ys)]
+                err = dict(type="data", symmetric=False, array=hi, arrayminus=lo)
+            fig.add_trace(go.Bar(name=f"ours N={d}", x=methods, y=ys, error_y=err))
             ref = paper.get(paper_key, {}) if paper_key else {}
             ref = ref.get(str(d), ref.get(d, {}))
             if ref:
                 fig.add_trace(go.Scatter(name=f"paper 7B N={d}", x=methods, y=[ref.get(m) for m in methods],
                                          mode="markers", marker=dict(symbol="diamond", size=11)))
-        fig.update_layout(title=title, barmode="group", yaxis_title=ytitle, height=420)
+        ns = sorted({row(m, d)["n"] for m in methods for d in depths if "n" in row(m, d)})
+        sub = CAPTIONS.get(key, "") + (f" n = {'/'.join(map(str, ns))} per bar." if ns and key == "accuracy" else "")
+        fig.update_layout(title=dict(text=title, subtitle=dict(text=_wrap(sub))), barmode="group",
+                          yaxis_title=ytitle, height=460, margin=dict(t=110))
+        if key in PERCENT:
+            fig.update_yaxes(range=[0, 100])
+        if all(not v for v in values):  # all zero: say why instead of an empty chart
+            fig.add_annotation(text=_wrap("Every bar is 0 here: no method got any of these right. " +
+                                          limits_note(results)), x=0.5, y=0.5, xref="paper", yref="paper",
+                               showarrow=False, font=dict(size=14), bgcolor="#fff8e0")
         figs.append(fig)
 
     bars("Accuracy with no policy in context (In-Context: policy in the prompt)", "accuracy", "accuracy_7b")
@@ -75,6 +108,29 @@ def comparison_figures(results: dict) -> list:
     bars("Policy Referral (rule judge, 0-10)", "referral", "referral_7b", ytitle="score")
     bars("Forgetting: perception and counting accuracy after training (In-Context = base model)", "perception")
     return figs
+
+
+def _wrap(text: str, width: int = 110) -> str:
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(text, width))
+
+
+def limits_note(results: dict) -> str:
+    """What limits a run's numbers: on the tiny recipe, the base model's own measured abilities (its card)."""
+    if results.get("config", {}).get("recipe") != "tiny":
+        return "Check the rollout log (reward per step) and the stage summaries (loss) for what went wrong."
+    from .recipes import TINY_MODEL_DIR
+
+    card = Path(TINY_MODEL_DIR) / "eval_results.json"
+    if not card.exists():
+        return "The tiny recipe runs on a random stand-in model (assets/tiny-vlm is missing): its answers mean nothing."
+    ev = json.loads(card.read_text())
+    ic = ", ".join(f"{100 * ev[k]:.0f}% at N = {k[12:]}" for k in sorted(ev) if k.startswith("in_context_N") and
+                   not k.endswith("majority"))
+    return (f"On the tiny recipe the ceiling is the 5M-parameter base model: it follows a policy in context "
+            f"{ic} and answers {100 * ev['perception']:.0f}% of perception questions (assets/tiny-vlm/README.md). "
+            f"Training stages can only internalize what it can read.")
 
 
 def efficiency_figure(rows: list[dict], paper: dict | None = None):
@@ -113,6 +169,10 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
         figs.append(efficiency_figure(eff, paper.get("efficiency")))
     parts = ["<h1>mpi-kit: the paper's comparison on the "
              f"{results['config']['recipe']} recipe</h1><pre>{html.escape(_table_text(results))}</pre>"]
+    best = max((r.get("accuracy") or 0 for r in results["methods"].values()), default=0)
+    if best < 50:
+        parts.append(f"<p style='background:#fff8e0;padding:8px'><b>Why these numbers are low.</b> "
+                     f"{html.escape(limits_note(results))}</p>")
     parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
     if eff:
         cols = list(eff[0])

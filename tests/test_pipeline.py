@@ -69,3 +69,22 @@ def test_table_shows_intervals_and_what_lies_beyond_them():
     text = table(res)
     assert "[68.6-80.5]" in text and "n = 200 per cell" in text and "beyond the intervals: N=4: TriMPI" in text
     assert "CoT SFT + GRPO 34.0 > CoT SFT" not in text  # overlapping intervals are not a difference
+
+
+def test_report_on_empty_metrics_explains_itself(tmp_path):
+    """All-zero results (the old demo: 0.0 everywhere) draw no empty -1..1 axis: each chart says what it measures,
+    the zeros are called out with what limits them, and accuracy bars carry their intervals."""
+    from mpi_kit.paper import paper_table
+    from mpi_kit.report import comparison_figures, pipeline_report
+
+    res = {"config": {"recipe": "tiny"}, "paper": paper_table(), "methods": {
+        f"N4/{m}": {"method": m, "depth": 4, "accuracy": 0.0, "n": 200, "interval_95": [0.0, 1.9], "override": 0.0}
+        for m in ("In-Context", "CoT SFT")}}
+    figs = comparison_figures(res)
+    assert len(figs) == 2
+    for f in figs:
+        assert f.layout.title.subtitle.text and list(f.layout.yaxis.range) == [0, 100]
+        assert "Every bar is 0 here" in f.layout.annotations[0].text
+    assert list(figs[0].data[0].error_y.array) == [1.9, 1.9]
+    page = pipeline_report(tmp_path, res).read_text()
+    assert "Why these numbers are low" in page and "base model" in page
