@@ -168,6 +168,7 @@ def step_stats(df: pd.DataFrame) -> pd.DataFrame:
             "frac_truncated": d["truncated"].mean(), "mean_length": d["length"].mean(),
             "rescued_groups": int(((gs["acc_no_policy"] == 0) & (gs["acc_policy_aware"] > 0)).sum()),
         })
+        rows[-1]["frac_rescued"] = rows[-1]["rescued_groups"] / max(1, len(gs))
     return pd.DataFrame(rows)
 
 

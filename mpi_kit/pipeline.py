@@ -158,6 +158,18 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
     return res
 
 
+def rollout_steps(stage_dir: Path) -> list[dict]:
+    """Per RL step, from the stage's rollout log: the share of groups with zero reward variance (no signal), the
+    share PolicyRollout rescued (no correct no-policy completion, a correct policy-aware one) and each half's
+    mean reward."""
+    from .inspector import load_rollouts, step_stats
+
+    cols = ("step", "groups", "frac_zero_std", "frac_rescued", "reward_no_policy", "reward_policy_aware")
+    stats = step_stats(load_rollouts(stage_dir))
+    return [{c: (None if v != v else round(float(v), 4)) for c, v in zip(cols, r)}  # NaN -> None (no such half)
+            for r in stats[list(cols)].itertuples(index=False)]
+
+
 def interval(rows: list[dict]) -> list[float]:
     """95% Wilson interval (%) of the rows' accuracy: `correct` per row."""
     from .evaluate import wilson_interval
@@ -302,6 +314,8 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
         if stage_dir is not None:
             s = json.loads((stage_dir / "summary.json").read_text())
             res["train"] = {"steps": s["steps"], "seconds": s["seconds"]}
+            if (stage_dir / "completions").is_dir():  # an RL stage: what its groups saw, step by step
+                res["rollouts"] = rollout_steps(stage_dir)
         if str(depth) not in results["efficiency"] and method == "In-Context":
             results["efficiency"][str(depth)] = efficiency(model, processor, data_dir)
         results["methods"][key] = res

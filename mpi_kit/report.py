@@ -110,6 +110,41 @@ def comparison_figures(results: dict) -> list:
     return figs
 
 
+def rollout_figure(results: dict):
+    """PolicyRollout made visible, per RL step of each RL method: the share of groups with no reward variance
+    (no learning signal; GRPO's problem), the share PoRo rescued (no correct no-policy completion, a correct
+    policy-aware one), and the mean reward of each half. None when no RL method ran."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    runs = [r for r in results["methods"].values() if r.get("rollouts")]
+    if not runs:
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("share of groups per step (%)", "mean reward per step"))
+    for r in runs:
+        steps = [x["step"] for x in r["rollouts"]]
+        name = f"{r['method']} N={r.get('depth', '')}"
+        pct = lambda k: [None if x[k] is None else 100 * x[k] for x in r["rollouts"]]  # noqa: E731
+        fig.add_trace(go.Scatter(x=steps, y=pct("frac_zero_std"), name=f"{name}: zero variance", mode="lines+markers",
+                                 line=dict(dash="dot")), row=1, col=1)
+        if "PoRo" in r["method"]:
+            fig.add_trace(go.Scatter(x=steps, y=pct("frac_rescued"), name=f"{name}: rescued by PoRo",
+                                     mode="lines+markers"), row=1, col=1)
+        for half, dash in (("no_policy", "solid"), ("policy_aware", "dash")):
+            ys = [x[f"reward_{half}"] for x in r["rollouts"]]
+            if any(y is not None for y in ys):
+                fig.add_trace(go.Scatter(x=steps, y=ys, name=f"{name}: {half.replace('_', '-')} half",
+                                         mode="lines+markers", line=dict(dash=dash)), row=1, col=2)
+    sub = ("Zero variance: every completion of a prompt got the same reward, so its advantages are 0 and it teaches "
+           "nothing. Rescued: no no-policy completion was right but a policy-aware one was, so the pooled group "
+           "still has a signal, trained on the no-policy prompt.")
+    fig.update_layout(title=dict(text="PolicyRollout made visible: what the RL groups saw",
+                                 subtitle=dict(text=_wrap(sub))), height=480, margin=dict(t=120))
+    fig.update_yaxes(range=[0, 100], row=1, col=1)
+    fig.update_xaxes(title_text="RL step")
+    return fig
+
+
 def _wrap(text: str, width: int = 110) -> str:
     import textwrap
 
@@ -164,6 +199,9 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
     out = Path(out)
     paper = results["paper"]
     figs = comparison_figures(results)
+    ro = rollout_figure(results)
+    if ro is not None:
+        figs.append(ro)
     eff = [dict(e, N=int(n)) for n, es in results.get("efficiency", {}).items() for e in es]
     if eff:
         figs.append(efficiency_figure(eff, paper.get("efficiency")))

@@ -88,3 +88,35 @@ def test_report_on_empty_metrics_explains_itself(tmp_path):
     assert list(figs[0].data[0].error_y.array) == [1.9, 1.9]
     page = pipeline_report(tmp_path, res).read_text()
     assert "Why these numbers are low" in page and "base model" in page
+
+
+def test_rescued_groups_counted_on_a_hand_built_rollout_log(tmp_path):
+    """Two steps of a PoRo log, G = 2: step 1 has one rescued group (no-policy wrong, policy-aware right) and one
+    group where the no-policy half is already right; step 2 has one zero-variance group (all wrong)."""
+    import pandas as pd
+
+    from mpi_kit.pipeline import rollout_steps
+    from mpi_kit.report import rollout_figure
+
+    def rows(step, prompt, no_policy, aware):
+        out = []
+        for src, correct in (("no-policy", no_policy), ("policy-aware", aware)):
+            for c in correct:
+                out.append({"step": step, "prompt": [], "completion": [{"role": "assistant", "content":
+                            "<think>x</think>\\\\boxed{Case %d}" % (1 if c else 2)}], "format_reward": 1.0,
+                            "accuracy_reward": float(c), "attempt": 0, "gold": "Case 1", "length": 5,
+                            "parsed_answer": "Case 1" if c else "Case 2", "prompt_id": prompt, "scene_id": prompt,
+                            "source": src, "truncated": False, "advantage": 0.0})
+        return out
+    log = tmp_path / "run" / "completions"
+    log.mkdir(parents=True)
+    pd.DataFrame(rows(1, "a", [0, 0], [1, 0]) + rows(1, "b", [1, 0], [0, 0])).to_parquet(log / "completions_00001.parquet")
+    pd.DataFrame(rows(2, "a", [0, 0], [0, 0]) + rows(2, "b", [1, 1], [1, 0])).to_parquet(log / "completions_00002.parquet")
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    steps = rollout_steps(tmp_path / "run")
+    assert [s["frac_rescued"] for s in steps] == [0.5, 0.0]
+    assert [s["frac_zero_std"] for s in steps] == [0.0, 0.5]
+    assert steps[0]["reward_policy_aware"] < steps[0]["reward_no_policy"] + 1  # both halves reported
+    fig = rollout_figure({"methods": {"N2/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 2,
+                                                                 "rollouts": steps}}})
+    assert any("rescued by PoRo" in t.name for t in fig.data)
