@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 
 from .data import DataError, load_kit_data
+from .progress import quiet_stage, watch_stage
+from .timing import stage_facts
 from .training import ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, open_run, run_settings, \
     stage_recipe, train_stage, \
     trainer_kwargs
@@ -111,11 +113,14 @@ def cpt_trainer(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, init=None, m
     args = TrainingArguments(**trainer_kwargs(recipe, recipe.vm_cpt, out, max_steps, save_steps, progress))
     trainer = type("CPTTrainer", (ResumeFix, Trainer), {})(model=model, args=args, train_dataset=ds, data_collator=VMCPTCollator(processor),
                       processing_class=processor, callbacks=list(callbacks))
+    watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
     info = {"data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
-            "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS}
+            "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS,
+            **stage_facts("vm_cpt", recipe, args, ds, processor)}  # precision and, on a GPU, the time estimate
     return trainer, processor, info
 
 
+@quiet_stage
 def run_cpt(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, resume=True, **kw) -> dict:
     """Run VM-CPT into `out` (resuming from its last checkpoint) and return the summary written to summary.json.
     Keywords: init, max_steps, limit (rows), save_steps, callbacks, progress, train_vision, and recipe overrides

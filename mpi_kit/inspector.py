@@ -18,14 +18,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from .recipes import ASSETS_DIR
 from .rewards import REWARD_FUNCS, REWARD_WEIGHTS, completion_text, parse_answer
 from .rl import NO_POLICY, POLICY_AWARE
 
-ASSET_RUN = Path(__file__).resolve().parent.parent / "assets" / "rollouts"
+ASSET_RUN = ASSETS_DIR / "rollouts"  # the recorded run shipped with the kit (recipes.ASSETS_DIR: checkout or wheel)
 REWARD_COLUMNS = [f.__name__ for f in REWARD_FUNCS]  # format_reward, accuracy_reward
 SOURCE_COLOR = {NO_POLICY: "#3b6fb6", POLICY_AWARE: "#b5651d"}
 SHORT = {"format_reward": "fmt", "accuracy_reward": "acc"}
 EPS = 1e-4  # TRL's advantage normaliser: (r - mean) / (std + 1e-4)
+NO_ANSWER = "no answer"
+
+
+def answer_text(value, missing: str = NO_ANSWER) -> str:
+    """An answer (or gold case) for display: `missing` when there is none. The log stores a completion without a
+    `\\boxed{...}` as None, which pandas reads back as NaN; a learner should read "no answer", not `nan`."""
+    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
+        return missing
+    return str(value)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -274,8 +284,10 @@ def diff_html(old: str, new: str) -> str:
     return " ".join(w for w in out if w)
 
 
-def completion_card(row, base: str | None = None, dim: bool = False, max_chars: int = 700) -> str:
-    """One completion as an HTML card: source, rewards, advantage, length, truncation, parsed vs gold, text."""
+def completion_card(row, base: str | None = None, dim: bool = False, max_chars: int = 700,
+                    noted: bool = False) -> str:
+    """One completion as an HTML card: source, rewards, advantage, length, truncation, parsed vs gold, text.
+    `noted`: the group's note (see `advantage_note`) explains this card's advantage; the card points to it."""
     color = SOURCE_COLOR.get(row["source"], "#555")
     adv = float(row["advantage"])
     bar = (f"<div style='height:6px;background:#eee'><div style='height:6px;width:{min(abs(adv), 2) * 50:.0f}%;"
@@ -288,23 +300,57 @@ def completion_card(row, base: str | None = None, dim: bool = False, max_chars: 
     return (f"<div style='border:2px solid {color};border-radius:6px;padding:4px;width:230px;font-size:12px;"
             f"opacity:{0.35 if dim else 1}'>"
             f"<div style='color:{color};font-weight:bold'>{row['source']}</div>"
-            f"reward <b>{row['reward']:.2f}</b> ({rewards}) · adv <b>{adv:+.2f}</b>{bar}"
-            f"len {row['length']}{flags}<br>answer <b>{html.escape(str(row['parsed_answer']))}</b> {ok} "
-            f"gold {html.escape(str(row['gold']))}"
+            f"reward <b>{row['reward']:.2f}</b> ({rewards}) · adv <b>{adv:+.2f}</b>"
+            f"{' <i>(why? see the note)</i>' if noted else ''}{bar}"
+            f"len {row['length']}{flags}<br>answer <b>{html.escape(answer_text(row['parsed_answer']))}</b> {ok} "
+            f"gold {html.escape(answer_text(row['gold'], 'unknown'))}"
             f"<div style='white-space:pre-wrap;font-family:monospace;font-size:11px;max-height:220px;"
             f"overflow:auto;background:#fafafa;margin-top:3px'>{body}</div></div>")
+
+
+def advantage_note(group: pd.DataFrame) -> str:
+    """Why a wrong answer can get a positive advantage, in words, for the group on screen ("" if none does).
+    GRPO's advantage is a completion's reward minus the mean of its whole group (PolicyRollout pools both halves),
+    so a wrong but well-formed answer is pushed up when the rest of the group, e.g. a garbled policy-aware half,
+    scored less: it is rewarded for its format, not for its answer."""
+    up = group[~group["correct"].astype(bool) & (group["advantage"] > 0)]
+    if up.empty:
+        return ""
+    one = len(up) == 1
+    it, they = ("it", "it scores") if one else ("them", "they score")
+    mean, r = group["reward"].mean(), up["reward"].max()
+    pooled = ", both halves pooled" if group["source"].nunique() > 1 else ""
+    why = (f"{'A wrong answer gets' if one else f'{len(up)} wrong answers get'} a positive advantage here. "
+           f"Advantages are relative to the group's mean reward ({mean:.2f}{pooled}), and {they} "
+           f"{'' if one else 'up to '}{r:.2f}")
+    format_only = {"format_reward", "accuracy_reward"} <= set(up.columns) and bool(
+        (up["format_reward"] > 0).all() and (up["accuracy_reward"] == 0).all())
+    if format_only:
+        why += " from the format reward alone"
+    aware = group[group["source"] == POLICY_AWARE]
+    if len(aware) and (up["source"] == NO_POLICY).all() and aware["reward"].mean() < up["reward"].min():
+        garbled = int((aware["format_reward"] == 0).sum()) if "format_reward" in aware else 0
+        why += (f"; the policy-aware half averaged {aware['reward'].mean():.2f}"
+                + (f" ({garbled} of {len(aware)} not well formed)" if garbled else "")
+                + f", which pulls the mean below {it}")
+    if format_only:
+        return why + f". So GRPO pushes {it} up for the format, not for the answer."
+    return why + f". Beating the mean is all GRPO looks at, so it pushes {it} up, right answer or not."
 
 
 def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame | None = None) -> str:
     """A group's completions side by side, no-policy half on the first line, policy-aware half on the second.
     Completions not in `keep` (row index) are dimmed; with `base` (the same prompt at an earlier step), each
     card highlights the words that changed from the card in the same position there."""
-    lines = []
+    note = advantage_note(group)
+    lines = [f"<div style='background:#fff8e1;border-left:4px solid #f39c12;padding:4px 8px;margin-bottom:6px;"
+             f"font-size:12px;max-width:720px'>{html.escape(note)}</div>"] if note else []
     for source in (NO_POLICY, POLICY_AWARE):
         half = group[group["source"] == source]
         earlier = base[base["source"] == source]["text"].tolist() if base is not None else []
         if len(half):
-            cards = [completion_card(r, earlier[i] if i < len(earlier) else None, keep is not None and k not in keep)
+            cards = [completion_card(r, earlier[i] if i < len(earlier) else None, keep is not None and k not in keep,
+                                     noted=bool(note) and not r["correct"] and r["advantage"] > 0)
                      for i, (k, r) in enumerate(half.iterrows())]
             lines.append(f"<div style='display:flex;gap:6px;flex-wrap:wrap;margin-bottom:6px'>{''.join(cards)}</div>")
     return "".join(lines)
@@ -434,9 +480,13 @@ class RolloutInspector(_Box):
         if self._quiet:
             return
         g = self.current_group()
-        if g.empty:
-            self.scene.value, self.cards.value = "", "<i>no group matches these filters</i>"
+        if g.empty:  # clear everything, the playground included: nothing on screen may belong to an old group
+            self.scene.value = ""
+            self.cards.value = "<i>No group matches these filters: untick one to see groups again.</i>"
             self.pick.options = []
+            self.edit.value, self.gold.value = "", ""
+            self.last_score = None
+            self.score.value = "<i>Nothing to re-score: no group matches the filters.</i>"
             return
         self.scene.value = self._scene_html(g.iloc[0])
         base = None
@@ -455,7 +505,7 @@ class RolloutInspector(_Box):
 
         g = self.current_group()
         head = (f"<b>{html.escape(str(row['prompt_id']))}</b><br>step {row['step']} · attempt {row['attempt']} · "
-                f"gold <b>{html.escape(str(row['gold']))}</b><br>reward {g['reward'].mean():.2f} ± "
+                f"gold <b>{html.escape(answer_text(row['gold'], 'unknown'))}</b><br>reward {g['reward'].mean():.2f} ± "
                 f"{g['reward'].std(ddof=0):.2f}{' · <b>zero std</b>' if g['reward'].nunique() <= 1 else ''}<br>")
         scene = self.scenes.get(row["scene_id"])
         if scene is None:
@@ -473,7 +523,7 @@ class RolloutInspector(_Box):
             return
         row = self.df.loc[self.pick.value]
         with self.hold_trait_notifications():
-            self.gold.value = str(row["gold"])
+            self.gold.value = answer_text(row["gold"], "")
             self.edit.value = row["text"]
         self._rescore()
 
@@ -488,7 +538,7 @@ class RolloutInspector(_Box):
         self.last_score = r
         self.score.value = (f"format <b>{r['format_reward']:.0f}</b> · accuracy <b>{r['accuracy_reward']:.0f}</b> · "
                             f"reward <b>{r['reward']:.2f}</b> (logged {logged['reward']:.2f}) · parsed "
-                            f"<b>{html.escape(str(r['parsed_answer']))}</b> · advantage in this group "
+                            f"<b>{html.escape(answer_text(r['parsed_answer']))}</b> · advantage in this group "
                             f"<b>{r['advantage']:+.2f}</b> (logged {logged['advantage']:+.2f})")
 
 
@@ -503,9 +553,29 @@ def inspect_run(run, data_dir=None, figures: bool = True):
 
 # ------------------------------------------------------------------------------------------------ recorded runs
 
+CHECKOUT = ASSET_RUN.parent.parent
+
+
+def portable(value):
+    """`value` (a summary, recursively) with every absolute path made shareable: relative to the checkout or the
+    working folder when inside one, else only its last part. A recorded run then names no one's home folder."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if not isinstance(value, str) or not Path(value).is_absolute():
+        return value
+    p = Path(value).resolve()
+    for root in (CHECKOUT.resolve(), Path.cwd().resolve()):
+        if p.is_relative_to(root):
+            return p.relative_to(root).as_posix() or "."
+    return p.name
+
+
 def pack_run(run_dir, dest, data_dir=None, extra: dict | None = None) -> Path:
     """Copy what the inspector needs from a run (rollout log, summary.json, and the data folder's scenes.jsonl,
-    summary.json and policies) into `dest`, without model weights or checkpoints: a run to share or ship."""
+    summary.json and policies) into `dest`, without model weights or checkpoints: a run to share or ship.
+    Absolute paths in the summaries are made relative (`portable`)."""
     run_dir, dest = Path(run_dir), Path(dest)
     src_data = find_data_dir(run_dir, data_dir)
     if dest.exists():
@@ -520,10 +590,11 @@ def pack_run(run_dir, dest, data_dir=None, extra: dict | None = None) -> Path:
         (dest / "data" / "scenes.jsonl").write_text("\n".join(lines) + "\n")
         shutil.copytree(src_data / "policies", dest / "data" / "policies")
         if (src_data / "summary.json").exists():
-            shutil.copy(src_data / "summary.json", dest / "data" / "summary.json")
+            data_summary = portable(json.loads((src_data / "summary.json").read_text()))
+            (dest / "data" / "summary.json").write_text(json.dumps(data_summary, indent=1) + "\n")
         summary["data"] = "data"
     summary.update(extra or {})
-    (dest / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (dest / "summary.json").write_text(json.dumps(portable(summary), indent=1) + "\n")
     return dest
 
 
@@ -571,5 +642,6 @@ def summary_table(run_dir) -> str:
 
 
 __all__ = ["load_rollouts", "find_data_dir", "group_table", "filter_rows", "filter_groups", "step_stats",
-           "policy_rescues", "group_outcomes", "outcome_figure", "rescore", "rollout_figures", "RolloutInspector", "inspect_run", "pack_run",
-           "record_demo_run", "summary_table", "ASSET_RUN"]
+           "policy_rescues", "group_outcomes", "outcome_figure", "rescore", "answer_text", "advantage_note",
+           "rollout_figures", "RolloutInspector", "inspect_run", "pack_run", "portable", "record_demo_run",
+           "summary_table", "ASSET_RUN"]

@@ -164,7 +164,7 @@ class Precision:
 
     @classmethod
     def of(cls, recipe) -> "Precision":
-        b = 4 if recipe.precision == "fp32" else 2
+        b = 4 if recipe.precision == "fp32" else 2  # 'auto' (the GPU recipes) is fp16 or bf16 on a GPU: 2 bytes
         nf4 = recipe.quantization == "nf4"
         return cls(nf4, 4 if nf4 and recipe.lora.enabled else b, 4 if nf4 else b,
                    recipe.lora.r if recipe.lora.enabled else 0, recipe.gradient_checkpointing)

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The shipped tiny base model: <repo>/assets/tiny-vlm in a checkout, <package>/assets/tiny-vlm if packaged.
-TINY_MODEL_DIR = next((p for p in (REPO_ROOT / "assets" / "tiny-vlm", Path(__file__).resolve().parent / "assets" /
-                                    "tiny-vlm") if p.exists()), REPO_ROOT / "assets" / "tiny-vlm")
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# What the kit ships (the tiny model, the recorded rollout run): <repo>/assets in a checkout; after `pip install` from
+# a wheel, mpi_kit/assets, where pyproject.toml maps the same folder (package-dir), so notebooks find it either way.
+ASSETS_DIR = next((p for p in (PACKAGE_DIR / "assets", REPO_ROOT / "assets") if p.is_dir()), REPO_ROOT / "assets")
+TINY_MODEL_DIR = ASSETS_DIR / "tiny-vlm"  # the shipped tiny base model
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 QUANTIZATIONS = ("none", "nf4")

@@ -13,6 +13,8 @@ a VM-CPT folder with `init=` (VM-CPT + CoT SFT, the TriMPI order).
 from __future__ import annotations
 
 from .data import DataError, load_kit_data
+from .progress import quiet_stage, watch_stage
+from .timing import stage_facts
 from .training import (ResumeFix, check_rows, freeze_vision, load_stage_model, open_run, run_settings, stage_recipe,
                        train_stage, trainer_kwargs)
 
@@ -71,11 +73,14 @@ def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot",
     args = SFTConfig(**kw, max_length=None, completion_only_loss=True, packing=False, padding_free=False)
     trainer = _trainer_class()(model=model, args=args, train_dataset=ds, processing_class=processor,
                          callbacks=list(callbacks))
+    watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
     info = {"mode": mode, "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
-            "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS}
+            "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS,
+            **stage_facts(section, recipe, args, ds, processor)}  # precision and, on a GPU, the time estimate
     return trainer, processor, info
 
 
+@quiet_stage
 def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, init=None, resume=True, **kw) -> dict:
     """Run CoT (mode="cot") or Direct (mode="direct") SFT into `out`, from the base model or `init` (a VM-CPT
     folder); resumes from `out`'s last checkpoint; returns the summary written to summary.json."""

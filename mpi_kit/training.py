@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .data import DataError, require_columns
 from .models import (VISION_RE, as_recipe, count_parameters, load_model, peak_memory, require_backend, resolve_device,
+                     resolve_precision,
                      unsloth_mode)
 from .recipes import Recipe, StageSettings
 
@@ -172,7 +173,8 @@ def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | N
     steps = kw["max_steps"]
     if save_steps is None:
         save_steps = max(1, steps // 4) if steps > 0 else 200
-    return dict(kw, output_dir=str(out), bf16=recipe.precision == "bf16", fp16=recipe.precision == "fp16",
+    precision = resolve_precision(recipe.precision, recipe.device)  # 'auto': bf16 on compute capability >= 8, else fp16
+    return dict(kw, output_dir=str(out), bf16=precision == "bf16", fp16=precision == "fp16",
                 gradient_checkpointing=recipe.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
                 use_cpu=resolve_device(recipe.device) == "cpu", seed=recipe.seed, data_seed=recipe.seed,

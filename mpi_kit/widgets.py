@@ -1,13 +1,15 @@
 """Widgets and figures for policies and data: the decision tree, the path a scene takes, a data browser.
 
 Built-in ipywidgets only, and plotly shown with `fig.show()` (Colab breaks FigureWidget and plotly inside
-widgets), so inside widgets the tree is drawn as inline SVG, which renders everywhere.
+widgets), so inside widgets the tree is drawn as inline SVG, which renders everywhere. `excerpt` and `cot_steps`
+cut long texts for display without cutting a line or a reasoning step in half.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
 from .policy import Policy
@@ -56,42 +58,114 @@ def tree_figure(policy: Policy, path: list[str] | None = None, outcome: str | No
         fig.add_trace(go.Scatter(x=[pos[a][0], pos[b][0]], y=[-pos[a][1], -pos[b][1]], mode="lines",
                                  line=dict(color=HOT if on else (YES if yes else NO), width=4 if on else 1.5),
                                  hoverinfo="skip", showlegend=False))
+    fig.add_trace(go.Scatter(  # "yes" / "no" halfway along every edge
+        x=[(pos[a][0] + pos[b][0]) / 2 for a, b, _ in edges], y=[-(pos[a][1] + pos[b][1]) / 2 for a, b, _ in edges],
+        mode="text", text=["yes" if yes else "no" for *_, yes in edges], hoverinfo="skip", showlegend=False,
+        textfont=dict(size=9, color=[YES if yes else NO for *_, yes in edges])))
     for kind in (False, True):
         ids = [k for k, v in pos.items() if v[3] == kind]
         fig.add_trace(go.Scatter(
-            x=[pos[k][0] for k in ids], y=[-pos[k][1] for k in ids], mode="markers+text" if kind else "markers",
-            text=[k.replace("Case ", "") for k in ids] if kind else None, textposition="bottom center",
+            x=[pos[k][0] for k in ids], y=[-pos[k][1] for k in ids], mode="markers+text",
+            text=[k.replace("Case ", "") if kind else k for k in ids],
+            textposition="bottom center" if kind else "top center",
             hovertext=[pos[k][2] for k in ids], hoverinfo="text",
             marker=dict(size=9 if kind else 13, symbol="square" if kind else "circle",
                         color=[HOT if k in hot else ("#555" if kind else "#3b6fb6") for k in ids]),
             name="cases" if kind else "conditions"))
-    fig.update_layout(title=f"{policy.name}: {len(policy.conditions)} conditions, {len(policy.cases)} cases "
-                            f"(green = yes, red = no)", height=380, margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(title=f"{policy.name}: {len(policy.conditions)} conditions (hover for the question), "
+                            f"{len(policy.cases)} cases (numbers under the leaves)", height=380,
+                      margin=dict(l=10, r=10, t=40, b=10),
                       xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="white")
     return fig
 
 
+CHAR_W = 0.6  # a character's width, in font sizes (a generous average), to decide which labels fit
+
+
+def _text_w(text: str, size: float) -> float:
+    return len(text) * CHAR_W * size
+
+
 def tree_svg(policy: Policy, path: list[str] | None = None, outcome: str | None = None,
              width: int = 640, height: int = 260) -> str:
-    """The same tree as an inline SVG string (for widgets.HTML), with hover titles on every node."""
+    """The same tree as an inline SVG string (for widgets.HTML): the condition id above each node (with its
+    question where it fits, always on hover), "yes"/"no" on the edges and the case under every leaf; a label that
+    would overlap its neighbours is left out (the hover title still has it)."""
     pos, edges = tree_layout(policy)
     hot = _on_path(path or [], outcome)
     n_leaves = max(v[0] for v in pos.values()) + 1
     depth = max(v[1] for v in pos.values())
-    X = lambda x: 12 + x * (width - 24) / max(1, n_leaves - 1)
-    Y = lambda d: 14 + d * (height - 28) / max(1, depth)
-    out = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
+    cases = [k for k, v in pos.items() if v[3]]
+    longest = max(cases, key=len)
+    pad = max(12.0, _text_w(longest, 9) / 2 + 2)
+    gap = (width - 2 * pad) / max(1, n_leaves - 1)  # between neighbouring leaves
+    if gap < _text_w(longest.replace("Case ", ""), 9) + 2:  # even the numbers would touch: no "Case", rotated
+        pad = 12.0
+        gap = (width - 2 * pad) / max(1, n_leaves - 1)
+    leaf_mode = "full" if gap >= _text_w(longest, 9) + 4 else "short" if gap >= _text_w(
+        longest.replace("Case ", ""), 9) + 2 else "rotated"
+    bottom = 8 + (8 if leaf_mode != "rotated" else _text_w(longest.replace("Case ", ""), 8) + 6)
+    X = lambda x: pad + x * (width - 2 * pad) / max(1, n_leaves - 1)
+    Y = lambda d: 24 + d * (height - 24 - bottom) / max(1, depth)
+
+    rows: dict = {}  # depth -> sorted x (pixels) of the conditions there, to measure the room beside each
+    for k, (x, d, _, is_case) in pos.items():
+        if not is_case:
+            rows.setdefault(d, []).append(X(x))
+    for xs in rows.values():
+        xs.sort()
+
+    def room(x_px: float, d: int) -> float:
+        xs = rows[d]
+        i = xs.index(x_px)
+        left = x_px - xs[i - 1] if i > 0 else float("inf")
+        right = xs[i + 1] - x_px if i + 1 < len(xs) else float("inf")
+        return min(left, right, 2 * (x_px - 2), 2 * (width - 2 - x_px)) if len(xs) > 1 else width - 4
+
+    def clamp(x_px: float, w: float) -> float:  # keep a centred label inside the picture
+        return min(max(x_px, w / 2 + 2), width - w / 2 - 2)
+
+    out = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">']
+    unlabelled = False
     for a, b, yes in edges:
         on = a in hot and b in hot
-        out.append(f'<line x1="{X(pos[a][0]):.1f}" y1="{Y(pos[a][1]):.1f}" x2="{X(pos[b][0]):.1f}" '
-                   f'y2="{Y(pos[b][1]):.1f}" stroke="{HOT if on else (YES if yes else NO)}" '
+        color = YES if yes else NO
+        x1, y1, x2, y2 = X(pos[a][0]), Y(pos[a][1]), X(pos[b][0]), Y(pos[b][1])
+        out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{HOT if on else color}" '
                    f'stroke-width="{4 if on else 1.2}"/>')
+        if abs(x2 - x1) >= _text_w("yes", 9) + 4:  # room beside the edge for its word (nearer the parent)
+            out.append(f'<text x="{x1 + 0.4 * (x2 - x1) + (-3 if yes else 3):.1f}" y="{y1 + 0.4 * (y2 - y1):.1f}" '
+                       f'font-size="9" fill="{color}" text-anchor="{"end" if yes else "start"}">'
+                       f'{"yes" if yes else "no"}</text>')
+        else:
+            unlabelled = True
     for k, (x, d, label, is_case) in pos.items():
         fill = HOT if k in hot else ("#555" if is_case else "#3b6fb6")
         shape = (f'<rect x="{X(x) - 4:.1f}" y="{Y(d) - 4:.1f}" width="8" height="8" fill="{fill}">'
                  if is_case else f'<circle cx="{X(x):.1f}" cy="{Y(d):.1f}" r="6" fill="{fill}">')
         tag = "rect" if is_case else "circle"
         out.append(f"{shape}<title>{html.escape(label)}</title></{tag}>")
+        bold = ' font-weight="bold"' if k in hot else ""
+        if is_case:
+            text = html.escape(k if leaf_mode == "full" else k.replace("Case ", ""))
+            if leaf_mode == "rotated":
+                x0, y0 = X(x) + 3, Y(d) + 8
+                out.append(f'<text x="{x0:.1f}" y="{y0:.1f}" font-size="8" text-anchor="end"{bold} '
+                           f'transform="rotate(-90 {x0:.1f} {y0:.1f})">{text}</text>')
+            else:
+                out.append(f'<text x="{X(x):.1f}" y="{Y(d) + 15:.1f}" font-size="9" text-anchor="middle"{bold}>'
+                           f'{text}</text>')
+            continue
+        fits = [t for t in (label, k) if _text_w(t, 10) <= room(X(x), d) - 6]
+        if fits:
+            w = _text_w(fits[0], 10)
+            out.append(f'<text x="{clamp(X(x), w):.1f}" y="{Y(d) - 9:.1f}" font-size="10" text-anchor="middle"'
+                       f'{bold}>{html.escape(fits[0])}</text>')
+    legend = ([f'<tspan fill="{YES}">green</tspan> = yes, <tspan fill="{NO}">red</tspan> = no'] if unlabelled else []) \
+        + (["leaf numbers: cases"] if leaf_mode != "full" else [])
+    if legend:
+        out.append(f'<text x="{width - 2}" y="10" font-size="9" text-anchor="end" fill="#555">'
+                   f'{" · ".join(legend)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -111,12 +185,36 @@ def scene_table_html(scene: Scene) -> str:
             f"<th>shape</th><th>x, y</th></tr>{rows}</table>")
 
 
+def cot_steps(cot: str, ids=None) -> list[str]:
+    """A CoT cut into its steps, one per condition visited, and the closing `</think>\\boxed{...}`. It is cut only
+    where a step starts ("Condition <id>: "; with `ids`, only those ids), never at a reference inside a step such
+    as "go to Condition 1.1."."""
+    head = "|".join(re.escape(i) for i in ids) if ids else r"[^\s:]+"
+    parts = re.split(rf"(?=Condition (?:{head}): )|(?=</think>)", cot)
+    return [p.strip() for p in parts if p.strip()]
+
+
 def walk_html(policy: Policy, scene: Scene) -> str:
-    """Outcome, path and gold CoT of `policy` on `scene`, as HTML."""
+    """Outcome, path and gold CoT of `policy` on `scene`, as HTML: one line per reasoning step."""
     case, path = policy.evaluate(scene)
-    cot = html.escape(policy.gold_cot(scene)).replace("Condition ", "<br>Condition ")
+    steps = "<br>".join(html.escape(s) for s in cot_steps(policy.gold_cot(scene), path))
     return (f"<b>{policy.name}</b> → <b style='color:{HOT}'>{case}</b> via "
-            f"{' → '.join(path)}<div style='font-size:12px;color:#333'>{cot}</div>")
+            f"{' → '.join(path)}<div style='font-size:12px;color:#333;font-family:monospace'>{steps}</div>")
+
+
+def excerpt(text: str, max_chars: int = 800) -> str:
+    """The first whole lines of `text` that fit in `max_chars`, and, if any were left out, a last line saying how
+    many: a long policy shown in a cell is cut between lines, never inside one, and the cut is marked."""
+    if len(text) <= max_chars:
+        return text
+    lines, kept, used = text.splitlines(), [], 0
+    for line in lines:
+        if kept and used + len(line) + 1 > max_chars:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    rest = len(lines) - len(kept)
+    return "\n".join(kept) + f"\n... ({rest} more line{'s' if rest != 1 else ''} of {len(lines)})"
 
 
 def policy_explorer(policy: Policy, scenes: list[Scene], image_size=(288, 192)):
@@ -131,7 +229,7 @@ def policy_explorer(policy: Policy, scenes: list[Scene], image_size=(288, 192)):
         s = scenes[pick.value]
         case, path = policy.evaluate(s)
         left.value = image_html(scene_image(s, image_size), image_size[0]) + scene_table_html(s)
-        tree.value = tree_svg(policy, path, case)
+        tree.value = tree_svg(policy, path, case, height=300)
         walk.value = walk_html(policy, s)
 
     pick.observe(show, names="value")

@@ -13,8 +13,9 @@ import torch
 
 from conftest import hashed_reward, interrupted_then_resumed
 from mpi_kit.cli import main
-from mpi_kit.inspector import (ASSET_RUN, RolloutInspector, filter_groups, filter_rows, find_data_dir, group_table,
-                               load_rollouts, pack_run, policy_rescues, rescore, rollout_figures, step_stats)
+from mpi_kit.inspector import (ASSET_RUN, CHECKOUT, RolloutInspector, advantage_note, completion_card, filter_groups,
+                               filter_rows, find_data_dir, group_html, group_table, load_rollouts, pack_run,
+                               policy_rescues, rescore, rollout_figures, step_stats)
 from mpi_kit.rewards import total_reward
 from mpi_kit.rl import NO_POLICY, POLICY_AWARE, rl_trainer
 from mpi_kit.training import train_stage
@@ -91,6 +92,62 @@ def test_widget_filters_playground_and_step_slider(df):
     assert ins.last_score["reward"] == pytest.approx(1.0) and ins.last_score["parsed_answer"] == gold
     ins.edit.value = "no answer"
     assert ins.last_score["reward"] == 0.0 and "reward <b>0.00</b>" in ins.score.value
+
+
+def test_filters_matching_no_group_clear_the_playground(df):
+    ins = RolloutInspector(df.assign(truncated=False))
+    assert ins.edit.value and ins.gold.value and ins.score.value
+    ins.truncated.value = True  # no completion is truncated: no group matches
+    assert ins.visible.empty and "0 of" in ins.count.value
+    assert ins.edit.value == "" and ins.gold.value == "" and ins.last_score is None
+    assert "no group matches" in ins.score.value.lower() and "no group matches" in ins.cards.value.lower()
+    assert ins.scene.value == "" and not ins.pick.options
+    ins.truncated.value = False  # and back
+    assert ins.edit.value and "advantage in this group" in ins.score.value
+
+
+def test_a_missing_answer_reads_no_answer(df):
+    row = df[df["parsed_answer"].isna()].iloc[0]
+    card = completion_card(row)
+    assert "answer <b>no answer</b>" in card and ">nan<" not in card and ">None<" not in card
+    ins = RolloutInspector(ASSET_RUN)
+    ins.edit.value = "<think>I could not decide.</think>"
+    assert "parsed <b>no answer</b>" in ins.score.value and "None" not in ins.score.value
+
+
+def test_a_wrong_answer_with_a_positive_advantage_is_explained(df):
+    up = df[(df["source"] == NO_POLICY) & ~df["correct"] & (df["advantage"] > 0)]
+    group = df[df["group"] == up["group"].iloc[0]]
+    note = advantage_note(group)
+    mean = group["reward"].mean()
+    assert "relative to the group's mean reward" in note and f"({mean:.2f}, both halves pooled)" in note
+    aware = group[group["source"] == POLICY_AWARE]
+    assert f"policy-aware half averaged {aware['reward'].mean():.2f}" in note
+    shown = group_html(group)
+    assert shown.count("(why? see the note)") == len(group[~group["correct"] & (group["advantage"] > 0)])
+    assert "relative to the group" in shown
+    calm = df.groupby("group").filter(lambda g: not (~g["correct"] & (g["advantage"] > 0)).any())
+    assert advantage_note(calm[calm["group"] == calm["group"].iloc[0]]) == ""
+
+
+def _strings(x):
+    if isinstance(x, dict):
+        return [s for v in x.values() for s in _strings(v)]
+    if isinstance(x, list):
+        return [s for v in x for s in _strings(v)]
+    return [x] if isinstance(x, str) else []
+
+
+def test_the_recorded_run_stores_no_absolute_path(tmp_path):
+    for f in ASSET_RUN.rglob("*.json"):
+        absolute = [s for s in _strings(json.loads(f.read_text())) if Path(s).is_absolute()]
+        assert not absolute, f"{f}: {absolute}"
+    # pack_run (what record_demo_run ends with) never writes one, whatever the run's summary holds
+    packed = pack_run(ASSET_RUN, tmp_path / "p", extra={"recorded_with": {
+        "model": str(CHECKOUT / "assets" / "tiny-vlm"), "init": str(tmp_path.parent / "elsewhere" / "sft_cot")}})
+    s = json.loads((packed / "summary.json").read_text())
+    assert s["recorded_with"] == {"model": "assets/tiny-vlm", "init": "sft_cot"}
+    assert not [x for f in packed.rglob("*.json") for x in _strings(json.loads(f.read_text())) if Path(x).is_absolute()]
 
 
 def test_rescore_advantage():
