@@ -317,3 +317,25 @@ def test_pretrain_resume_equals_uninterrupted(tmp_path):
     a, b = (load_file(str(tmp_path / r / "out" / "model.safetensors")) for r in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     del signal
+
+
+def test_card_numbers_come_from_the_evaluation(tmp_path):
+    """The card is written from `evaluate`'s result (not typed in): every accuracy, its n and interval, and the
+    per-step CoT table appear as measured, and eval_results.json holds the same dict."""
+    import json
+
+    from conftest import SMALL
+    model, processor = tiny.build_tiny(pt.tokenizer_corpus(pt.PretrainConfig(tokenizer_policies=2,
+                                       tokenizer_questions=20, tokenizer_gta=2)), dims=SMALL)
+    tiny.save_tiny(model, processor, tmp_path)
+    res = pt.evaluate(model, processor, n_perception=8, n_policy=4, depths=(2,), progress=False)
+    assert set(res["interval_95"]) == {"exist", "count", "describe", "in_context_N2"}
+    assert set(res["cot_steps"]["N2"]) == set(pt.STEP_PARTS)
+    cfg = pt.PretrainConfig()
+    info = {"config": {**vars(cfg), "follow": cfg.follow}, "seconds": {"init": 1.0, "follow2": 2.0},
+            "params": tiny.count_params(model), "threads": 1}
+    card = pt.write_card(tmp_path, info, res).read_text()
+    assert json.loads((tmp_path / "eval_results.json").read_text()) == json.loads(json.dumps(res))
+    lo, hi = res["interval_95"]["exist"]
+    assert f"{100 * res['exist']:.1f}%" in card and f"{100 * lo:.1f}-{100 * hi:.1f}%" in card
+    assert f"| in-context policy following, N = 2" in card and "| 2 | " in card  # the per-step row for N = 2
