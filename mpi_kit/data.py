@@ -10,6 +10,8 @@ column, so the same rows feed SFTTrainer, GRPOTrainer and our evaluations. Kinds
 """
 from __future__ import annotations
 
+import contextlib
+
 import io
 import json
 import random
@@ -21,6 +23,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from .policy import Policy, PolicyError, override_policy, sample_policies
+from .progress import library_bars_off
 from .scenes import Scene, load_clevr_scenes, sample_scenes, scene_image
 
 KINDS = ("qa", "cot", "vmcpt", "rl", "eval")
@@ -248,7 +251,8 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
                 bar.update(len(split_scenes_))
             splits[split] = _dataset(rows)
         dd = datasets.DatasetDict(splits)
-        dd.save_to_disk(str(out / kind))
+        with contextlib.nullcontext() if progress else library_bars_off():  # no "Saving the dataset" bars
+            dd.save_to_disk(str(out / kind))
         summary["datasets"][kind] = {k: len(v) for k, v in dd.items()}
     bar.close()
     summary["cases"] = {}

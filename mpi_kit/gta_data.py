@@ -9,6 +9,8 @@ tool, deterministically from a seed. `build_gta_datasets` writes the same kinds 
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import random
 import time
@@ -19,6 +21,7 @@ import datasets
 from PIL import Image, ImageDraw
 
 from .data import FEATURES, DataError, _png, assistant, policy_parts, user_prompt, writable_dir
+from .progress import library_bars_off
 from .gta_policy import (BASE_POLICY, DEFAULT_OVERRIDE, GTAPolicy, PolicyError, UserProfile, _cond_text,
                          rule_leaves, sample_profile, tool_type)
 from .scenes import CLEVR_SIZE, RADIUS, Scene, sample_scene, scene_image
@@ -505,7 +508,8 @@ def build_gta_datasets(cfg: GTADataConfig | None = None, progress: bool = False,
             rows = [make_row(i, row_kind, pol, docs, [encoded[id(img)] for img in i.images]) for i in insts]
             splits[split] = datasets.Dataset.from_list(rows, features=GTA_FEATURES)
         dd = datasets.DatasetDict(splits)
-        dd.save_to_disk(str(out / kind))
+        with contextlib.nullcontext() if progress else library_bars_off():  # no "Saving the dataset" bars
+            dd.save_to_disk(str(out / kind))
         summary["datasets"][kind] = {k: len(v) for k, v in dd.items()}
     tools: dict[str, int] = {}
     rules: dict[str, int] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import time
@@ -82,13 +83,16 @@ def library_bars_off():
 def quiet_stage(run):
     """Decorator for a stage's `run_*` function: library bars stay off while it loads, trains and saves, and a
     finished run that is reused (nothing trains) says so in one line."""
+    signature = inspect.signature(run)
+
     @functools.wraps(run)
     def wrapper(*args, **kwargs):
         with library_bars_off():
             summary = run(*args, **kwargs)
         if isinstance(summary, dict) and summary.get("reused") and _main_process():
-            print(f"{summary.get('stage', 'stage')}: already trained ({summary.get('steps')} steps) with these "
-                  f"settings; reused as it is")
+            out = signature.bind_partial(*args, **kwargs).arguments.get("out") or summary.get("stage", "stage")
+            print(f"{Path(out).name}: already trained ({summary.get('steps')} steps) with these settings; reused "
+                  f"as it is, nothing retrained", flush=True)
         return summary
 
     return wrapper
