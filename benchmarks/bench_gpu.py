@@ -182,6 +182,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--skip-rl", action="store_true", help="skip the PoRo vs GRPO trainer steps")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp16"), default="auto",
+                    help="GPU precision: auto = what the recipe resolves on this card (bf16 on compute capability "
+                         ">= 8, fp16 below); run once with fp16 and once with bf16 to compare (fp32 on a CPU)")
     args = ap.parse_args(argv)
     import torch
 
@@ -194,7 +197,9 @@ def main(argv=None) -> dict:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_gpu_"))
     path = build_checkpoint(work / f"qwen2.5-vl-3b-shaped-{mode}", REDUCED if args.reduced else FULL)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = "bf16" if device == "cuda" else "fp32"
+    from mpi_kit.models import resolve_precision
+
+    precision = resolve_precision(args.precision, device) if device == "cuda" else "fp32"
     recipe = get_recipe("qwen2.5-vl-3b", model=path, precision=precision, device=device)
     model, _ = load_model(recipe)
     res = {"mode": mode, "device": device, "precision": precision, "torch": torch.__version__,
