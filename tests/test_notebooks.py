@@ -41,3 +41,22 @@ def test_notebook_runs(path, tmp_path):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     print(f"{path.name}: {time.time() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_notebook_06_twice_gives_the_same_steps_and_files(tmp_path):
+    """Rerunning the PolicyRollout notebook in the same folder reuses its finished stages: the same step counts,
+    the same files, no extra step or rollout log (it used to train one more step per rerun)."""
+    path = next(p for p in NOTEBOOKS if p.name.startswith("06_"))
+
+    def run():
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        steps = {str(p.relative_to(tmp_path)): json.loads(p.read_text()).get("steps")
+                 for p in tmp_path.rglob("summary.json") if "checkpoint-" not in str(p)}
+        files = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+        return steps, files
+
+    first = run()
+    assert any(v for v in first[0].values())
+    assert run() == first
