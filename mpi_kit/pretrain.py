@@ -399,7 +399,7 @@ FOLLOW = (
      "mix": {"policy2": 0.55, "policy2M": 0.1, "describe": 0.03, "exist": 0.14, "count": 0.18}},
     {"name": "follow4", "steps": 1000, "lr": 4e-4,
      "mix": {"policy2": 0.12, "policy4": 0.45, "policy4M": 0.05, "describe": 0.02, "exist": 0.14, "count": 0.22}},
-    {"name": "follow6", "steps": 250, "lr": 3e-4,
+    {"name": "follow6", "steps": 500, "lr": 3e-4,
      "mix": {"policy2": 0.08, "policy4": 0.22, "policy6": 0.35, "describe": 0.02, "exist": 0.13, "count": 0.2}},
 )
 
