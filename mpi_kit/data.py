@@ -358,8 +358,9 @@ def require_columns(ds: datasets.Dataset, columns: list[str], stage: str) -> Non
                         f"Build it with `mpi-kit data` or rename your columns.")
     if len(ds) == 0:
         raise DataError(f"{stage}: the dataset is empty; build more scenes or check your filters")
-    if "images" in columns and _missing_image(ds) is not None:
-        raise DataError(f"{stage}: row {_missing_image(ds)} has a missing image (None) in its `images` column; every "
+    bad = _missing_image(ds) if "images" in columns else None
+    if bad is not None:
+        raise DataError(f"{stage}: row {bad} has a missing image (None) in its `images` column; every "
                         f"row needs its images (rebuild the data, or drop that row)")
 
 
