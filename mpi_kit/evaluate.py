@@ -81,12 +81,14 @@ def evaluate_accuracy(model, processor, data_dir, setting: str = "no_policy", me
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Accuracy (%) per (method, setting, depth, variant)."""
+    """Accuracy (%) per (method, setting, depth, variant), with its n and 95% Wilson interval (%)."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["setting"], r["depth"], r["variant"]), []).append(r["correct"])
     return [{"method": m, "setting": s, "depth": d, "variant": v, "n": len(ok),
-             "accuracy": round(100 * sum(ok) / len(ok), 2)} for (m, s, d, v), ok in groups.items()]
+             "accuracy": round(100 * sum(ok) / len(ok), 2),
+             "interval_95": [round(100 * x, 1) for x in wilson_interval(sum(map(bool, ok)), len(ok))]}
+            for (m, s, d, v), ok in groups.items()]
 
 
 # ------------------------------------------------------------------------------------------ branching error

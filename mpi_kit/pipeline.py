@@ -59,13 +59,17 @@ class PipelineConfig:
     depths: tuple[int, ...] = field(default=(2, 4, 6), metadata={"help": "policy depths N"})
     methods: tuple[str, ...] = field(default=tuple(METHODS), metadata={"help": "methods (paper names)"})
     num_policies: int = field(default=4, metadata={"help": "K policies per N"})
-    num_scenes: int = field(default=200, metadata={"help": "M scenes per N (shared by the policies)"})
+    num_scenes: int = field(default=260, metadata={"help": "M scenes per N (shared by the policies); 260 holds out 52, "
+                                                           "so 4 policies give 208 held-out questions (n >= 200)"})
     variant: str = field(default="T", metadata={"help": "T or M policies"})
     seed: int = field(default=0, metadata={"help": "data and training seed"})
     cpt_steps: int | None = field(default=None, metadata={"help": "VM-CPT optimizer steps (default: recipe)"})
     sft_steps: int | None = field(default=None, metadata={"help": "SFT optimizer steps (default: recipe)"})
     rl_steps: int | None = field(default=None, metadata={"help": "RL optimizer steps (default: recipe)"})
     eval_limit: int | None = field(default=None, metadata={"help": "examples per evaluation (default: all)"})
+    side_limit: int | None = field(default=None, metadata={
+        "help": "examples for the secondary evaluations (policy back in context, override, perception; default: "
+                "eval_limit). Each keeps its own n and interval in results.json."})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "generation budget at evaluation (default: 24 + 24 N; a gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens)"})
     forgetting: bool = field(default=True, metadata={"help": "measure perception/counting before and after"})
@@ -76,6 +80,21 @@ class PipelineConfig:
     num_instances: int = field(default=200, metadata={"help": "gta: generated instances (train + test)"})
     gta_root: str | None = field(default=None, metadata={
         "help": "gta: the GTA benchmark folder (dataset.json + image/) instead of generated instances"})
+
+
+def demo_config(out: str = "runs/demo", seed: int = 0, eval_limit: int = 200) -> PipelineConfig:
+    """`make demo`: TriMPI and the key baselines at N = 4 on the tiny recipe, sized for 15 minutes on 2 CPU cores.
+    CoT SFT gets the steps to internalize four N = 4 policies (fewer leave it far below In-Context); every main
+    cell is scored on `eval_limit` held-out questions, the secondary evaluations on 100 (dev/LOG.md: the sizing)."""
+    return PipelineConfig(out=out, depths=(4,), methods=DEMO_METHODS, seed=seed, num_policies=4, num_scenes=260,
+                          eval_limit=eval_limit, side_limit=min(100, eval_limit), cpt_steps=30, sft_steps=480,
+                          rl_steps=24, forgetting=True)
+
+
+def config_record(cfg: PipelineConfig) -> dict:
+    """The configuration as results.json records it (JSON types; the other task's fields left out)."""
+    config = {**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods)}
+    return {k: v for k, v in config.items() if k not in (CLEVR_ONLY if cfg.dataset == "gta" else GTA_ONLY)}
 
 
 def _done(stage_dir: Path) -> bool:
@@ -148,12 +167,16 @@ def evaluate_method(method: str, model, processor, data_dir: Path, cfg: Pipeline
     res = {"accuracy": summarize(rows)[0]["accuracy"], "n": len(rows), "interval_95": interval(rows),
            "branching_error": branching_error(rows),
            "referral": referral_scores(rows[:100], load_policies(data_dir))}
-    if method != "In-Context":
-        res["policy_in_context"] = summarize(evaluate_accuracy(model, processor, data_dir, "in_context", **kw))[0][
-            "accuracy"]
-    res["override"] = summarize(evaluate_accuracy(model, processor, data_dir, "override", **kw))[0]["accuracy"]
+    # the secondary evaluations: each accuracy with its own n and 95% interval ("ns", "intervals")
+    res["ns"], res["intervals"] = {}, {}
+    side = (["policy_in_context"] if method != "In-Context" else []) + ["override"]
+    for key in side:
+        srows = evaluate_accuracy(model, processor, data_dir, "in_context" if key == "policy_in_context" else key,
+                                  **{**kw, "limit": cfg.side_limit or cfg.eval_limit})
+        res[key] = summarize(srows)[0]["accuracy"]
+        res["ns"][key], res["intervals"][key] = len(srows), interval(srows)
     if cfg.forgetting:
-        res["perception"] = perception(model, processor, cfg)
+        res["perception"], res["ns"]["perception"], res["intervals"]["perception"] = perception(model, processor, cfg)
     res["examples"] = [{k: r[k] for k in ("gold", "parsed", "completion")} for r in rows[:3]]
     return res
 
@@ -194,12 +217,16 @@ def beyond(results: dict) -> list[str]:
     return out
 
 
-def perception(model, processor, cfg: PipelineConfig) -> float:
-    """Forgetting: the base abilities (existence and counting questions, %) of a trained model."""
+def perception(model, processor, cfg: PipelineConfig) -> tuple[float, int, list[float]]:
+    """Forgetting: the base abilities (existence and counting questions) of a trained model: accuracy (%), n and
+    its 95% interval."""
+    from .evaluate import wilson_interval
     from .pretrain import evaluate as general
 
-    g = general(model, processor, n_perception=cfg.eval_limit or 40, n_policy=0, depths=(), progress=False)
-    return round(100 * g["perception"], 2)
+    n = cfg.side_limit or cfg.eval_limit or 40  # n existence + n counting questions
+    g = general(model, processor, n_perception=n, n_policy=0, depths=(), progress=False)
+    lo, hi = wilson_interval(round(g["perception"] * 2 * n), 2 * n)
+    return round(100 * g["perception"], 2), 2 * n, [round(100 * lo, 1), round(100 * hi, 1)]
 
 
 def evaluate_gta_method(method: str, model, processor, data_dir: Path, cfg: PipelineConfig) -> dict:
@@ -219,7 +246,8 @@ def evaluate_gta_method(method: str, model, processor, data_dir: Path, cfg: Pipe
         res["policy_in_context"] = scores("in_context")[1]
     res["override"] = scores("override")[1]
     if cfg.forgetting:
-        res["perception"] = perception(model, processor, cfg)
+        res["perception"], n, ci = perception(model, processor, cfg)
+        res["ns"], res["intervals"] = {"perception": n}, {"perception": ci}
     res["examples"] = [{k: r[k] for k in ("gold", "pred", "overall", "reason", "completion")} for r in rows[:3]]
     return res
 
@@ -280,8 +308,7 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     recipe = get_recipe(cfg.recipe, **overrides)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    config = {**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods)}
-    config = {k: v for k, v in config.items() if k not in (CLEVR_ONLY if gta else GTA_ONLY)}
+    config = config_record(cfg)
     results.update(config=config, recipe=recipe.to_dict(), paper=gta_paper_table() if gta else paper_table())
     if gta:
         results["dataset"] = "gta"
@@ -348,7 +375,25 @@ def table(results: dict) -> str:
     return ("\n".join(lines) + f"\n(ours: accuracy % with no policy in context, In-Context has it; [95% Wilson "
             f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" +
             ("\nbeyond the intervals: " + "; ".join(notes) if notes else
-             "\nno two methods differ beyond their 95% intervals at this n"))
+             "\nno two methods differ beyond their 95% intervals at this n") + rl_groups_note(results))
+
+
+def rl_groups_note(results: dict) -> str:
+    """One line per RL method: over its first quarter of steps, the share of groups with zero reward variance (no
+    learning signal) and, for PoRo, the share it rescued (no-policy half all wrong, policy-aware half right)."""
+    out = []
+    for key, r in results["methods"].items():
+        ro = r.get("rollouts") or []
+        if not ro:
+            continue
+        first = ro[:max(1, len(ro) // 4)]
+        groups = sum(x["groups"] or 0 for x in first) or 1
+        share = lambda k: 100 * sum((x[k] or 0) * (x["groups"] or 0) for x in first) / groups  # noqa: E731
+        line = f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups zero-variance"
+        if "PoRo" in r["method"]:
+            line += f", {share('frac_rescued'):.0f}% rescued by PolicyRollout"
+        out.append(line)
+    return ("\nRL groups: " + "; ".join(out)) if out else ""
 
 
 def gta_table(results: dict) -> str:

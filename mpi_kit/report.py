@@ -78,9 +78,10 @@ def comparison_figures(results: dict) -> list:
         for d in depths:
             ys = [row(m, d).get(key) for m in methods]
             err = None
-            if key == "accuracy" and all("interval_95" in row(m, d) for m in methods):
-                lo = [y - row(m, d)["interval_95"][0] for m, y in zip(methods, ys)]
-                hi = [row(m, d)["interval_95"][1] - y for m, y in zip(methods, ys)]
+            cis = [_interval(row(m, d), key) for m in methods]
+            if any(ci for ci in cis):  # 95% intervals where measured (a method without this evaluation: none)
+                lo = [y - ci[0] if ci and y is not None else 0 for ci, y in zip(cis, ys)]
+                hi = [ci[1] - y if ci and y is not None else 0 for ci, y in zip(cis, ys)]
                 err = dict(type="data", symmetric=False, array=hi, arrayminus=lo)
             fig.add_trace(go.Bar(name=f"ours N={d}", x=methods, y=ys, error_y=err))
             ref = paper.get(paper_key, {}) if paper_key else {}
@@ -88,8 +89,8 @@ def comparison_figures(results: dict) -> list:
             if ref:
                 fig.add_trace(go.Scatter(name=f"paper 7B N={d}", x=methods, y=[ref.get(m) for m in methods],
                                          mode="markers", marker=dict(symbol="diamond", size=11)))
-        ns = sorted({row(m, d)["n"] for m in methods for d in depths if "n" in row(m, d)})
-        sub = CAPTIONS.get(key, "") + (f" n = {'/'.join(map(str, ns))} per bar." if ns and key == "accuracy" else "")
+        ns = sorted({n for m in methods for d in depths if (n := _n(row(m, d), key))})
+        sub = CAPTIONS.get(key, "") + (f" n = {'/'.join(map(str, ns))} per bar, 95% Wilson intervals." if ns else "")
         fig.update_layout(title=dict(text=title, subtitle=dict(text=_wrap(sub))), barmode="group",
                           yaxis_title=ytitle, height=460, margin=dict(t=110))
         if key in PERCENT:
@@ -108,6 +109,15 @@ def comparison_figures(results: dict) -> list:
     bars("Policy Referral (rule judge, 0-10)", "referral", "referral_7b", ytitle="score")
     bars("Forgetting: perception and counting accuracy after training (In-Context = base model)", "perception")
     return figs
+
+
+def _interval(r: dict, key: str):
+    """The 95% interval of evaluation `key` in a results row: the main accuracy's or a secondary one's."""
+    return r.get("interval_95") if key == "accuracy" else r.get("intervals", {}).get(key)
+
+
+def _n(r: dict, key: str):
+    return r.get("n") if key == "accuracy" else r.get("ns", {}).get(key)
 
 
 def rollout_figure(results: dict):

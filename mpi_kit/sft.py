@@ -107,17 +107,19 @@ def answer(model, processor, rows, max_new_tokens: int = 128, batch_size: int = 
 
 
 def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:
-    """Exact-match accuracy of the boxed answer (paper Eq. 4) on `rows`, with the completions and the majority-
-    case share (what always answering the commonest case would score)."""
+    """Exact-match accuracy of the boxed answer (paper Eq. 4) on `rows` (a fraction, with n and its 95% Wilson
+    interval), the completions and the majority-case share (what always answering the commonest case would score)."""
     from collections import Counter
 
+    from .evaluate import wilson_interval
     from .rewards import parse_answer
 
     texts = answer(model, processor, rows, max_new_tokens)
     gold = [rows[i]["case"] for i in range(len(rows))]
     hits = [parse_answer(t) == g for t, g in zip(texts, gold)]
     majority = Counter(gold).most_common(1)[0][1] / max(len(gold), 1)
-    return {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits), "majority": majority, "completions": texts}
+    return {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits),
+            "interval_95": wilson_interval(sum(hits), len(hits)), "majority": majority, "completions": texts}
 
 
 __all__ = ["run_sft", "sft_trainer", "check_sft", "MODES", "PAPER_DEFAULTS", "answer", "accuracy"]

@@ -71,6 +71,24 @@ def test_table_shows_intervals_and_what_lies_beyond_them():
     assert "CoT SFT + GRPO 34.0 > CoT SFT" not in text  # overlapping intervals are not a difference
 
 
+def test_table_reports_each_rl_methods_early_groups():
+    """Under the table, one line per RL method: its first quarter of steps, weighted by groups per step."""
+    from mpi_kit.paper import paper_table
+    from mpi_kit.pipeline import table
+
+    step = lambda i, z, r, g: {"step": i, "groups": g, "frac_zero_std": z, "frac_rescued": r}  # noqa: E731
+    res = {"paper": paper_table(), "methods": {
+        "N4/CoT SFT + GRPO": {"method": "CoT SFT + GRPO", "depth": 4, "accuracy": 30.0, "n": 200,
+                              "interval_95": [24.1, 36.7],
+                              "rollouts": [step(1, 1.0, 0.0, 2), step(2, 0.5, 0.0, 2)] + [step(3, 0.0, 0.0, 2)] * 6},
+        "N4/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 4, "accuracy": 31.0, "n": 200,
+                                   "interval_95": [25.0, 37.7],
+                                   "rollouts": [step(1, 0.0, 1.0, 1), step(2, 1.0, 0.0, 3), step(3, 0.0, 0.0, 1)]}}}
+    text = table(res)
+    assert "N4/CoT SFT + GRPO: first 2 RL steps, 75% of 4 groups zero-variance" in text
+    assert "N4/TriMPI w/ PoRo-GRPO: first 1 RL steps, 0% of 1 groups zero-variance, 100% rescued" in text
+
+
 def test_report_on_empty_metrics_explains_itself(tmp_path):
     """All-zero results (the old demo: 0.0 everywhere) draw no empty -1..1 axis: each chart says what it measures,
     the zeros are called out with what limits them, and accuracy bars carry their intervals."""
@@ -86,6 +104,10 @@ def test_report_on_empty_metrics_explains_itself(tmp_path):
         assert f.layout.title.subtitle.text and list(f.layout.yaxis.range) == [0, 100]
         assert "Every bar is 0 here" in f.layout.annotations[0].text
     assert list(figs[0].data[0].error_y.array) == [1.9, 1.9]
+    assert figs[1].data[0].error_y.array is None  # override measured with no interval: no error bars invented
+    res["methods"]["N4/CoT SFT"].update(ns={"override": 50}, intervals={"override": [0.0, 7.1]})
+    over = comparison_figures(res)[1]
+    assert list(over.data[0].error_y.array) == [0, 7.1] and "n = 50 per bar" in over.layout.title.subtitle.text
     page = pipeline_report(tmp_path, res).read_text()
     assert "Why these numbers are low" in page and "base model" in page
 
@@ -120,3 +142,18 @@ def test_rescued_groups_counted_on_a_hand_built_rollout_log(tmp_path):
     fig = rollout_figure({"methods": {"N2/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 2,
                                                                  "rollouts": steps}}})
     assert any("rescued by PoRo" in t.name for t in fig.data)
+
+
+def test_the_shipped_demo_results_are_todays_demo():
+    """assets/demo/results.json (read by notebook 00 and quoted in the README) was made by `demo_config()` as it
+    is now: changing the demo's sizes without re-running it fails here."""
+    import json
+
+    from mpi_kit.pipeline import config_record, demo_config
+    from mpi_kit.recipes import ASSETS_DIR
+
+    demo = json.loads((ASSETS_DIR / "demo" / "results.json").read_text())
+    today = {k: v for k, v in config_record(demo_config()).items() if k != "out"}
+    assert {k: demo["config"][k] for k in today} == today
+    assert all(r["n"] >= 200 for r in demo["methods"].values())
+    assert set(demo["methods"]) == {f"N4/{m}" for m in demo_config().methods}
