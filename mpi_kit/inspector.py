@@ -136,12 +136,18 @@ def group_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def filter_rows(df: pd.DataFrame, zero_std: bool = False, truncated: bool = False, source: str = "all",
-                wrong: bool = False) -> pd.DataFrame:
-    """The completions that pass every filter that is on: in a zero-std group, truncated, from one source
-    (no-policy / policy-aware), or with a wrong (or missing) answer."""
+                wrong: bool = False, rescued: bool = False) -> pd.DataFrame:
+    """The completions that pass every filter that is on: in a zero-std group, in a group PolicyRollout rescued
+    (no no-policy completion right, a policy-aware one right), truncated, from one source (no-policy /
+    policy-aware), or with a wrong (or missing) answer."""
     keep = pd.Series(True, index=df.index)
     if zero_std:
         keep &= df.groupby("group")["reward"].transform("nunique") <= 1
+    if rescued:
+        right = df["correct"].astype(bool)
+        by = df["group"]
+        keep &= (~(right & (df["source"] == NO_POLICY))).groupby(by).transform("all") & \
+            (right & (df["source"] == POLICY_AWARE)).groupby(by).transform("any")
     if truncated:
         keep &= df["truncated"].astype(bool)
     if source != "all":
@@ -400,6 +406,7 @@ class RolloutInspector(_Box):
         self._quiet = False  # set while a handler updates other controls, so their observers wait
 
         self.zero_std = w.Checkbox(False, description="zero-std groups", indent=False)
+        self.rescued = w.Checkbox(False, description="rescued by PoRo", indent=False)
         self.truncated = w.Checkbox(False, description="truncated", indent=False)
         self.wrong = w.Checkbox(False, description="wrong answers", indent=False)
         sources = ["all"] + [s for s in (NO_POLICY, POLICY_AWARE) if (self.df["source"] == s).any()]
@@ -415,7 +422,7 @@ class RolloutInspector(_Box):
         self.gold = w.Text(description="gold", layout=w.Layout(width="220px"))
         self.score = w.HTML()
 
-        for c in (self.zero_std, self.truncated, self.wrong, self.source):
+        for c in (self.zero_std, self.rescued, self.truncated, self.wrong, self.source):
             c.observe(self._refilter, names="value")
         self.prompt.observe(self._new_prompt, names="value")
         for c in (self.step, self.drift):
@@ -427,7 +434,7 @@ class RolloutInspector(_Box):
         head = self._header()
         super().__init__([
             w.HTML(head),
-            w.HBox([self.zero_std, self.truncated, self.wrong, self.source]),
+            w.HBox([self.zero_std, self.rescued, self.truncated, self.wrong, self.source]),
             w.HBox([self.prompt, self.count]),
             w.HBox([self.step, self.drift]),
             w.HBox([self.scene, self.cards]),
@@ -452,8 +459,8 @@ class RolloutInspector(_Box):
         return self.df[self.df["group"] == hits["group"].iloc[-1]]  # the last attempt: the one trained on
 
     def _refilter(self, _=None):
-        filters = dict(zero_std=self.zero_std.value, truncated=self.truncated.value, source=self.source.value,
-                       wrong=self.wrong.value)
+        filters = dict(zero_std=self.zero_std.value, rescued=self.rescued.value, truncated=self.truncated.value,
+                       source=self.source.value, wrong=self.wrong.value)
         self.kept = set(filter_rows(self.df, **filters).index)
         self.visible = filter_groups(self.df, self.groups, **filters)
         prompts = list(dict.fromkeys(self.visible["prompt_id"]))
@@ -598,12 +605,14 @@ def pack_run(run_dir, dest, data_dir=None, extra: dict | None = None) -> Path:
     return dest
 
 
-DEMO = dict(num_policies=2, num_scenes=48, depth=2, sft_steps=120, sft_learning_rate=1e-3, rl_steps=6, G=4,
-            prompts_per_step=2, rl_limit=4, max_completion_length=64, temperature=0.7, seed=0)
+# N = 4 and a short, gentle CoT SFT: the model half-knows its policies with none in the prompt and still reads them
+# in context, the regime where PolicyRollout rescues groups (a long SFT unlearns reading: dev/LOG.md, 2026-12-02)
+DEMO = dict(num_policies=4, num_scenes=40, depth=4, sft_steps=100, sft_learning_rate=1e-4, rl_steps=8, G=4,
+            prompts_per_step=2, rl_limit=8, max_completion_length=120, temperature=0.7, seed=0)
 
 
 def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", **kw) -> Path:
-    """Re-record the shipped rollout log: ClevrPolicy data (N = 2), a short CoT SFT so that completions are well
+    """Re-record the shipped rollout log: ClevrPolicy data (N = 4), a short CoT SFT so that completions are well
     formed and rewards vary (sampled at temperature 0.7: the tiny model's CoT falls apart at 1.0), then a few
     PoRo-GRPO steps on `rl_limit` prompts (so the step slider sees each prompt again); packed into `dest` (a few
     hundred KB) with the settings in its summary.json ("recorded_with"). Minutes on 2 CPU cores; a finished SFT in

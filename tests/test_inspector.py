@@ -31,6 +31,24 @@ def df():
 
 # ------------------------------------------------------------------------------------------ the recorded run
 
+def test_the_recorded_run_shows_policy_rollout_at_work(df):
+    """Re-recorded on the new base model (N = 4, a short SFT): PoRo rescues groups, and the policy-aware half earns
+    more reward than the no-policy half, step after step (what notebook 06 asks a reader to look at)."""
+    assert len(policy_rescues(df)) >= 4
+    stats = step_stats(df)
+    assert (stats["reward_policy_aware"] >= stats["reward_no_policy"]).mean() >= 0.75
+
+
+def test_the_rescued_filter_finds_the_groups_policy_rollout_rescued(df):
+    rescued = filter_groups(df, rescued=True)
+    assert sorted(rescued["group"]) == sorted(policy_rescues(df)["group"]) and len(rescued) > 0
+    ins = RolloutInspector(ASSET_RUN)
+    ins.rescued.value = True
+    assert f"{len(rescued)} of" in ins.count.value
+    shown = df[df["group"].isin(ins.visible["group"])]
+    assert not (shown["correct"] & (shown["source"] == NO_POLICY)).any()
+
+
 def test_shipped_run_is_small_and_complete(df):
     size = sum(f.stat().st_size for f in ASSET_RUN.rglob("*") if f.is_file())
     assert size < 600_000, f"assets/rollouts is {size} bytes"
@@ -107,7 +125,8 @@ def test_filters_matching_no_group_clear_the_playground(df):
 
 
 def test_a_missing_answer_reads_no_answer(df):
-    row = df[df["parsed_answer"].isna()].iloc[0]
+    row = df.iloc[0].copy()  # a completion with no \boxed{...} (the recorded run may have none): parsed as NaN
+    row["text"], row["parsed_answer"], row["correct"] = "<think>Condition 1: ...", float("nan"), False
     card = completion_card(row)
     assert "answer <b>no answer</b>" in card and ">nan<" not in card and ">None<" not in card
     ins = RolloutInspector(ASSET_RUN)
@@ -116,8 +135,16 @@ def test_a_missing_answer_reads_no_answer(df):
 
 
 def test_a_wrong_answer_with_a_positive_advantage_is_explained(df):
-    up = df[(df["source"] == NO_POLICY) & ~df["correct"] & (df["advantage"] > 0)]
-    group = df[df["group"] == up["group"].iloc[0]]
+    # a recorded group whose no-policy half is all wrong, its policy-aware half made malformed (reward 0): the wrong
+    # but well-formed no-policy answers are then above the group's mean, so their advantages are positive
+    wrong = df.groupby("group").filter(lambda g: not g[g["source"] == NO_POLICY]["correct"].any())
+    group = wrong[wrong["group"] == wrong["group"].iloc[0]].copy()
+    aware_rows = group["source"] == POLICY_AWARE
+    group.loc[aware_rows, ["reward", "format_reward", "accuracy_reward"]] = 0.0
+    group.loc[aware_rows, "correct"] = False
+    r = group["reward"]
+    group["advantage"] = (r - r.mean()) / (r.std() + 1e-4)
+    assert (group[group["source"] == NO_POLICY]["advantage"] > 0).all()
     note = advantage_note(group)
     mean = group["reward"].mean()
     assert "relative to the group's mean reward" in note and f"({mean:.2f}, both halves pooled)" in note
