@@ -87,7 +87,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["method"], r["setting"], r["depth"], r["variant"]), []).append(r["correct"])
     return [{"method": m, "setting": s, "depth": d, "variant": v, "n": len(ok),
              "accuracy": round(100 * sum(ok) / len(ok), 2),
-             "interval_95": [round(100 * x, 1) for x in wilson_interval(sum(map(bool, ok)), len(ok))]}
+             "interval_95": wilson_percent(sum(map(bool, ok)), len(ok))}
             for (m, s, d, v), ok in groups.items()]
 
 
@@ -214,6 +214,11 @@ def efficiency(model, processor, data_dir, batch_sizes=(1, 8)) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ statistics
+
+def wilson_percent(k: int, n: int) -> list[float]:
+    """`wilson_interval` in percent, to one decimal: how results.json, tables and notebooks show an interval."""
+    return [round(100 * x, 1) for x in wilson_interval(k, n)]
+
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for k successes in n trials, as fractions. Unlike k/n +- 1.96 SE it stays inside

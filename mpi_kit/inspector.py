@@ -144,10 +144,7 @@ def filter_rows(df: pd.DataFrame, zero_std: bool = False, truncated: bool = Fals
     if zero_std:
         keep &= df.groupby("group")["reward"].transform("nunique") <= 1
     if rescued:
-        right = df["correct"].astype(bool)
-        by = df["group"]
-        keep &= (~(right & (df["source"] == NO_POLICY))).groupby(by).transform("all") & \
-            (right & (df["source"] == POLICY_AWARE)).groupby(by).transform("any")
+        keep &= df["group"].isin(set(policy_rescues(df)["group"]))
     if truncated:
         keep &= df["truncated"].astype(bool)
     if source != "all":

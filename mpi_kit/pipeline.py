@@ -195,10 +195,9 @@ def rollout_steps(stage_dir: Path) -> list[dict]:
 
 def interval(rows: list[dict]) -> list[float]:
     """95% Wilson interval (%) of the rows' accuracy: `correct` per row."""
-    from .evaluate import wilson_interval
+    from .evaluate import wilson_percent
 
-    lo, hi = wilson_interval(sum(bool(r["correct"]) for r in rows), len(rows))
-    return [round(100 * lo, 1), round(100 * hi, 1)]
+    return wilson_percent(sum(bool(r["correct"]) for r in rows), len(rows))
 
 
 def beyond(results: dict) -> list[str]:
@@ -220,13 +219,12 @@ def beyond(results: dict) -> list[str]:
 def perception(model, processor, cfg: PipelineConfig) -> tuple[float, int, list[float]]:
     """Forgetting: the base abilities (existence and counting questions) of a trained model: accuracy (%), n and
     its 95% interval."""
-    from .evaluate import wilson_interval
+    from .evaluate import wilson_percent
     from .pretrain import evaluate as general
 
     n = cfg.side_limit or cfg.eval_limit or 40  # n existence + n counting questions
     g = general(model, processor, n_perception=n, n_policy=0, depths=(), progress=False)
-    lo, hi = wilson_interval(round(g["perception"] * 2 * n), 2 * n)
-    return round(100 * g["perception"], 2), 2 * n, [round(100 * lo, 1), round(100 * hi, 1)]
+    return round(100 * g["perception"], 2), 2 * n, wilson_percent(round(g["perception"] * 2 * n), 2 * n)
 
 
 def evaluate_gta_method(method: str, model, processor, data_dir: Path, cfg: PipelineConfig) -> dict:
