@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from mpi_kit.evaluate import evaluate_accuracy, summarize
-from mpi_kit.pipeline import interval, load_for_eval, PipelineConfig, rollout_steps
+from mpi_kit.pipeline import load_for_eval, PipelineConfig, rollout_steps
 from mpi_kit.rl import run_rl
 
 ap = argparse.ArgumentParser()
@@ -22,7 +22,7 @@ model, proc = load_for_eval(PipelineConfig(), Path(a.out), {})
 res = {}
 for setting in ("no_policy", "in_context"):
     rows = evaluate_accuracy(model, proc, a.data, setting, method="rl", limit=200, max_new_tokens=120)
-    res[setting] = (summarize(rows)[0]["accuracy"], interval(rows))
+    res[setting] = (summarize(rows)[0]["accuracy"], summarize(rows)[0]["interval_95"])
 ro = rollout_steps(Path(a.out))
 k = max(1, len(ro) // 4)
 print(json.dumps({"steps": a.steps, "poro": a.poro, "set": a.set, "train_s": round(tt), **res,

@@ -5,7 +5,7 @@ import argparse, json, time
 import torch
 torch.set_num_threads(1)
 from mpi_kit.evaluate import evaluate_accuracy, summarize
-from mpi_kit.pipeline import interval, load_for_eval, PipelineConfig
+from mpi_kit.pipeline import load_for_eval, PipelineConfig
 from mpi_kit.sft import run_sft
 
 ap = argparse.ArgumentParser()
@@ -21,4 +21,4 @@ t = time.time()
 rows = evaluate_accuracy(model, proc, a.data, "no_policy", method="CoT SFT", limit=200, max_new_tokens=120)
 ic = evaluate_accuracy(model, proc, a.data, "in_context", method="CoT SFT", limit=200, max_new_tokens=120)
 print(json.dumps({"steps": a.steps, "init": a.init, "set": a.set, "train_s": round(tt), "eval_s": round(time.time() - t),
-                  "acc": summarize(rows)[0]["accuracy"], "ci": interval(rows), "in_context": [summarize(ic)[0]["accuracy"], interval(ic)], "loss": s.get("train_loss")}))
+                  "acc": summarize(rows)[0]["accuracy"], "ci": summarize(rows)[0]["interval_95"], "in_context": [summarize(ic)[0]["accuracy"], summarize(ic)[0]["interval_95"]], "loss": s.get("train_loss")}))

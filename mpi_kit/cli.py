@@ -229,15 +229,9 @@ def cmd_rl(args) -> int:
 
 
 def _reward_kwargs(args) -> dict:
-    """--reward: gta swaps in the GTAPolicy tool-call reward; auto picks it when `mpi-kit gta-data` built --data."""
-    reward = args.reward
-    if reward == "auto":
-        from .gta_data import data_kind
-        reward = data_kind(args.data)
-    if reward != "gta":
-        return {}
-    from .gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS
-    return dict(reward_funcs=GTA_REWARD_FUNCS, reward_weights=GTA_REWARD_WEIGHTS)
+    """--reward: the rewards of the task named (clevr: format + answer accuracy; gta: format + tool-call score);
+    auto: those of the task that built --data (`rl_trainer` asks `mpi_kit.tasks.task_of`)."""
+    return {} if args.reward == "auto" else {"task": args.reward}
 
 
 def cmd_inspect(args) -> int:
@@ -252,6 +246,7 @@ def cmd_inspect(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data import DataConfig
+    from .tasks import TASKS
 
     parser = argparse.ArgumentParser(prog="mpi-kit", description="Multimodal Policy Internalization kit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-rollout", action="store_true", help="PolicyRollout: G no-policy + G policy-aware "
                    "rollouts pooled per prompt, all trained on the no-policy prompt")
     p.add_argument("--num-generations", type=int, default=None, help="G (default: the recipe's); PoRo samples 2G")
-    p.add_argument("--reward", choices=["auto", "clevr", "gta"], default="auto", help="clevr: format + answer "
+    p.add_argument("--reward", choices=["auto", *TASKS], default="auto", help="clevr: format + answer "
                    "accuracy; gta: format + tool-call score (gta_rewards); auto: by what built --data (default)")
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("inspect", help="per-step summary of an RL run's rollout log (completions/*.parquet)")

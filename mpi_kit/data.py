@@ -236,7 +236,7 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
             "vmcpt": {"train": ("vmcpt", train)},
             "rl": {"train": ("rl", train)},
             "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test), "override": ("override", test)}}
-    summary = {"config": config,
+    summary = {"task": "clevr", "config": config,
                "policies": [p.name for p in policies], "num_scenes": {"train": len(train), "test": len(test)},
                "datasets": {}}
     total = sum(len(sc) * len(policies) for k in cfg.kinds for _, sc in plan[k].values())

@@ -171,6 +171,15 @@ def forgetting(before, after, n_perception: int = 40) -> list[dict]:
             for t in ("exist", "count", "perception") for b, a in [res]]
 
 
+def perception(model, processor, n: int = 40) -> tuple[float, int, list[float]]:
+    """A trained model's base abilities on n existence + n counting questions: accuracy (%), its n (2n) and its
+    95% interval; what the pipeline records as "perception" for every method (forgetting, paper §5.5)."""
+    from .pretrain import evaluate as general
+
+    g = general(model, processor, n_perception=n, n_policy=0, depths=(), progress=False)
+    return round(100 * g["perception"], 2), 2 * n, wilson_percent(round(g["perception"] * 2 * n), 2 * n)
+
+
 # -------------------------------------------------------------------------------------------- efficiency
 
 @torch.no_grad()

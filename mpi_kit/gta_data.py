@@ -497,7 +497,7 @@ def build_gta_datasets(cfg: GTADataConfig | None = None, progress: bool = False,
             "cot": {"train": ("cot", train), "test": ("cot", test)},
             "vmcpt": {"train": ("vmcpt", train)}, "rl": {"train": ("rl", train)},
             "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test), "override": ("override", changed)}}
-    summary = {"config": {**asdict(cfg), "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)},
+    summary = {"task": "gta", "config": {**asdict(cfg), "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)},
                "source": "gta" if cfg.gta_root else "generated", "policy": policy.name,
                "num_instances": {"train": len(train), "test": len(test), "override": len(changed)},
                "policy_chars": len(policy.text()), "override": updated.overrides, "datasets": {}}
@@ -533,22 +533,5 @@ def load_gta_policy(out: str | Path) -> tuple[GTAPolicy, GTAPolicy]:
     return GTAPolicy(updated.name), updated
 
 
-def data_kind(data_dir: str | Path) -> str:
-    """"gta" when `data_dir` was written by `build_gta_datasets`, "clevr" when by `data.build_datasets`.
-
-    Told apart by summary.json: a GTA summary names its instance source ("generated" or "gta") and counts
-    `num_instances`; a ClevrPolicy one lists `policies` and its config has a `depth`."""
-    path = Path(data_dir) / "summary.json"
-    if not path.exists():
-        raise DataError(f"no summary.json in {data_dir}; build the data with `mpi-kit data` (ClevrPolicy) or "
-                        f"`mpi-kit gta-data` (GTAPolicy)")
-    summary = json.loads(path.read_text())
-    if summary.get("source") in ("generated", "gta") and "num_instances" in summary:
-        return "gta"
-    if "policies" in summary and "depth" in summary.get("config", {}):
-        return "clevr"
-    raise DataError(f"{path} is neither a ClevrPolicy nor a GTAPolicy data summary; rebuild the data")
-
-
 __all__ = ["Instance", "Step", "GTADataConfig", "GTA_FEATURES", "TASKS", "generate_instances", "load_gta",
-           "build_gta_datasets", "make_row", "split_groups", "override_instances", "load_gta_policy", "data_kind"]
+           "build_gta_datasets", "make_row", "split_groups", "override_instances", "load_gta_policy"]

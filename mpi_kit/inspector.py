@@ -1,12 +1,9 @@
-"""Rollout inspector: read an RL run's rollout log back and look at it one group at a time.
+"""Rollout inspector: look at an RL run's rollout log one group at a time, in plots and a widget.
 
-GRPO learns only from differences *inside* a group (one prompt, its G or 2G completions): a batch mean hides
-all-equal groups (zero advantage, no gradient), truncated completions, and whether PolicyRollout's policy-aware
-half is where the reward comes from. So everything here is per group: `load_rollouts` reads TRL's per-step
-`completions/completions_*.parquet` (with PolicyRollout's columns), `group_table` / `step_stats` /
-`filter_groups` / `policy_rescues` are plain pandas (testable, usable without widgets), `rollout_figures` plots
-the run over steps, and `RolloutInspector` is the widget (built-in ipywidgets only; it works on a recorded run,
-with no model and no GPU). `pack_run` / `record_demo_run` make the small recorded run shipped in assets/rollouts.
+The tables are `mpi_kit.rollout_log`'s (plain pandas, re-exported here); `rollout_figures` plots the run over
+steps, and `RolloutInspector` is the widget (built-in ipywidgets only; it works on a recorded run, with no model
+and no GPU, for any task: ClevrPolicy or GTAPolicy). `pack_run` / `record_demo_run` make the small recorded run
+shipped in assets/rollouts.
 """
 from __future__ import annotations
 
@@ -19,195 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from .recipes import ASSETS_DIR
-from .rewards import REWARD_FUNCS, REWARD_WEIGHTS, completion_text, parse_answer
-from .rl import NO_POLICY, POLICY_AWARE
+from .rollout_log import (NO_POLICY, OUTCOMES, POLICY_AWARE, REWARD_COLUMNS, answer_text, filter_groups,  # noqa: F401
+                          filter_rows, find_data_dir, group_outcomes, group_table, load_rollouts, policy_rescues,
+                          rescore, run_summary, step_stats, summary_table)
 
 ASSET_RUN = ASSETS_DIR / "rollouts"  # the recorded run shipped with the kit (recipes.ASSETS_DIR: checkout or wheel)
-REWARD_COLUMNS = [f.__name__ for f in REWARD_FUNCS]  # format_reward, accuracy_reward
 SOURCE_COLOR = {NO_POLICY: "#3b6fb6", POLICY_AWARE: "#b5651d"}
 SHORT = {"format_reward": "fmt", "accuracy_reward": "acc"}
-EPS = 1e-4  # TRL's advantage normaliser: (r - mean) / (std + 1e-4)
-NO_ANSWER = "no answer"
-
-
-def answer_text(value, missing: str = NO_ANSWER) -> str:
-    """An answer (or gold case) for display: `missing` when there is none. The log stores a completion without a
-    `\\boxed{...}` as None, which pandas reads back as NaN; a learner should read "no answer", not `nan`."""
-    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
-        return missing
-    return str(value)
-
-
-# ------------------------------------------------------------------------------------------------ loading
-
-def _plain(x):
-    """Parquet gives numpy arrays where TRL wrote lists: turn them back, recursively."""
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
-        x = x.tolist()
-    if isinstance(x, list):
-        return [_plain(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    return x
-
-
-def _prompt_text(prompt) -> str:
-    prompt = _plain(prompt)
-    if isinstance(prompt, str):
-        return prompt
-    parts = []
-    for m in prompt or []:
-        content = m.get("content") if isinstance(m, dict) else m
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts += ["<image>" if p.get("type") == "image" else (p.get("text") or "") for p in content or []]
-    return "".join(parts)
-
-
-def load_rollouts(run_dir) -> pd.DataFrame:
-    """Every step's rollout log of a run, one row per completion.
-
-    Adds `text` (the completion), `prompt_text`, `reward` (the weighted total the trainer used), `correct`
-    (parsed answer == gold) and `group`, the key "step/prompt_id/attempt" of the group a row was normalised in.
-    Logs from plain TRL runs (no PolicyRollout columns) load too: every row is then a no-policy rollout."""
-    folder = Path(run_dir) / "completions"
-    files = sorted(folder.glob("completions_*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no rollout log in {folder}: an RL run writes completions/completions_*.parquet "
-                                f"(log_completions=True, as `mpi_kit.rl.rl_trainer` sets)")
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    df["text"] = [completion_text(_plain(c)) for c in df["completion"]]
-    df["prompt_text"] = [_prompt_text(p) for p in df["prompt"]]
-    if "prompt_id" not in df:
-        df["prompt_id"] = pd.factorize(df["prompt_text"])[0].astype(str)
-    defaults = {"attempt": 0, "source": NO_POLICY, "scene_id": None, "gold": None, "truncated": False}
-    for col, value in defaults.items():
-        if col not in df:
-            df[col] = value
-    if "parsed_answer" not in df:
-        df["parsed_answer"] = [parse_answer(t) for t in df["text"]]
-    if "length" not in df:
-        df["length"] = df["text"].str.len()
-    rewards = [c for c in REWARD_COLUMNS if c in df]
-    df["reward"] = sum(w * df[c] for w, c in zip(REWARD_WEIGHTS, REWARD_COLUMNS) if c in df) if rewards else 0.0
-    df["correct"] = [p is not None and g is not None and p == g for p, g in zip(df["parsed_answer"], df["gold"])]
-    df["group"] = [f"{s}/{p}/{a}" for s, p, a in zip(df["step"], df["prompt_id"], df["attempt"])]
-    return df.drop(columns=["prompt"])
-
-
-def run_summary(run_dir) -> dict:
-    path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def find_data_dir(run_dir, data_dir=None) -> Path | None:
-    """Where a run's scenes and policies live: `data_dir` if given, else `run_dir/data` (a packed run), else
-    summary.json's "data" (absolute, or relative to the working directory or the run). None if none exists."""
-    run_dir = Path(run_dir)
-    recorded = run_summary(run_dir).get("data")
-    candidates = [data_dir, run_dir / "data"] + ([recorded, run_dir / recorded] if recorded else [])
-    for c in candidates:
-        if c is not None and (Path(c) / "scenes.jsonl").exists():
-            return Path(c)
-    return None
-
-
-# ------------------------------------------------------------------------------------------------ tables
-
-def group_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per group: reward mean/std, zero_std (no learning signal), truncation, and accuracy and reward
-    of each half (no-policy / policy-aware), so that PolicyRollout's contribution is visible per group."""
-    rows = []
-    for key, g in df.groupby("group", sort=False):
-        half = {s: g[g["source"] == s] for s in (NO_POLICY, POLICY_AWARE)}
-        rows.append({
-            "group": key, "step": int(g["step"].iloc[0]), "prompt_id": g["prompt_id"].iloc[0],
-            "attempt": int(g["attempt"].iloc[0]), "scene_id": g["scene_id"].iloc[0], "gold": g["gold"].iloc[0],
-            "size": len(g), "reward_mean": g["reward"].mean(), "reward_std": g["reward"].std(ddof=1) if len(g) > 1 else 0.0,
-            "zero_std": bool(g["reward"].nunique() <= 1), "truncated": int(g["truncated"].sum()),
-            "correct": int(g["correct"].sum()), "wrong": int((~g["correct"]).sum()),
-            "acc_no_policy": half[NO_POLICY]["correct"].mean() if len(half[NO_POLICY]) else float("nan"),
-            "acc_policy_aware": half[POLICY_AWARE]["correct"].mean() if len(half[POLICY_AWARE]) else float("nan"),
-            "reward_no_policy": half[NO_POLICY]["reward"].mean() if len(half[NO_POLICY]) else float("nan"),
-            "reward_policy_aware": half[POLICY_AWARE]["reward"].mean() if len(half[POLICY_AWARE]) else float("nan"),
-        })
-    return pd.DataFrame(rows)
-
-
-def filter_rows(df: pd.DataFrame, zero_std: bool = False, truncated: bool = False, source: str = "all",
-                wrong: bool = False, rescued: bool = False) -> pd.DataFrame:
-    """The completions that pass every filter that is on: in a zero-std group, in a group PolicyRollout rescued
-    (no no-policy completion right, a policy-aware one right), truncated, from one source (no-policy /
-    policy-aware), or with a wrong (or missing) answer."""
-    keep = pd.Series(True, index=df.index)
-    if zero_std:
-        keep &= df.groupby("group")["reward"].transform("nunique") <= 1
-    if rescued:
-        keep &= df["group"].isin(set(policy_rescues(df)["group"]))
-    if truncated:
-        keep &= df["truncated"].astype(bool)
-    if source != "all":
-        keep &= df["source"] == source
-    if wrong:
-        keep &= ~df["correct"]
-    return df[keep]
-
-
-def filter_groups(df: pd.DataFrame, table: pd.DataFrame | None = None, **filters) -> pd.DataFrame:
-    """`group_table` of the groups with at least one completion passing `filter_rows(df, **filters)` (pass the
-    table if you already have it)."""
-    table = group_table(df) if table is None else table
-    return table[table["group"].isin(set(filter_rows(df, **filters)["group"]))].reset_index(drop=True)
-
-
-def step_stats(df: pd.DataFrame) -> pd.DataFrame:
-    """Per step: reward mean/std, fraction of zero-std groups, format and accuracy rewards, reward and
-    accuracy of each half, truncation and length; what TRL logs as batch means, recomputed from the groups."""
-    groups = group_table(df)
-    rows = []
-    for step, d in df.groupby("step"):
-        gs = groups[groups["step"] == step]
-        src = {s: d[d["source"] == s] for s in (NO_POLICY, POLICY_AWARE)}
-        rows.append({
-            "step": int(step), "groups": len(gs), "completions": len(d),
-            "reward_mean": d["reward"].mean(), "reward_std": d["reward"].std(ddof=0),
-            "frac_zero_std": gs["zero_std"].mean(),
-            **{c.removesuffix("_reward"): d[c].mean() for c in REWARD_COLUMNS if c in d},
-            "reward_no_policy": src[NO_POLICY]["reward"].mean() if len(src[NO_POLICY]) else float("nan"),
-            "reward_policy_aware": src[POLICY_AWARE]["reward"].mean() if len(src[POLICY_AWARE]) else float("nan"),
-            "acc_no_policy": src[NO_POLICY]["correct"].mean() if len(src[NO_POLICY]) else float("nan"),
-            "acc_policy_aware": src[POLICY_AWARE]["correct"].mean() if len(src[POLICY_AWARE]) else float("nan"),
-            "frac_truncated": d["truncated"].mean(), "mean_length": d["length"].mean(),
-            "rescued_groups": int(((gs["acc_no_policy"] == 0) & (gs["acc_policy_aware"] > 0)).sum()),
-        })
-        rows[-1]["frac_rescued"] = rows[-1]["rescued_groups"] / max(1, len(gs))
-    return pd.DataFrame(rows)
-
-
-def policy_rescues(df: pd.DataFrame) -> pd.DataFrame:
-    """Groups where only the policy-aware half found the right answer: without PolicyRollout these groups would
-    have had no accuracy reward at all, and the advantage their correct completions got is the signal PoRo adds."""
-    table = group_table(df)
-    rescued = table[(table["acc_no_policy"] == 0) & (table["acc_policy_aware"] > 0)]
-    best = df[df["correct"] & (df["source"] == POLICY_AWARE)].groupby("group")["advantage"].max()
-    out = rescued.assign(advantage_of_correct=rescued["group"].map(best))
-    return out[["step", "prompt_id", "gold", "acc_no_policy", "acc_policy_aware", "reward_mean",
-                "advantage_of_correct", "group"]].reset_index(drop=True)
-
-
-OUTCOMES = ("no-policy half correct", "only policy-aware correct", "no correct answer")
-
-
-def group_outcomes(df: pd.DataFrame) -> pd.DataFrame:
-    """Per step, how many groups had a correct no-policy completion, a correct answer only in the policy-aware
-    half (PolicyRollout's rescue), or none at all (accuracy reward zero for the whole group)."""
-    t = group_table(df)
-    np_ok = t["acc_no_policy"].fillna(0) > 0
-    pa_only = ~np_ok & (t["acc_policy_aware"].fillna(0) > 0)
-    t["outcome"] = [OUTCOMES[0] if a else OUTCOMES[1] if b else OUTCOMES[2] for a, b in zip(np_ok, pa_only)]
-    out = t.groupby(["step", "outcome"]).size().unstack(fill_value=0)
-    return out.reindex(columns=list(OUTCOMES), fill_value=0)
 
 
 def outcome_figure(df: pd.DataFrame, title: str = "where the accuracy reward came from"):
@@ -220,19 +35,6 @@ def outcome_figure(df: pd.DataFrame, title: str = "where the accuracy reward cam
     fig.update_layout(barmode="stack", title=title, xaxis_title="step", yaxis_title="groups", height=300,
                       margin=dict(l=40, r=20, t=40, b=40))
     return fig
-
-
-def rescore(text: str, gold: str | None, group_rewards=None, index: int | None = None) -> dict:
-    """The kit's rewards on an (edited) completion: format, accuracy, weighted total, parsed answer, and, given
-    the group's rewards and this completion's position in it, the advantage it would now get."""
-    fmt, acc = (f([text], case=[gold])[0] for f in REWARD_FUNCS)
-    total = sum(w * r for w, r in zip(REWARD_WEIGHTS, (fmt, acc)))
-    out = {"format_reward": fmt, "accuracy_reward": acc, "reward": total, "parsed_answer": parse_answer(text)}
-    if group_rewards is not None and index is not None:
-        r = pd.Series(list(group_rewards), dtype=float)
-        r.iloc[index] = total
-        out["advantage"] = float((total - r.mean()) / (r.std(ddof=1) + EPS)) if len(r) > 1 else 0.0
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -299,7 +101,7 @@ def completion_card(row, base: str | None = None, dim: bool = False, max_chars: 
     text = row["text"] if len(row["text"]) <= max_chars else row["text"][:max_chars] + " […]"
     body = diff_html(base, text) if base is not None else html.escape(text)
     flags = " · <b style='color:#c0392b'>truncated</b>" if row["truncated"] else ""
-    rewards = " ".join(f"{SHORT.get(c, c)} {row[c]:.0f}" for c in REWARD_COLUMNS if c in row)
+    rewards = " ".join(f"{SHORT.get(c, c)} {row[c]:.2g}" for c in REWARD_COLUMNS if c in row)
     return (f"<div style='border:2px solid {color};border-radius:6px;padding:4px;width:230px;font-size:12px;"
             f"opacity:{0.35 if dim else 1}'>"
             f"<div style='color:{color};font-weight:bold'>{row['source']}</div>"
@@ -537,10 +339,10 @@ class RolloutInspector(_Box):
             self.score.value = ""
             return
         i = list(g.index).index(self.pick.value)
-        r = rescore(self.edit.value, self.gold.value, g["reward"].tolist(), i)
+        r = rescore(self.edit.value, self.gold.value, g["reward"].tolist(), i, task=self.df["task"].iloc[0])
         logged = g.loc[self.pick.value]
         self.last_score = r
-        self.score.value = (f"format <b>{r['format_reward']:.0f}</b> · accuracy <b>{r['accuracy_reward']:.0f}</b> · "
+        self.score.value = (f"format <b>{r['format_reward']:.2g}</b> · accuracy <b>{r['accuracy_reward']:.2g}</b> · "
                             f"reward <b>{r['reward']:.2f}</b> (logged {logged['reward']:.2f}) · parsed "
                             f"<b>{html.escape(answer_text(r['parsed_answer']))}</b> · advantage in this group "
                             f"<b>{r['advantage']:+.2f}</b> (logged {logged['advantage']:+.2f})")
@@ -637,14 +439,6 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
     extra = {"recorded_with": {**o, "model": rec.model, "sft_final_loss": sft["final_loss"],
                                "how": "mpi_kit.inspector.record_demo_run (mpi-kit inspect DIR --record)"}}
     return pack_run(work / "poro_grpo", dest, data, extra)
-
-
-def summary_table(run_dir) -> str:
-    """A per-step text table of a run's rollouts (what `mpi-kit inspect RUN_DIR` prints)."""
-    s = step_stats(load_rollouts(run_dir))
-    cols = ["step", "groups", "reward_mean", "reward_std", "frac_zero_std", "format", "accuracy",
-            "reward_no_policy", "reward_policy_aware", "rescued_groups", "frac_truncated", "mean_length"]
-    return s[[c for c in cols if c in s]].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
 
 
 __all__ = ["load_rollouts", "find_data_dir", "group_table", "filter_rows", "filter_groups", "step_stats",

@@ -216,7 +216,7 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
     if eff:
         figs.append(efficiency_figure(eff, paper.get("efficiency")))
     parts = ["<h1>mpi-kit: the paper's comparison on the "
-             f"{results['config']['recipe']} recipe</h1><pre>{html.escape(_table_text(results))}</pre>"]
+             f"{results['config']['recipe']} recipe</h1><pre>{html.escape(clevr_table(results))}</pre>"]
     best = max((r.get("accuracy") or 0 for r in results["methods"].values()), default=0)
     if best < 50:
         parts.append(f"<p style='background:#fff8e0;padding:8px'><b>Why these numbers are low.</b> "
@@ -234,11 +234,6 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
     path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
                     + "".join(parts) + "</body></html>")
     return path
-
-
-def _table_text(results: dict) -> str:
-    from .pipeline import table
-    return table(results)
 
 
 def gta_pipeline_report(out: str | Path, results: dict) -> Path:
@@ -271,7 +266,7 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
         fig.update_layout(title=title, barmode="group", yaxis_title="%", height=420)
         figs.append(fig)
     parts = [f"<h1>mpi-kit: GTAPolicy comparison on the {results['config']['recipe']} recipe</h1>"
-             f"<pre>{html.escape(_table_text(results))}</pre>"]
+             f"<pre>{html.escape(gta_table(results))}</pre>"]
     parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
     eff = [e for es in results.get("efficiency", {}).values() for e in es]
     if eff:
@@ -287,3 +282,86 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
     path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
                     + "".join(parts) + "</body></html>")
     return path
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+def clevr_table(results: dict) -> str:
+    """ClevrPolicy as plain text: methods down, N across, our accuracy with its 95% interval (paper 7B in
+    brackets), the differences beyond the intervals, and what the RL groups saw."""
+    from .paper import METHODS
+
+    depths = sorted({r["depth"] for r in results["methods"].values()})
+    acc = results["paper"]["accuracy_7b"]
+    lines = [f"{'method':<22}" + "".join(f"{'N=' + str(d):>26}" for d in depths)]
+    for m in METHODS:
+        cells = []
+        for d in depths:
+            r = results["methods"].get(f"N{d}/{m}")
+            p = acc.get(str(d), acc.get(d, {})).get(m)
+            ci = f" [{r['interval_95'][0]:4.1f}-{r['interval_95'][1]:4.1f}]" if r and "interval_95" in r else ""
+            cells.append(f"{r['accuracy']:5.1f}{ci}" + (f" ({p:4.1f})" if p is not None else "") if r else "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"{m:<22}" + "".join(f"{c:>26}" for c in cells))
+    ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
+    notes = beyond(results)
+    return ("\n".join(lines) + f"\n(ours: accuracy % with no policy in context, In-Context has it; [95% Wilson "
+            f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" +
+            ("\nbeyond the intervals: " + "; ".join(notes) if notes else
+             "\nno two methods differ beyond their 95% intervals at this n") + rl_groups_note(results))
+
+
+def rl_groups_note(results: dict) -> str:
+    """One line per RL method: over its first quarter of steps, the share of groups with zero reward variance (no
+    learning signal) and, for PoRo, the share it rescued (no-policy half all wrong, policy-aware half right)."""
+    out = []
+    for key, r in results["methods"].items():
+        ro = r.get("rollouts") or []
+        if not ro:
+            continue
+        first = ro[:max(1, len(ro) // 4)]
+        groups = sum(x["groups"] or 0 for x in first) or 1
+        share = lambda k: 100 * sum((x[k] or 0) * (x["groups"] or 0) for x in first) / groups  # noqa: E731
+        line = f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups zero-variance"
+        if "PoRo" in r["method"]:
+            line += f", {share('frac_rescued'):.0f}% rescued by PolicyRollout"
+        out.append(line)
+    return ("\nRL groups: " + "; ".join(out)) if out else ""
+
+
+def gta_table(results: dict) -> str:
+    """GTAPolicy: methods down; Tool Acc, Arg Score, Overall and Override overall across (paper 7B in brackets)."""
+    from .paper import METHODS
+
+    paper = results["paper"]
+    cols = (("tool", None, 0), ("args", None, 1), ("overall", None, 2), ("override", "overall", 2))
+    lines = [f"{'method':<22}" + "".join(f"{c if c != 'override' else 'override overall':>18}" for c, _, _ in cols)]
+    for m in METHODS:
+        r = results["methods"].get(f"GTA/{m}")
+        if not r:
+            continue
+        cells = []
+        for c, sub, i in cols:
+            ours = r.get(c, {}).get(sub) if sub else r.get(c)
+            ref = (paper["gta_override_7b"] if c == "override" else paper["gta_7b"]).get(m)
+            p = ref[i] if ref else None
+            cells.append(("-" if ours is None else f"{ours:6.1f}") + (f" ({p:5.1f})" if p is not None else " " * 8))
+        lines.append(f"{m:<22}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines) + ("\n(GTAPolicy, ours: % with no policy in context; In-Context has it; override: the "
+                               "changed rules in context; paper Qwen2.5-VL-7B in brackets, Tables 1-3)")
+
+
+def beyond(results: dict) -> list[str]:
+    """Pairs of methods at one N whose 95% intervals do not overlap, higher first: the differences that are not
+    noise at this n."""
+    by_depth: dict = {}
+    for r in results["methods"].values():
+        if "interval_95" in r:
+            by_depth.setdefault(r.get("depth", "GTA"), []).append(r)
+    out = []
+    for d, rs in sorted(by_depth.items(), key=lambda kv: str(kv[0])):
+        for a in rs:
+            for b in rs:
+                if a["interval_95"][0] > b["interval_95"][1]:
+                    out.append(f"N={d}: {a['method']} {a['accuracy']:.1f} > {b['method']} {b['accuracy']:.1f}")
+    return out

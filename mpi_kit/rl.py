@@ -19,14 +19,13 @@ from trl.trainer.utils import pad
 
 from .compat import patch_trl_cpu_logprobs
 from .progress import quiet_stage, watch_stage
-from .rewards import parse_answer
+from .rollout_log import NO_POLICY, POLICY_AWARE
 from .training import ResumeFix
 
 logger = logging.getLogger("mpi_kit.rl")
 
 patch_trl_cpu_logprobs()
 
-NO_POLICY, POLICY_AWARE = "no-policy", "policy-aware"
 # keys of TRL's generation output aligned with completion tokens: (B, C) tensors, right-padded
 _COMPLETION_KEYS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
                     "sampling_per_token_logps", "tool_mask")
@@ -73,13 +72,17 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         tokens beyond the first (logged), so a reward that is always 0 cannot stall a step.
     fast_rollouts: generate through `mpi_kit.rollout.shared_prefill_generate` (each prompt prefilled once for its
         group; static cache + compiled decoding on CUDA). Greedy: the same tokens; sampling: see `mpi_kit.rollout`.
+    task: the `mpi_kit.tasks.Task` whose answers the rollout log records (parsed answer, gold); ClevrPolicy if None.
     Resuming a full fine-tune reloads the checkpoint through `from_pretrained` (`ResumeFix`, transformers#43701).
     """
 
     def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,
                  dynamic_sampling_retries: int = 0, dynamic_sampling_work: float = 4.0, fast_rollouts: bool = False,
-                 **kwargs):
+                 task=None, **kwargs):
+        from .tasks import get_task
+
         super().__init__(*args, **kwargs)
+        self.task = get_task(task)
         self.fast_rollouts = fast_rollouts
         if policy_rollout and self.num_generations % 2:
             raise ValueError(f"PolicyRollout pools G no-policy + G policy-aware rollouts, so num_generations must be "
@@ -147,7 +150,7 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         eos = set(self.eos_token_ids) | {self._tokenizer.pad_token_id}
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        self._log_completion_extra("parsed_answer", [parse_answer(t) for t in texts])
+        self._log_completion_extra("parsed_answer", [self.task.parse(t) for t in texts])
         self._log_completion_extra("length", [len(ids) for ids in completion_ids_list])
         self._log_completion_extra("truncated", [bool(ids) and ids[-1] not in eos for ids in completion_ids_list])
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -157,7 +160,7 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         self._log_completion_extra("source", [POLICY_AWARE if a else NO_POLICY for a in aware])
         self._log_completion_extra("prompt_id", [x.get("id") for x in inputs])
         self._log_completion_extra("scene_id", [x.get("scene_id") for x in inputs])
-        self._log_completion_extra("gold", [x.get("case") for x in inputs])
+        self._log_completion_extra("gold", [x.get(self.task.gold_column) for x in inputs])
         self._log_completion_extra("attempt", [attempt] * len(inputs))
         self._rows = inputs
         try:
@@ -269,19 +272,19 @@ def check_group_size(G: int, policy_rollout: bool) -> None:
 def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", policy_rollout: bool = False, *,
                init=None, max_steps=None, limit=None, save_steps=None, callbacks=(), progress=False,
                num_generations: int | None = None, policy_microbatch: int | None = None, dataset=None,
-               train_vision=False, reward_funcs=None, reward_weights=None, fast_rollouts: bool | None = None,
-               **overrides):
+               train_vision=False, task=None, reward_funcs=None, reward_weights=None,
+               fast_rollouts: bool | None = None, **overrides):
     """(trainer, processor, info) for GRPO or DAPO, with or without PolicyRollout, on the rl train split.
 
     Presets come from the recipe's `grpo` / `dapo` sections (paper: GRPO clip 0.2/0.3 with KL 0.01 to the
     reference; DAPO clip 0.2/0.28, no KL, token-level loss, dynamic sampling with 20 retries). G is the
     recipe's num_generations (or `num_generations`); PolicyRollout samples 2G per prompt, G of them with the
-    policy in context. `reward_funcs`/`reward_weights` replace the ClevrPolicy rewards (GTAPolicy passes
-    `gta_rewards.GTA_REWARD_FUNCS`, which read the `answer` column). fast_rollouts: None = the recipe's."""
+    policy in context. The rewards are the task's (`mpi_kit.tasks`: `task`, else the one that built `data_dir`,
+    else ClevrPolicy); `reward_funcs`/`reward_weights` replace them. fast_rollouts: None = the recipe's."""
     from trl import GRPOConfig
 
     from .data import load_kit_data, require_columns
-    from .rewards import REWARD_FUNCS, REWARD_WEIGHTS
+    from .tasks import get_task, task_of
     from .training import freeze_vision, load_stage_model, stage_recipe, trainer_kwargs
     from .timing import stage_facts
 
@@ -292,8 +295,9 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     ds = dataset if dataset is not None else load_kit_data(data_dir, "rl")["train"]
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    reward_funcs = list(reward_funcs or REWARD_FUNCS)
-    reward_weights = list(reward_weights or REWARD_WEIGHTS)
+    task = get_task(task) if task is not None or data_dir is None else task_of(data_dir)
+    reward_funcs = list(reward_funcs or task.reward_funcs)
+    reward_weights = list(reward_weights or task.reward_weights)
     require_columns(ds, ["prompt", "images", "case"] + (["policy", "policy_images"] if policy_rollout else []),
                     f"RL ({algo}{' + PolicyRollout' if policy_rollout else ''})")
     if policy_rollout and not any(ds[0]["policy"] or []):
@@ -314,9 +318,9 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
                                    policy_rollout=policy_rollout, policy_microbatch=policy_microbatch,
                                    dynamic_sampling_retries=settings.dynamic_sampling_retries,
                                    dynamic_sampling_work=settings.dynamic_sampling_work,
-                                   fast_rollouts=fast_rollouts)
+                                   fast_rollouts=fast_rollouts, task=task)
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
-    info = {"algo": algo, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts, "group_size": kw["num_generations"],
+    info = {"algo": algo, "task": task.name, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts, "group_size": kw["num_generations"],
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
             "reward_weights": dict(zip(("format", "accuracy"), reward_weights)),

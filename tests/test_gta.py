@@ -435,15 +435,21 @@ def gta_small(tmp_path_factory):
     return root, str(save_tiny(model, processor, root / "base"))
 
 
-def test_data_kind(tmp_path):
+def test_task_of_a_data_folder(tmp_path):
+    import json as _json
+
     from mpi_kit.data import build_datasets
-    from mpi_kit.gta_data import data_kind
+    from mpi_kit.tasks import task_of
 
     build_gta_datasets(out=str(tmp_path / "g"), num_instances=4, kinds=("qa",))
     build_datasets(out=str(tmp_path / "c"), num_policies=1, num_scenes=4, depth=2, kinds=("qa",), progress=False)
-    assert data_kind(tmp_path / "g") == "gta" and data_kind(tmp_path / "c") == "clevr"
+    assert task_of(tmp_path / "g").name == "gta" and task_of(tmp_path / "c").name == "clevr"
+    for d in ("g", "c"):  # a folder written before summaries named their task is still told apart
+        path = tmp_path / d / "summary.json"
+        path.write_text(_json.dumps({k: v for k, v in _json.loads(path.read_text()).items() if k != "task"}))
+    assert task_of(tmp_path / "g").name == "gta" and task_of(tmp_path / "c").name == "clevr"
     with pytest.raises(DataError, match="no summary.json"):
-        data_kind(tmp_path / "none")
+        task_of(tmp_path / "none")
 
 
 def test_cli_rl_on_gta_data_uses_the_gta_reward(gta_small, tmp_path, capsys):
@@ -459,6 +465,15 @@ def test_cli_rl_on_gta_data_uses_the_gta_reward(gta_small, tmp_path, capsys):
     assert s["steps"] == 1 and s["reward_funcs"] == ["gta_format_reward", "gta_reward"]
     log = pd.concat(pd.read_parquet(f) for f in (tmp_path / "auto" / "completions").glob("*.parquet"))
     assert {"gta_format_reward", "gta_reward"} <= set(log.columns) and "accuracy_reward" not in log.columns
+    # the inspector reads the run as GTAPolicy (summary.json's "task") and scores it as the GTA reward does
+    from mpi_kit.rollout_log import load_rollouts
+    from mpi_kit.tasks import get_task
+
+    df, gta = load_rollouts(tmp_path / "auto"), get_task("gta")
+    assert s["task"] == "gta" and set(df["task"]) == {"gta"}
+    weighted = 0.1 * log["gta_format_reward"].to_numpy() + 0.9 * log["gta_reward"].to_numpy()
+    assert df["reward"].tolist() == pytest.approx(weighted.tolist())
+    assert df["reward"].tolist() == pytest.approx([gta.reward(t, g) for t, g in zip(df["text"], df["gold"])])
     assert main(argv + ["--out", str(tmp_path / "clevr"), "--reward", "clevr"]) == 0
     assert json.loads((tmp_path / "clevr" / "summary.json").read_text())["reward_funcs"] == [
         "format_reward", "accuracy_reward"]
@@ -469,7 +484,9 @@ def test_cli_rl_on_gta_data_uses_the_gta_reward(gta_small, tmp_path, capsys):
 
 def test_gta_pipeline_end_to_end(gta_small, tmp_path, capsys):
     from mpi_kit.cli import main
-    from mpi_kit.pipeline import GTA_METHODS
+    from mpi_kit.tasks import get_task
+
+    GTA_METHODS = get_task("gta").methods
 
     root, base = gta_small
     out = tmp_path / "pipe"
@@ -493,10 +510,9 @@ def test_gta_pipeline_end_to_end(gta_small, tmp_path, capsys):
     assert (out / "report.html").stat().st_size > 10_000
     # prompts past the model's trained positions still run; the check says so (the tiny model: ~4.4k > 4096)
     from mpi_kit.models import load_model
-    from mpi_kit.pipeline import context_check
 
     model, processor = load_model(base)
     model.config.text_config.max_position_embeddings = 1000
-    c = context_check(model, processor, out / "GTA" / "data")
+    c = get_task("gta").context_check(model, processor, out / "GTA" / "data")
     assert c["beyond_trained_context"] and c["in_context_prompt_tokens"] > 1000
     assert "beyond the 1000 positions" in capsys.readouterr().err

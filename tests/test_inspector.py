@@ -243,3 +243,45 @@ def test_rl_interrupted_then_resumed_equals_uninterrupted(small_rl_setup, tmp_pa
     from safetensors.torch import load_file
     wa, wb = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "resumed"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def _gta_log(run_dir):
+    """A hand-written GTAPolicy rollout log, as TRL writes it: one PoRo group of 4 at one step, columns named after
+    the GTA reward functions. Three completions call the right tool with the right arguments, one does not."""
+    from mpi_kit.gta_rewards import gta_format_reward, gta_reward
+
+    gold = json.dumps({"name": "OCR_v2", "arguments": {"image": "image/1.png"}})
+    texts = ['<think>Rule A.1 applies.</think>{"name": "OCR_v2", "arguments": {"image": "image/1.png"}}'] * 3 + [
+        '<think>no rule</think>{"name": "Calculator", "arguments": {"expression": "1+1"}}']
+    comp = [[{"role": "assistant", "content": t}] for t in texts]
+    fmt, acc = gta_format_reward(texts), gta_reward(texts, answer=[gold] * 4)
+    (run_dir / "completions").mkdir(parents=True)
+    pd.DataFrame({"step": [1] * 4, "prompt": [[{"role": "user", "content": "read it"}]] * 4, "completion": comp,
+                  "gta_format_reward": fmt, "gta_reward": acc, "advantage": [0.5, 0.5, 0.5, -1.5],
+                  "source": ["no-policy", "no-policy", "policy-aware", "policy-aware"], "prompt_id": ["p0"] * 4,
+                  "gold": [gold] * 4, "attempt": [0] * 4}).to_parquet(run_dir / "completions" / "completions_00001.parquet")
+    return fmt, acc, gold
+
+
+def test_the_inspector_scores_a_gta_log_as_the_gta_reward_does(tmp_path):
+    """The rewards, answers and correctness of a GTA run are GTAPolicy's (the task is read off the log's reward
+    columns here, off summary.json's "task" for a real run), not ClevrPolicy's boxed case (which scored 0)."""
+    from mpi_kit.inspector import RolloutInspector
+
+    fmt, acc, gold = _gta_log(tmp_path)
+    assert fmt == [1.0] * 4 and acc[:3] == [1.0] * 3 and acc[3] == 0.0
+    df = load_rollouts(tmp_path)
+    assert set(df["task"]) == {"gta"}
+    assert df["reward"].tolist() == pytest.approx([0.1 * f + 0.9 * a for f, a in zip(fmt, acc)])
+    assert df["correct"].tolist() == [True, True, True, False]
+    assert df["parsed_answer"].tolist() == ["OCR_v2"] * 3 + ["Calculator"]
+    g = group_table(df).iloc[0]
+    assert g["reward_mean"] == pytest.approx(0.775) and not g["zero_std"] and g["acc_policy_aware"] == 0.5
+    r = rescore(df["text"][3], gold, df["reward"].tolist(), 3, task="gta")  # fixing the wrong call
+    assert r["reward"] == pytest.approx(0.1) and r["parsed_answer"] == "Calculator"
+    r = rescore(df["text"][0], gold, df["reward"].tolist(), 3, task="gta")
+    assert r["reward"] == pytest.approx(1.0) and r["advantage"] == pytest.approx(0.0, abs=1e-3)
+    w = RolloutInspector(df)
+    w.pick.value = w.pick.options[-1][1]
+    w.edit.value = df["text"][0]
+    assert w.last_score["reward"] == pytest.approx(1.0)

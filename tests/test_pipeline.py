@@ -54,16 +54,16 @@ def test_unknown_method_is_a_clear_error(tmp_path, capsys):
 
 def test_table_shows_intervals_and_what_lies_beyond_them():
     from mpi_kit.paper import paper_table
-    from mpi_kit.pipeline import beyond, interval
+    from mpi_kit.evaluate import wilson_percent
+    from mpi_kit.report import beyond
 
-    rows = [{"correct": i < 150} for i in range(200)]
-    assert interval(rows) == [68.6, 80.5]  # Wilson, 150 of 200: 74.5 -+ 6.0 by hand
+    assert wilson_percent(150, 200) == [68.6, 80.5]  # Wilson, 150 of 200: 74.5 -+ 6.0 by hand
     res = {"paper": paper_table(), "methods": {
         "N4/CoT SFT": {"method": "CoT SFT", "depth": 4, "accuracy": 30.0, "n": 200, "interval_95": [24.1, 36.7]},
         "N4/CoT SFT + GRPO": {"method": "CoT SFT + GRPO", "depth": 4, "accuracy": 34.0, "n": 200,
                               "interval_95": [27.8, 40.8]},
         "N4/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 4, "accuracy": 75.0, "n": 200,
-                                   "interval_95": interval(rows)}}}
+                                   "interval_95": wilson_percent(150, 200)}}}
     assert beyond(res) == ["N=4: TriMPI w/ PoRo-GRPO 75.0 > CoT SFT 30.0",
                            "N=4: TriMPI w/ PoRo-GRPO 75.0 > CoT SFT + GRPO 34.0"]
     text = table(res)
@@ -157,3 +157,53 @@ def test_the_shipped_demo_results_are_todays_demo():
     assert {k: demo["config"][k] for k in today} == today
     assert all(r["n"] >= 200 for r in demo["methods"].values())
     assert set(demo["methods"]) == {f"N4/{m}" for m in demo_config().methods}
+
+
+def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path):
+    """A toy task registered beside ClevrPolicy and GTAPolicy runs through the unchanged pipeline: its rows, its
+    data, its evaluation, its table and its report; training stages are the pipeline's own."""
+    from mpi_kit.evaluate import generate_completions
+    from mpi_kit.tasks import TASKS, Row, Task, register_task, task_of
+
+    class Echo(Task):
+        name, title, methods = "echo", "Echo", ("In-Context", "CoT SFT")
+        config_fields = ("num_policies",)
+
+        def rows(self, cfg):
+            return [Row("E1", (("level", 1),))]
+
+        def build_data(self, cfg, row, data_dir, recipe):  # ClevrPolicy's builder, relabelled as this task's
+            build_datasets(out=str(data_dir), num_policies=cfg.num_policies, num_scenes=10, depth=1, progress=False)
+            s = json.loads((data_dir / "summary.json").read_text())
+            (data_dir / "summary.json").write_text(json.dumps({**s, "task": self.name}))
+
+        def completion_budget(self, cfg, data_dir):
+            return 4
+
+        def evaluate(self, method, model, processor, data_dir, cfg):
+            rows = load_kit_data(data_dir, "eval")["no_policy"].select(range(2))
+            texts = generate_completions(model, processor, rows, self.completion_budget(cfg, data_dir))
+            return {"accuracy": 100.0 * sum(bool(t) for t in texts) / len(texts), "n": len(texts)}
+
+        def table(self, results):
+            return "\n".join(f"echo {k}: {r['accuracy']:.0f}" for k, r in results["methods"].items())
+
+        def report(self, out, results):
+            (out / "report.html").write_text(f"<pre>{self.table(results)}</pre>")
+            return out / "report.html"
+
+    register_task(Echo())
+    try:
+        res = run_pipeline(PipelineConfig(out=str(tmp_path / "echo"), dataset="echo", num_policies=1, sft_steps=1,
+                                          model=base))
+        saved = json.loads((tmp_path / "echo" / "results.json").read_text())
+        assert saved["dataset"] == "echo" and set(saved["methods"]) == {"E1/In-Context", "E1/CoT SFT"}
+        assert saved["methods"]["E1/CoT SFT"]["level"] == 1 and saved["methods"]["E1/CoT SFT"]["n"] == 2
+        assert "depths" not in saved["config"] and "gta_root" not in saved["config"]  # the other tasks' fields
+        assert saved["config"]["methods"] == ["In-Context", "CoT SFT"]  # the task's default methods
+        assert (tmp_path / "echo" / "E1" / "cot_sft" / "summary.json").exists()
+        assert task_of(tmp_path / "echo" / "E1" / "data").name == "echo"
+        assert table(res).startswith("echo E1/In-Context:")
+        assert (tmp_path / "echo" / "report.html").read_text().startswith("<pre>echo E1/")
+    finally:
+        TASKS.pop("echo")

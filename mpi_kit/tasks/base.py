@@ -1,0 +1,99 @@
+"""The interface every dataset of the paper implements, so that the pipeline, RL, the inspector and the report ask
+the task instead of branching on its name (karpathy/nanochat's `tasks/common.py` is the model).
+
+A task knows its data (how to build a folder, which rows a comparison has), its answers (the gold column, how a
+completion is parsed and scored, the RL rewards), its evaluation (one trained model -> a dict of numbers) and how
+its results read (the table, the report, the paper's numbers). Two implement it: `clevr.ClevrPolicyTask` and
+`gta.GTAPolicyTask`; a new one plugs in with `mpi_kit.tasks.register_task`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a comparison: its label ("N4", "GTA") names its folder and its results' keys ("N4/CoT SFT");
+    `fields` are what each of its results carries besides the numbers (ClevrPolicy: the depth)."""
+    label: str
+    fields: tuple = ()
+
+    @property
+    def efficiency_key(self) -> str:
+        """Where results.json keeps this row's prompt-cost measurement ("4" at N = 4, else the label)."""
+        return str(dict(self.fields).get("depth", self.label))
+
+
+class Task:
+    """A dataset of policies to internalize. Subclasses set the class attributes and implement the methods that
+    raise here; the rest has a default that fits both of the paper's tasks."""
+
+    name: str = ""            # what --dataset and summary.json's "task" say
+    title: str = ""           # the paper's name, for people
+    methods: tuple = ()       # the methods a pipeline compares when none are chosen
+    config_fields: tuple = ()  # PipelineConfig fields only this task reads (left out of other tasks' records)
+    gold_column: str = "case"  # the dataset column the accuracy reward compares with
+    reward_funcs: tuple = ()  # TRL reward functions fn(completions, **columns): (format, accuracy)
+    reward_weights: tuple = (0.1, 0.9)
+
+    # ---------------------------------------------------------------- data
+    def check(self, cfg) -> None:
+        """Refuse a pipeline configuration this task cannot run (a clear DataError), before anything is built."""
+
+    def rows(self, cfg) -> list[Row]:
+        raise NotImplementedError
+
+    def build_data(self, cfg, row: Row, data_dir: Path, recipe) -> None:
+        """Write the row's datasets into `data_dir` (with a summary.json that names this task)."""
+        raise NotImplementedError
+
+    def completion_budget(self, cfg, data_dir: Path) -> int:
+        """Tokens a model may write for one answer of this data (evaluation and RL rollouts)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- answers and rewards
+    def parse(self, completion) -> str | None:
+        """The answer a completion gives, as shown beside the gold one (None: it gives none)."""
+        raise NotImplementedError
+
+    def is_correct(self, completion, gold) -> bool:
+        raise NotImplementedError
+
+    def score(self, completion, gold) -> tuple[float, float]:
+        """(format, accuracy) rewards of one completion against `gold`, as the RL trainer computes them."""
+        fmt, acc = (f([completion], **{self.gold_column: [gold]})[0] for f in self.reward_funcs)
+        return fmt, acc
+
+    def reward(self, completion, gold) -> float:
+        """The weighted total the trainer optimizes."""
+        return sum(w * r for w, r in zip(self.reward_weights, self.score(completion, gold)))
+
+    @property
+    def reward_names(self) -> tuple[str, str]:
+        """The rollout log's columns for the (format, accuracy) rewards: TRL names them after the functions."""
+        return tuple(f.__name__ for f in self.reward_funcs)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
+        """Every evaluation of one trained model on one row, as tidy numbers for results.json."""
+        raise NotImplementedError
+
+    def efficiency(self, model, processor, data_dir: Path) -> list[dict]:
+        """Prompt tokens and prefill time with the policy in context vs without it (none by default)."""
+        return []
+
+    def context_check(self, model, processor, data_dir: Path) -> dict | None:
+        """A check of the data against the model, recorded once in results.json (none by default)."""
+        return None
+
+    # ---------------------------------------------------------------- results
+    def paper_table(self) -> dict:
+        return {}
+
+    def table(self, results: dict) -> str:
+        raise NotImplementedError
+
+    def report(self, out: Path, results: dict) -> Path:
+        """Write out/report.html for a pipeline's results; returns its path."""
+        raise NotImplementedError

@@ -1,0 +1,107 @@
+"""ClevrPolicy: decision trees over CLEVR-style scenes (paper §5.1). A policy of depth N routes an (image, query)
+to one of its cases; the answer is `\\boxed{Case k}`. One row of a comparison per N.
+
+Data: `mpi_kit.data` (policies `policy`, scenes `scenes`); rewards: `mpi_kit.rewards`; evaluations:
+`mpi_kit.evaluate`. This file is what ties them to the pipeline, RL and the inspector.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..rewards import REWARD_FUNCS, REWARD_WEIGHTS, parse_answer
+from .base import Row, Task
+
+
+class ClevrPolicyTask(Task):
+    name = "clevr"
+    title = "ClevrPolicy"
+    config_fields = ("depths", "num_policies", "num_scenes", "variant")
+    gold_column = "case"
+    reward_funcs = REWARD_FUNCS
+    reward_weights = REWARD_WEIGHTS
+
+    @property
+    def methods(self) -> tuple:
+        from ..paper import METHODS
+
+        return tuple(METHODS)
+
+    # ---------------------------------------------------------------- data
+    def check(self, cfg) -> None:
+        from ..data import DataError
+        from ..policy import MAX_DEPTH
+
+        bad = [d for d in cfg.depths if not 1 <= d <= MAX_DEPTH]
+        if bad:
+            raise DataError(f"depths must be from 1 to {MAX_DEPTH} (the paper uses 2 4 6), got {bad}")
+
+    def rows(self, cfg) -> list[Row]:
+        return [Row(f"N{d}", (("depth", d),)) for d in cfg.depths]
+
+    def build_data(self, cfg, row: Row, data_dir: Path, recipe) -> None:
+        from ..data import DataConfig, build_datasets
+
+        build_datasets(DataConfig(out=str(data_dir), num_policies=cfg.num_policies, num_scenes=cfg.num_scenes,
+                                  depth=dict(row.fields)["depth"], variant=cfg.variant, seed=cfg.seed,
+                                  image_size=tuple(recipe.render_size)), progress=False)
+
+    def completion_budget(self, cfg, data_dir: Path) -> int:
+        """A gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens: 24 + 24 N leaves room."""
+        depth = int(json.loads((Path(data_dir) / "summary.json").read_text())["config"]["depth"])
+        return cfg.max_new_tokens or 24 + 24 * depth
+
+    # ---------------------------------------------------------------- answers
+    def parse(self, completion) -> str | None:
+        return parse_answer(completion)
+
+    def is_correct(self, completion, gold) -> bool:
+        answer = parse_answer(completion)
+        return answer is not None and gold is not None and answer == str(gold).strip()
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
+        """Accuracy with no policy (In-Context: with it), branching error and referral on the main rows; the
+        secondary evaluations (policy back in context, override, perception) each with its own n and interval."""
+        from ..data import load_policies
+        from ..evaluate import branching_error, evaluate_accuracy, perception, referral_scores, summarize
+
+        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method)
+        rows = evaluate_accuracy(model, processor, data_dir, "in_context" if method == "In-Context" else "no_policy",
+                                 **kw)
+        main = summarize(rows)[0]
+        res = {"accuracy": main["accuracy"], "n": len(rows), "interval_95": main["interval_95"],
+               "branching_error": branching_error(rows),
+               "referral": referral_scores(rows[:100], load_policies(data_dir))}
+        res["ns"], res["intervals"] = {}, {}
+        for key in (["policy_in_context"] if method != "In-Context" else []) + ["override"]:
+            srows = evaluate_accuracy(model, processor, data_dir, "in_context" if key == "policy_in_context" else key,
+                                      **{**kw, "limit": cfg.side_limit or cfg.eval_limit})
+            s = summarize(srows)[0]
+            res[key], res["ns"][key], res["intervals"][key] = s["accuracy"], len(srows), s["interval_95"]
+        if cfg.forgetting:
+            res["perception"], res["ns"]["perception"], res["intervals"]["perception"] = perception(
+                model, processor, cfg.side_limit or cfg.eval_limit or 40)
+        res["examples"] = [{k: r[k] for k in ("gold", "parsed", "completion")} for r in rows[:3]]
+        return res
+
+    def efficiency(self, model, processor, data_dir: Path) -> list[dict]:
+        from ..evaluate import efficiency
+
+        return efficiency(model, processor, data_dir)
+
+    # ---------------------------------------------------------------- results
+    def paper_table(self) -> dict:
+        from ..paper import paper_table
+
+        return paper_table()
+
+    def table(self, results: dict) -> str:
+        from ..report import clevr_table
+
+        return clevr_table(results)
+
+    def report(self, out: Path, results: dict) -> Path:
+        from ..report import pipeline_report
+
+        return pipeline_report(out, results)

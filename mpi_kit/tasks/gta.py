@@ -1,0 +1,118 @@
+"""GTAPolicy: the next tool call of an agent under versioned tool rules and user profiles (paper §5.1, App. C).
+The answer is one JSON call `{"name": ..., "arguments": {...}}`, scored by Tool Acc, Arg Score and Overall
+(`mpi_kit.gta_rewards`), which is also the RL reward. One row of a comparison, "GTA".
+
+Data: `mpi_kit.gta_data` (generated instances, or GTA's own files with `gta_root`); the policy document:
+`mpi_kit.gta_policy`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS, parse_call, score_call
+from .base import Row, Task
+
+NEW_TOKENS = 256  # the longest GTA reverse CoT + call is ~250 tiny-tokenizer tokens
+
+
+class GTAPolicyTask(Task):
+    name = "gta"
+    title = "GTAPolicy"
+    methods = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ PoRo-GRPO")  # what the paper compares on GTA
+    config_fields = ("dataset", "num_instances", "gta_root")
+    gold_column = "answer"  # the gold call as JSON (the `case` column holds only its tool name)
+    reward_funcs = GTA_REWARD_FUNCS
+    reward_weights = GTA_REWARD_WEIGHTS
+
+    # ---------------------------------------------------------------- data
+    def rows(self, cfg) -> list[Row]:
+        return [Row("GTA")]
+
+    def build_data(self, cfg, row: Row, data_dir: Path, recipe) -> None:
+        from ..gta_data import GTADataConfig, build_gta_datasets
+
+        build_gta_datasets(GTADataConfig(out=str(data_dir), gta_root=cfg.gta_root, seed=cfg.seed,
+                                         num_instances=cfg.num_instances, image_size=tuple(recipe.render_size)))
+
+    def completion_budget(self, cfg, data_dir: Path) -> int:
+        return cfg.max_new_tokens or NEW_TOKENS
+
+    # ---------------------------------------------------------------- answers
+    def parse(self, completion) -> str | None:
+        """The tool the completion calls (its name, version included)."""
+        call, _ = parse_call(completion)
+        return call["name"] if call else None
+
+    def is_correct(self, completion, gold) -> bool:
+        """The right tool (Tool Acc); the arguments are scored by the reward, in [0, 1]."""
+        return gold is not None and score_call(completion, gold).tool == 1.0
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
+        """Tool Acc, Arg Score and Overall (%) with no policy (In-Context: with it), under the override and, for
+        trained methods, with the policy back in context; forgetting as for ClevrPolicy."""
+        from ..evaluate import perception
+        from ..gta_rewards import evaluate_gta, summarize
+
+        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method)
+
+        def scores(setting: str) -> tuple[list, dict]:
+            rows = evaluate_gta(model, processor, data_dir, setting, **kw)
+            return rows, {k: summarize(rows)[0][k] for k in ("tool", "args", "overall")}
+
+        rows, main = scores("in_context" if method == "In-Context" else "no_policy")
+        res = {**main, "n": len(rows)}
+        if method != "In-Context":
+            res["policy_in_context"] = scores("in_context")[1]
+        res["override"] = scores("override")[1]
+        if cfg.forgetting:
+            res["perception"], n, ci = perception(model, processor, cfg.side_limit or cfg.eval_limit or 40)
+            res["ns"], res["intervals"] = {"perception": n}, {"perception": ci}
+        res["examples"] = [{k: r[k] for k in ("gold", "pred", "overall", "reason", "completion")} for r in rows[:3]]
+        return res
+
+    def efficiency(self, model, processor, data_dir: Path) -> list[dict]:
+        from ..evaluate import efficiency
+
+        return efficiency(model, processor, data_dir)
+
+    def context_check(self, model, processor, data_dir: Path, limit: int | None = 8) -> dict:
+        """The longest in-context prompt (policy + images + query) in tokens vs the positions the model was
+        trained on. Longer prompts still run (RoPE has no position table and nothing truncates), but attention
+        past the trained length is out of distribution, so a warning says so and results.json records it."""
+        from trl.data_utils import prepare_multimodal_messages
+
+        from ..data import load_kit_data
+
+        ev = load_kit_data(data_dir, "eval")["in_context"]
+        rows = ev.select(range(min(limit or len(ev), len(ev))))
+        n = max(len(processor(text=[processor.apply_chat_template(
+            prepare_multimodal_messages(r["prompt"], images=r["images"]), add_generation_prompt=True)],
+            images=[r["images"]], return_tensors="pt")["input_ids"][0]) for r in rows)
+        conf = getattr(model.config, "text_config", model.config)
+        limit_pos = getattr(conf, "max_position_embeddings", None)
+        out = {"in_context_prompt_tokens": n, "max_position_embeddings": limit_pos,
+               "beyond_trained_context": bool(limit_pos and n > limit_pos)}
+        if out["beyond_trained_context"]:
+            print(f"mpi-kit pipeline: warning: GTA prompts with the policy in context are up to {n} tokens, beyond "
+                  f"the {limit_pos} positions this model was trained on. They run (RoPE extrapolates; nothing "
+                  f"truncates), but In-Context scores and PolicyRollout's policy-aware rollouts are out of "
+                  f"distribution; a Qwen recipe (32k+ positions) has room for them.", file=sys.stderr)
+        return out
+
+    # ---------------------------------------------------------------- results
+    def paper_table(self) -> dict:
+        from ..paper import gta_paper_table
+
+        return gta_paper_table()
+
+    def table(self, results: dict) -> str:
+        from ..report import gta_table
+
+        return gta_table(results)
+
+    def report(self, out: Path, results: dict) -> Path:
+        from ..report import gta_pipeline_report
+
+        return gta_pipeline_report(out, results)
