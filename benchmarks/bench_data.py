@@ -28,8 +28,9 @@ def main():
     args = ap.parse_args()
 
     scenes = sample_scenes(300, seed=0)
-    print(f"scenes rendered per second: {rate(lambda s: render_scene(s, (192, 128)), scenes):7.1f} at 192x128 (128 px high)")
-    print(f"scenes rendered per second: {rate(lambda s: render_scene(s, (128, 85)), scenes):7.1f} at 128x85 (128 px wide)")
+    for size, what in (((192, 128), "128 px high"), ((128, 85), "128 px wide")):
+        speed = rate(lambda s: render_scene(s, size), scenes)
+        print(f"scenes rendered per second: {speed:7.1f} at {size[0]}x{size[1]} ({what})")
     print(f"scenes rendered per second: {rate(lambda s: render_scene(s, (480, 320)), scenes[:100]):7.1f} at 480x320")
     print(f"N=6 policies sampled per second: {rate(lambda i: sample_policy(6, i), range(20)):.1f}")
 

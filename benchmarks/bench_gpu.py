@@ -119,7 +119,8 @@ def decode_ms(model, size: dict) -> dict:
         full, one = _time(lambda: run(n), 2), _time(lambda: run(1), 2)
         out[name] = {"ms_per_step": round(1000 * (full - one) / (n - 1), 3), "tokens": run(n)[:, -n:].tolist()}
     same = out["plain"].pop("tokens") == out["ours"].pop("tokens")
-    return {"batch": b, "new_tokens": n, "plain_ms": out["plain"]["ms_per_step"], "ours_ms": out["ours"]["ms_per_step"],
+    return {"batch": b, "new_tokens": n, "plain_ms": out["plain"]["ms_per_step"],
+            "ours_ms": out["ours"]["ms_per_step"],
             "speedup": round(out["plain"]["ms_per_step"] / max(out["ours"]["ms_per_step"], 1e-9), 2),
             "greedy_tokens_equal": same}
 

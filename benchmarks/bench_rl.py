@@ -104,7 +104,8 @@ def main():
     if args.fixed_length:
         common["grpo.max_completion_length"] = args.fixed_length
     variants = {
-        "GRPO (2G)": rl_trainer(recipe, work / "data", work / "grpo", "grpo", False, num_generations=2 * G, **common)[0],
+        "GRPO (2G)": rl_trainer(recipe, work / "data", work / "grpo", "grpo", False, num_generations=2 * G,
+                                **common)[0],
         "PoRo (G+G)": rl_trainer(recipe, work / "data", work / "poro", "grpo", True, num_generations=G,
                                    policy_microbatch=args.policy_microbatch, **common)[0],
     }
@@ -136,7 +137,8 @@ def main():
     poro, grpo = "PoRo (G+G)", "GRPO (2G)"
     print(f"PoRo / GRPO step time: {med[poro] / med[grpo]:.2f} (target <= 1.3)")
     # sampled lengths differ (the policy-aware half often writes a full CoT): the same ratio per generated token
-    print(f"PoRo / GRPO step time per mean completion token: {(med[poro] / lens[poro]) / (med[grpo] / lens[grpo]):.2f}")
+    per_token = (med[poro] / lens[poro]) / (med[grpo] / lens[grpo])
+    print(f"PoRo / GRPO step time per mean completion token: {per_token:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,4 +7,4 @@ __version__ = "0.1.0"
 
 from .progress import install_warning_filters as _install_warning_filters
 
-_install_warning_filters()  # before bitsandbytes/transformers load: drops two warnings that are not errors (see progress)
+_install_warning_filters()  # before bitsandbytes/transformers load: drops two warnings that are not errors (progress)

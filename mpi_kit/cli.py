@@ -26,6 +26,8 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, dict):  # recipe overrides: --set KEY=VALUE (`_overrides`)
+            continue
         help_ = f.metadata.get("help", "") + f" (default: {default})"
         if isinstance(default, tuple):
             parser.add_argument(flag, nargs="+", default=list(default), help=help_,
@@ -45,7 +47,7 @@ def _scalar_type(f, default):
 
 
 def _dataclass_from_args(cls, args: argparse.Namespace):
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     for k, v in kw.items():
         if isinstance(v, list):
             kw[k] = tuple(v)
@@ -100,27 +102,11 @@ def cmd_pipeline(args) -> int:
     from .pipeline import PipelineConfig, run_pipeline, table
 
     cfg = _dataclass_from_args(PipelineConfig, args)
-    if args.backend is not None:
-        cfg.recipe = _with_backend(cfg.recipe, args.backend)
+    cfg.overrides = _overrides(args)
     results = run_pipeline(cfg)
     print(table(results))
     print(f"results: {Path(args.out) / 'results.json'}\nreport: {results['report']}")
     return 0
-
-
-def _with_backend(name: str, backend: str) -> str:
-    """The pipeline takes a recipe *name*: register `<name>+<backend>` (this process only) as the named recipe with
-    that backend, after checking the backend can run here (before the pipeline builds data or folders)."""
-    from .models import require_backend
-    from .recipes import RECIPES, get_recipe
-
-    recipe = get_recipe(name, backend=backend)
-    require_backend(recipe.backend, recipe.device)
-    if get_recipe(name).backend == backend:
-        return name
-    derived = f"{recipe.name}+{backend}"
-    RECIPES[derived] = lambda: get_recipe(recipe.name, backend=backend)
-    return derived
 
 
 def _stage_args(p: argparse.ArgumentParser) -> None:
@@ -131,9 +117,13 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: max_steps/4)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training rows")
+    _set_arg(p)
+    _backend_arg(p)
+
+
+def _set_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="recipe overrides, e.g. vm_cpt.learning_rate=1e-4 lora.r=8 (values parsed as JSON)")
-    _backend_arg(p)
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
@@ -144,7 +134,8 @@ def _backend_arg(p: argparse.ArgumentParser) -> None:
                         "'unsloth' = unsloth's FastVisionModel, CUDA GPU only (same as --set backend=unsloth)")
 
 
-def _stage_kwargs(args) -> dict:
+def _overrides(args) -> dict:
+    """Recipe overrides from --set KEY=VALUE (values parsed as JSON) and --backend."""
     from .recipes import RecipeError
 
     overrides = {}
@@ -158,14 +149,19 @@ def _stage_kwargs(args) -> dict:
             overrides[key] = value
     if args.backend is not None:
         overrides["backend"] = args.backend
+    return overrides
+
+
+def _stage_kwargs(args) -> dict:
     return dict(init=args.init, max_steps=args.max_steps, save_steps=args.save_steps, limit=args.limit,
-                progress=True, **overrides)
+                progress=True, **_overrides(args))
 
 
 def _check_backend(args, kw: dict) -> None:
     """Fail fast, before any data or output folder is touched, when the stage's backend cannot run here (unsloth
     without a CUDA GPU). With one, this imports unsloth before the stage module imports trl/peft, as unsloth needs."""
-    from .models import as_recipe, require_backend
+    from .models import require_backend
+    from .recipes import as_recipe
 
     recipe = as_recipe(args.recipe, **{k: v for k, v in kw.items() if k not in STAGE_KEYWORDS})
     require_backend(recipe.backend, recipe.device)
@@ -268,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="the paper's methods x N x every evaluation -> results.json + report.html")
     _add_dataclass_args(p, PipelineConfig)
+    _set_arg(p)
     _backend_arg(p)
     p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("cpt", help="TriMPI stage 1: VM-CPT on the vmcpt data (runs under `accelerate launch` too)")
@@ -277,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_args(p)
     p.add_argument("--mode", choices=["cot", "direct"], default="cot", help="cot: CoT + answer; direct: answer only")
     p.set_defaults(func=cmd_sft)
-    p = sub.add_parser("rl", help="TriMPI stage 3: GRPO or DAPO, optionally with PolicyRollout (accelerate launch too)")
+    p = sub.add_parser("rl", help="TriMPI stage 3: GRPO or DAPO, optionally with PolicyRollout (accelerate launch "
+                                  "too)")
     _stage_args(p)
     p.add_argument("--algo", choices=["grpo", "dapo"], default="grpo", help="grpo (KL 0.01) or dapo (no KL, "
                    "token-level loss, dynamic sampling)")

@@ -63,8 +63,9 @@ def check_vmcpt(ds, stage: str = "VM-CPT") -> None:
         before = "".join(p.get("text") or "" for p in content[:last_image] if p["type"] == "text")
         if f"Policy: {name}" not in before:
             raise DataError(f"{stage}: row {i}: the prompt holds no policy document stating its name "
-                            f"('Policy: {name}' before the scene image). VM-CPT rows carry the whole policy, headed by "
-                            f"its name; build them with `mpi-kit data --kinds vmcpt` (CoT rows have no policy)")
+                            f"('Policy: {name}' before the scene image). VM-CPT rows carry the whole policy, "
+                            f"headed by its name; build them with `mpi-kit data --kinds vmcpt` (CoT rows have no "
+                            f"policy)")
 
 
 class VMCPTCollator:
@@ -111,7 +112,8 @@ def cpt_trainer(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, init=None, m
     model, processor = load_stage_model(recipe, init)
     frozen = 0 if train_vision else freeze_vision(model)
     args = TrainingArguments(**trainer_kwargs(recipe, recipe.vm_cpt, out, max_steps, save_steps, progress))
-    trainer = type("CPTTrainer", (ResumeFix, Trainer), {})(model=model, args=args, train_dataset=ds, data_collator=VMCPTCollator(processor),
+    trainer = type("CPTTrainer", (ResumeFix, Trainer), {})(model=model, args=args, train_dataset=ds,
+                                                           data_collator=VMCPTCollator(processor),
                       processing_class=processor, callbacks=list(callbacks))
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
     info = {"data": str(data_dir) if data_dir else None, "init": str(init) if init else None,

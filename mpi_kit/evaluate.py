@@ -20,6 +20,7 @@ import torch
 
 from .policy import Policy
 from .rewards import parse_answer
+from .stats import wilson_interval, wilson_percent  # noqa: F401 (re-exported: the intervals of every accuracy)
 
 SETTINGS = {"no_policy": "no_policy", "in_context": "in_context", "override": "override"}
 _CITED = re.compile(r"Condition (\d+(?:\.\d+)*)")
@@ -220,21 +221,3 @@ def efficiency(model, processor, data_dir, batch_sizes=(1, 8)) -> list[dict]:
                      "prefill_s_in_context": round(t_ic, 4), "prefill_s_no_policy": round(t_np, 4),
                      "prefill_reduction_pct": round(100 * (1 - t_np / t_ic), 1)})
     return rows
-
-
-# ------------------------------------------------------------------------------------------------ statistics
-
-def wilson_percent(k: int, n: int) -> list[float]:
-    """`wilson_interval` in percent, to one decimal: how results.json, tables and notebooks show an interval."""
-    return [round(100 * x, 1) for x in wilson_interval(k, n)]
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for k successes in n trials, as fractions. Unlike k/n +- 1.96 SE it stays inside
-    [0, 1] and is honest at 0% or 100% with small n (0 of 24 is 0-14%, not 0-0%)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))

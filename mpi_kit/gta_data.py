@@ -187,7 +187,8 @@ def _task(kind: str, rng: random.Random, scenes: list[Scene], images: list) -> d
         t.update(tool="GoogleSearch", arguments={"query": topic, "k": 4 if open_ended else 1}, tips=["Tip.4"],
                  query=(f"I like the {o.shape} in this picture. " + (f"Can you find me some {topic}?" if open_ended
                         else f"Can you look up the {topic}?")),
-                 why=f"This needs the web. Rule Tip.4: the question is {'open-ended, so k=4' if open_ended else 'factual, so k=1'}.")
+                 why=f"This needs the web. Rule Tip.4: the question is "
+                     f"{'open-ended, so k=4' if open_ended else 'factual, so k=1'}.")
     elif kind in ("locate", "region", "drawbox"):
         attr = rng.choice(["material", "color"])
         box = _bbox(o)
@@ -216,7 +217,8 @@ def _task(kind: str, rng: random.Random, scenes: list[Scene], images: list) -> d
                 f"    plt.bar({list(counts)}, {list(counts.values())})\n    return fig")
         t.update(tool="Plot", arguments={"command": code}, query="Make a bar chart of how many cubes, spheres and "
                  "cylinders are in the picture.",
-                 history=[Step("CountGivenObject", {"image": img1, "text": f"{sh}s"}, str(n)) for sh, n in counts.items()],
+                 history=[Step("CountGivenObject", {"image": img1, "text": f"{sh}s"}, str(n))
+                          for sh, n in counts.items()],
                  why="Every shape has been counted; now the chart is drawn.")
     elif kind == "text_to_image":
         q, kw = rng.choice(PICTURES)
@@ -496,7 +498,8 @@ def build_gta_datasets(cfg: GTADataConfig | None = None, progress: bool = False,
     plan = {"qa": {"train": ("qa", train), "test": ("qa", test)},
             "cot": {"train": ("cot", train), "test": ("cot", test)},
             "vmcpt": {"train": ("vmcpt", train)}, "rl": {"train": ("rl", train)},
-            "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test), "override": ("override", changed)}}
+            "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test),
+                     "override": ("override", changed)}}
     summary = {"task": "gta", "config": {**asdict(cfg), "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)},
                "source": "gta" if cfg.gta_root else "generated", "policy": policy.name,
                "num_instances": {"train": len(train), "test": len(test), "override": len(changed)},
@@ -524,14 +527,5 @@ def build_gta_datasets(cfg: GTADataConfig | None = None, progress: bool = False,
     return summary
 
 
-def load_gta_policy(out: str | Path) -> tuple[GTAPolicy, GTAPolicy]:
-    """(base policy, the override policy) a GTA data folder was built with."""
-    path = Path(out) / "policy.json"
-    if not path.exists():
-        raise DataError(f"no GTA policy at {path}; build the data with `mpi-kit gta-data --out {out}`")
-    updated = GTAPolicy.from_dict(json.loads(path.read_text()))
-    return GTAPolicy(updated.name), updated
-
-
 __all__ = ["Instance", "Step", "GTADataConfig", "GTA_FEATURES", "TASKS", "generate_instances", "load_gta",
-           "build_gta_datasets", "make_row", "split_groups", "override_instances", "load_gta_policy"]
+           "build_gta_datasets", "make_row", "split_groups", "override_instances"]

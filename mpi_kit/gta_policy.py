@@ -134,7 +134,8 @@ def sample_profile(rng: random.Random) -> UserProfile:
 
 _OPS = {"in": lambda a, b: a in b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
         ">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "is": lambda a, b: bool(a) == b}
-Cond = tuple  # (field, op, value): ("credits", ">", 500), ("account_type", "in", ("B", "C")), ("math_image", "is", True)
+Cond = tuple  # (field, op, value): ("credits", ">", 500), ("account_type", "in", ("B", "C")),
+#                                  ("math_image", "is", True)
 
 
 def _holds(cond: Cond, facts: dict) -> bool:
@@ -164,12 +165,6 @@ class Rule:
 
     def applies(self, facts: dict) -> bool:
         return self.tool is not None and all(_holds(c, facts) for c in self.when)
-
-    def choose(self, facts: dict) -> str | None:
-        for conds, target in self.then:
-            if all(_holds(c, facts) for c in conds):
-                return target
-        return None
 
     def targets(self) -> list[str]:
         return [t for _, t in self.then]

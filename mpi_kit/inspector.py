@@ -252,7 +252,8 @@ class RolloutInspector(_Box):
 
     def current_group(self) -> pd.DataFrame:
         """The completions of the group on screen (all of them, filtered or not)."""
-        hits = self.visible[(self.visible["prompt_id"] == self.prompt.value) & (self.visible["step"] == self.step.value)]
+        v = self.visible
+        hits = v[(v["prompt_id"] == self.prompt.value) & (v["step"] == self.step.value)]
         if hits.empty:
             return self.df.iloc[:0]
         return self.df[self.df["group"] == hits["group"].iloc[-1]]  # the last attempt: the one trained on
@@ -348,15 +349,6 @@ class RolloutInspector(_Box):
                             f"<b>{r['advantage']:+.2f}</b> (logged {logged['advantage']:+.2f})")
 
 
-def inspect_run(run, data_dir=None, figures: bool = True):
-    """Show a run's charts (plotly, via fig.show(): Colab-safe) and return its RolloutInspector."""
-    if figures:
-        df = run if isinstance(run, pd.DataFrame) else load_rollouts(run)
-        for f in rollout_figures(df):
-            f.show()
-    return RolloutInspector(run, data_dir)
-
-
 # ------------------------------------------------------------------------------------------------ recorded runs
 
 CHECKOUT = ASSET_RUN.parent.parent
@@ -443,5 +435,5 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
 
 __all__ = ["load_rollouts", "find_data_dir", "group_table", "filter_rows", "filter_groups", "step_stats",
            "policy_rescues", "group_outcomes", "outcome_figure", "rescore", "answer_text", "advantage_note",
-           "rollout_figures", "RolloutInspector", "inspect_run", "pack_run", "portable", "record_demo_run",
+           "rollout_figures", "RolloutInspector", "pack_run", "portable", "record_demo_run",
            "summary_table", "ASSET_RUN"]

@@ -11,7 +11,7 @@ import resource
 import sys
 from pathlib import Path
 
-from .recipes import BACKENDS, RECIPES, TINY_MODEL_DIR, Recipe, RecipeError, _merge, get_recipe, recipe_for_model
+from .recipes import BACKENDS, RECIPES, TINY_MODEL_DIR, Recipe, RecipeError, as_recipe, get_recipe, recipe_for_model  # noqa: F401
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Module-name pieces that mark the vision side of a VLM (Qwen: `visual`, LLaVA/Idefics: `vision_tower`, ...).
@@ -76,23 +76,6 @@ def _announce_precision(device: str, precision: str) -> None:
           f"{cap[0]}.{cap[1]}: {why})")
 
 
-def as_recipe(recipe: "Recipe | str | Path" = "tiny", /, **overrides) -> Recipe:
-    """A Recipe from a Recipe, a recipe name, a hub id or a local folder (then the recipe naming that id, if any,
-    else tiny's full-fine-tune fp32 settings around it), with `get_recipe`-style overrides applied."""
-    if isinstance(recipe, Recipe):
-        return Recipe.from_dict(_merge(recipe.to_dict(), overrides)) if overrides else recipe
-    recipe = str(recipe)
-    if recipe in RECIPES or recipe == "auto":
-        return get_recipe(recipe, **overrides)
-    if "/" not in recipe and not Path(recipe).expanduser().exists():  # hub ids are org/name; folders exist
-        from .recipes import _suggest
-
-        raise RecipeError(f"unknown recipe {recipe!r}.{_suggest(recipe, RECIPES)} Known recipes: {', '.join(RECIPES)}. "
-                          f"A model can also be a local checkpoint folder or a hub id (org/name)")
-    base = recipe_for_model(recipe)
-    return Recipe.from_dict(_merge(base.to_dict(), overrides)) if overrides else base
-
-
 def locate_model(model: str, local_files_only: bool | None = None) -> str:
     """A loadable name for `model`: an existing checkpoint folder, or a hub id whose config loads (from the cache,
     or downloaded unless offline). Anything else raises ModelNotFoundError saying what to do."""
@@ -138,7 +121,8 @@ def lora_target_modules(model) -> str:
     for name, module in model.named_modules():
         name = name.removesuffix(".base_layer")  # already LoRA-wrapped: the layer's own name
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(module, torch.nn.Linear) and not vision.match(name) and leaf != "lm_head" and "lora_" not in name:
+        if (isinstance(module, torch.nn.Linear) and not vision.match(name) and leaf != "lm_head"
+                and "lora_" not in name):
             leaves.add(leaf)
     if not leaves:
         raise ValueError(f"{type(model).__name__} has no linear layers outside its vision tower to put LoRA on")
@@ -184,7 +168,8 @@ def load_model(recipe: "Recipe | str | Path" = "tiny", /, backend: str | None = 
     backend: None = the recipe's (`hf` unless set), or 'hf' / 'unsloth' (CUDA GPU only).
     lora: None = the recipe's `lora.enabled`, True/False forces it (False on an nf4 recipe = 4-bit inference).
     device: None = the recipe's ('auto': CUDA if visible). Overrides are `get_recipe` overrides, e.g.
-    `load_model(path, quantization="nf4", lora=True)` or `load_model("qwen2.5-vl-3b", model="/my/download")`. The recipe rides along as `model.mpi_recipe`.
+    `load_model(path, quantization="nf4", lora=True)` or `load_model("qwen2.5-vl-3b", model="/my/download")`.
+    The recipe rides along as `model.mpi_recipe`.
     """
     if lora is not None:
         overrides = {**overrides, "lora.enabled": True} if lora else overrides

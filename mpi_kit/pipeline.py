@@ -49,11 +49,15 @@ DEMO_METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ PoRo-GRPO"
 class PipelineConfig:
     """What to run. Steps per stage come from the recipe unless given here."""
     out: str = field(default="runs/pipeline", metadata={"help": "output folder (stages, results.json, report)"})
-    recipe: str = field(default="tiny", metadata={"help": "recipe name"})
+    recipe: str = field(default="tiny", metadata={"help": "recipe: a name, a model folder or hub id (or, from Python, "
+                                                          "a Recipe)"})
+    overrides: dict = field(default_factory=dict, metadata={
+        "help": "recipe overrides for every stage, e.g. {'sft_cot.learning_rate': 1e-4} (CLI: --set KEY=VALUE)"})
     depths: tuple[int, ...] = field(default=(2, 4, 6), metadata={"help": "policy depths N"})
     methods: tuple[str, ...] = field(default=tuple(METHODS), metadata={"help": "methods (paper names)"})
     num_policies: int = field(default=4, metadata={"help": "K policies per N"})
-    num_scenes: int = field(default=260, metadata={"help": "M scenes per N (shared by the policies); 260 holds out 52, "
+    num_scenes: int = field(default=260, metadata={"help": "M scenes per N (shared by the policies); 260 holds out "
+                                                           "52, "
                                                            "so 4 policies give 208 held-out questions (n >= 200)"})
     variant: str = field(default="T", metadata={"help": "T or M policies"})
     seed: int = field(default=0, metadata={"help": "data and training seed"})
@@ -65,7 +69,8 @@ class PipelineConfig:
         "help": "examples for the secondary evaluations (policy back in context, override, perception; default: "
                 "eval_limit). Each keeps its own n and interval in results.json."})
     max_new_tokens: int | None = field(default=None, metadata={
-        "help": "generation budget at evaluation (default: 24 + 24 N; a gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens)"})
+        "help": "generation budget at evaluation (default: 24 + 24 N; a gold CoT of depth N is ~22 N + 4 "
+                "tiny-tokenizer tokens)"})
     forgetting: bool = field(default=True, metadata={"help": "measure perception/counting before and after"})
     model: str | None = field(default=None, metadata={"help": "override the recipe's model path"})
     dataset: str = field(default="clevr", metadata={
@@ -91,7 +96,10 @@ def config_record(cfg: PipelineConfig) -> dict:
 
     task = get_task(cfg.dataset)
     others = {f for t in TASKS.values() if t is not task for f in t.config_fields} - set(task.config_fields)
-    config = {**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods)}
+    if not cfg.overrides:
+        others.add("overrides")  # recorded only when there are some
+    config = {**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods),
+              "recipe": cfg.recipe if isinstance(cfg.recipe, str) else cfg.recipe.name}
     return {k: v for k, v in config.items() if k not in others}
 
 
@@ -115,14 +123,14 @@ def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overri
         from .cpt import run_cpt
         run_cpt(cfg.recipe, str(data_dir), str(out), max_steps=cfg.cpt_steps, **common)
     else:
-        from .recipes import get_recipe
+        from .recipes import as_recipe
         from .rl import run_rl
         from .tasks import get_task
 
         algo = kw["algo"]
         # rollouts get the evaluation's budget when the recipe's is shorter: a CoT cut off before its answer earns
         # no reward, so every advantage would be zero. The rewards are the data's task's (`rl_trainer` asks it).
-        budget = max(getattr(get_recipe(cfg.recipe, **overrides), algo).max_completion_length,
+        budget = max(getattr(as_recipe(cfg.recipe, **overrides), algo).max_completion_length,
                      get_task(cfg.dataset).completion_budget(cfg, data_dir))
         run_rl(cfg.recipe, str(data_dir), str(out), algo, kw.get("policy_rollout", False),
                max_steps=cfg.rl_steps, **{f"{algo}.max_completion_length": budget, **common})
@@ -141,7 +149,8 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     """Build data, train every method's stages (cached), evaluate, write results.json and report.html. What the
     data, the evaluations and the report are is the task's (`cfg.dataset`, `mpi_kit.tasks`)."""
     from .data import DataError
-    from .recipes import get_recipe
+    from .models import require_backend
+    from .recipes import as_recipe
     from .tasks import get_task
 
     cfg = cfg or PipelineConfig(**kw)
@@ -155,10 +164,11 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     if unknown:
         raise DataError(f"unknown methods {sorted(unknown)}; choose from: {'; '.join(METHOD_STAGE)} (quote names "
                         f"with spaces, e.g. --methods 'CoT SFT' 'TriMPI w/ PoRo-GRPO')")
+    overrides = {**cfg.overrides, **({"model": cfg.model} if cfg.model else {})}
+    recipe = as_recipe(cfg.recipe, **overrides)
+    require_backend(recipe.backend, recipe.device)  # e.g. unsloth without a CUDA GPU: before any folder is made
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = {"model": cfg.model} if cfg.model else {}
-    recipe = get_recipe(cfg.recipe, **overrides)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.update(config=config_record(cfg), recipe=recipe.to_dict(), paper=task.paper_table())

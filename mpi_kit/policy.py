@@ -64,10 +64,6 @@ class Policy:
             node = c.yes if scene.has(**c.subject) else c.no
         return node, path
 
-    def answers(self, scene: Scene) -> list[bool]:
-        """The yes/no answer at each condition of the path (for CoTs)."""
-        return [scene.has(**self.conditions[i].subject) for i in self.evaluate(scene)[1]]
-
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         return {"name": self.name, "depth": self.depth, "variant": self.variant, "root": self.root,

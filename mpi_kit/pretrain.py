@@ -685,7 +685,7 @@ def evaluate(model, processor, n_perception: int = 400, n_policy: int = 200, dep
     Scenes and policies come from the `eval/` keys, which training never uses. Threads are the caller's."""
     from tqdm.auto import tqdm
 
-    from mpi_kit.evaluate import wilson_interval
+    from mpi_kit.stats import wilson_interval
 
     res: dict = {"n": {}, "interval_95": {}}
     tokens, seconds = 0, 0.0

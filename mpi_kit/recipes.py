@@ -174,7 +174,8 @@ class RLSettings(StageSettings):
         "help": "Cap on DAPO's regeneration per step, in batches' worth of completion tokens (the first sample is 1): "
                 "when a step has regenerated this much it stops, drops the groups still all-equal and logs it. A "
                 "reward that is 0 for every completion otherwise regenerates dynamic_sampling_retries whole batches "
-                "(one N = 6 step on a CPU ran over 30 minutes). Tokens, not seconds: the same seed gives the same run."})
+                "(one N = 6 step on a CPU ran over 30 minutes). Tokens, not seconds: the same seed gives the same "
+                "run."})
     fast_rollouts: bool = field(default=False, metadata={
         "help": "Generate rollouts through mpi_kit.rollout: one prefill per prompt group, grouped-query decoding "
                 "attention on the CPU, a static cache for long prompts. Same greedy tokens; on the tiny recipe it "
@@ -255,7 +256,8 @@ class Recipe(_Section):
         _check(self.quantization == "none" or self.lora.enabled,
                "quantization: 'nf4' needs lora.enabled=True: 4-bit weights are frozen, only an adapter can train "
                "(QLoRA). Enable LoRA or set quantization='none'.")
-        _check(self.memory_budget_gib >= 0, f"memory_budget_gib: must be >= 0 (0 = no plan), got {self.memory_budget_gib}")
+        _check(self.memory_budget_gib >= 0,
+               f"memory_budget_gib: must be >= 0 (0 = no plan), got {self.memory_budget_gib}")
         _check(0 < self.min_pixels <= self.max_pixels,
                f"min_pixels/max_pixels: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         rs = self.render_size
@@ -403,3 +405,20 @@ def recipe_for_model(model: str) -> Recipe:
         if r.model == model:
             return r
     return get_recipe("tiny", name="custom", model=model, device="auto")
+
+
+def as_recipe(recipe: "Recipe | str | Path" = "tiny", /, **overrides) -> Recipe:
+    """The one way to a Recipe: from a Recipe, a recipe name, a hub id or a local folder (then the recipe naming
+    that id, if any, else tiny's full-fine-tune fp32 settings around it), with `get_recipe`-style overrides
+    ("sft_cot.learning_rate": 1e-4) applied. Stages, the pipeline and the CLI all resolve recipes here."""
+    if isinstance(recipe, Recipe):
+        return Recipe.from_dict(_merge(recipe.to_dict(), overrides)) if overrides else recipe
+    recipe = str(recipe)
+    if recipe in RECIPES or recipe == "auto":
+        return get_recipe(recipe, **overrides)
+    if "/" not in recipe and not Path(recipe).expanduser().exists():  # hub ids are org/name; folders exist
+        raise RecipeError(f"unknown recipe {recipe!r}.{_suggest(recipe, RECIPES)} Known recipes: "
+                          f"{', '.join(RECIPES)}. "
+                          f"A model can also be a local checkpoint folder or a hub id (org/name)")
+    base = recipe_for_model(recipe)
+    return Recipe.from_dict(_merge(base.to_dict(), overrides)) if overrides else base

@@ -169,7 +169,8 @@ def limits_note(results: dict) -> str:
 
     card = Path(TINY_MODEL_DIR) / "eval_results.json"
     if not card.exists():
-        return "The tiny recipe runs on a random stand-in model (assets/tiny-vlm is missing): its answers mean nothing."
+        return ("The tiny recipe runs on a random stand-in model (assets/tiny-vlm is missing): its answers mean "
+                "nothing.")
     ev = json.loads(card.read_text())
     ic = ", ".join(f"{100 * ev[k]:.0f}% at N = {k[12:]}" for k in sorted(ev) if k.startswith("in_context_N") and
                    not k.endswith("majority"))
@@ -322,7 +323,8 @@ def rl_groups_note(results: dict) -> str:
         first = ro[:max(1, len(ro) // 4)]
         groups = sum(x["groups"] or 0 for x in first) or 1
         share = lambda k: 100 * sum((x[k] or 0) * (x["groups"] or 0) for x in first) / groups  # noqa: E731
-        line = f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups zero-variance"
+        line = (f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups "
+                f"zero-variance")
         if "PoRo" in r["method"]:
             line += f", {share('frac_rescued'):.0f}% rescued by PolicyRollout"
         out.append(line)

@@ -132,11 +132,13 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
                                  self._rows[i].get("policy_images") or [])
 
         if self.policy_microbatch is None:  # one decode loop for both halves: a step costs ~ one GRPO step
-            jobs = [(list(range(len(aware))), [with_policy(i) if a else self._prompts[i] for i, a in enumerate(aware)])]
+            jobs = [(list(range(len(aware))),
+                     [with_policy(i) if a else self._prompts[i] for i, a in enumerate(aware)])]
         else:
             jobs = [(plain_idx, [self._prompts[i] for i in plain_idx])]
-            jobs += [(aware_idx[s:s + self.policy_microbatch], [with_policy(i) for i in aware_idx[s:s + self.policy_microbatch]])
-                     for s in range(0, len(aware_idx), self.policy_microbatch)]
+            m = self.policy_microbatch
+            chunks = [aware_idx[s:s + m] for s in range(0, len(aware_idx), m)]
+            jobs += [(chunk, [with_policy(i) for i in chunk]) for chunk in chunks]
         for idx, prompts in jobs:
             if not idx:
                 continue
@@ -213,7 +215,8 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
             spent += tokens(attempts[-1])
         dropped = [i for i, g in enumerate(groups) if not filled[g]]
         merged = self._merge_attempts(attempts, choice, dropped)
-        n_dropped = torch.tensor([len({groups[i] for i in dropped})], device=self.accelerator.device, dtype=torch.float)
+        n_dropped = torch.tensor([len({groups[i] for i in dropped})], device=self.accelerator.device,
+                                 dtype=torch.float)
         mode = "train"
         if capped:
             logger.warning(f"DAPO dynamic sampling: step {self.state.global_step + 1} stopped regenerating after "
@@ -320,12 +323,13 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
                                    dynamic_sampling_work=settings.dynamic_sampling_work,
                                    fast_rollouts=fast_rollouts, task=task)
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
-    info = {"algo": algo, "task": task.name, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts, "group_size": kw["num_generations"],
+    info = {"algo": algo, "task": task.name, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts,
+            "group_size": kw["num_generations"],
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
             "reward_weights": dict(zip(("format", "accuracy"), reward_weights)),
             "reward_funcs": [getattr(f, "__name__", str(f)) for f in reward_funcs],
-            **stage_facts(algo, recipe, args, ds, processor, policy_rollout=policy_rollout)}  # precision, time estimate
+            **stage_facts(algo, recipe, args, ds, processor, policy_rollout=policy_rollout)}  # precision, time
     return trainer, processor, info
 
 

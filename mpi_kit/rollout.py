@@ -259,4 +259,5 @@ class _Plain:
         return self._model(*args, **kw)
 
 
-__all__ = ["shared_prefill_generate", "prompt_groups", "use_fast_rollouts", "decode_attention", "grouped_decode_attention"]
+__all__ = ["shared_prefill_generate", "prompt_groups", "use_fast_rollouts", "decode_attention",
+           "grouped_decode_attention"]

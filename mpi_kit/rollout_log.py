@@ -130,7 +130,8 @@ def group_table(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "group": key, "step": int(g["step"].iloc[0]), "prompt_id": g["prompt_id"].iloc[0],
             "attempt": int(g["attempt"].iloc[0]), "scene_id": g["scene_id"].iloc[0], "gold": g["gold"].iloc[0],
-            "size": len(g), "reward_mean": g["reward"].mean(), "reward_std": g["reward"].std(ddof=1) if len(g) > 1 else 0.0,
+            "size": len(g), "reward_mean": g["reward"].mean(),
+            "reward_std": g["reward"].std(ddof=1) if len(g) > 1 else 0.0,
             "zero_std": bool(g["reward"].nunique() <= 1), "truncated": int(g["truncated"].sum()),
             "correct": int(g["correct"].sum()), "wrong": int((~g["correct"]).sum()),
             "acc_no_policy": half[NO_POLICY]["correct"].mean() if len(half[NO_POLICY]) else float("nan"),

@@ -46,7 +46,8 @@ NOTEBOOK_SCALES = {
                       max_new_tokens=24 + 24 * 4 + 256, n_perception=200)},
     "08_tool_policies": {
         "tutorial": dict(num_instances=120, methods=("In-Context", "CoT SFT", "TriMPI w/ PoRo-GRPO"),
-                         steps=dict(cpt=8, sft=12, rl=4), eval_limit=16, overrides={"grpo.max_completion_length": 200}),
+                         steps=dict(cpt=8, sft=12, rl=4), eval_limit=16,
+                         overrides={"grpo.max_completion_length": 200}),
         "paper": dict(num_instances=560, methods=("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ PoRo-GRPO"),
                       steps=dict(cpt=None, sft=None, rl=None), eval_limit=None, overrides={})},
 }
@@ -248,22 +249,27 @@ def estimate_notebook(notebook: str, scale: str = "tutorial", recipe="qwen2.5-vl
         rl_new = S["overrides"].get("grpo.max_completion_length", s.recipe.grpo.max_completion_length)
         n = _limit(S["eval_limit"], test)
         m = S["methods"]
+
+        def evals(name):  # the pipeline's GTA evaluation: no policy and override, then the policy back in context
+            s.generate(name, 2 * n, base, new)
+            s.generate(f"{name}, policy in context", n, base + g["policy"], new)
+
         if "In-Context" in m:
             s.generate("In-Context eval", n, base + g["policy"], new)
         if {"CoT SFT", "CoT SFT + GRPO"} & set(m):
             s.train("CoT SFT", "sft_cot", train, st["sft"], base + g["cot"], completion_tokens=g["cot"])
-            s.generate("CoT SFT eval", 2 * n, base, new)
+            evals("CoT SFT eval")
         if "CoT SFT + GRPO" in m:
             s.train("GRPO", "grpo", train, st["rl"], base + rl_new, S["overrides"], completion_tokens=rl_new,
                     prompt_tokens=base)
-            s.generate("GRPO eval", 2 * n, base, new)
+            evals("GRPO eval")
         if "TriMPI w/ PoRo-GRPO" in m:
             s.train("VM-CPT", "vm_cpt", train, st["cpt"], base + g["policy"] + g["cot"], policy_tokens=g["policy"],
                     completion_tokens=g["cot"])
             s.train("CoT SFT after VM-CPT", "sft_cot", train, st["sft"], base + g["cot"], completion_tokens=g["cot"])
             s.train("PoRo-GRPO", "grpo", train, st["rl"], base + rl_new, S["overrides"], completion_tokens=rl_new,
                     prompt_tokens=base, policy_tokens=g["policy"], policy_rollout=True)
-            s.generate("TriMPI eval", 2 * n, base, new)
+            evals("TriMPI eval")
     return s.parts
 
 

@@ -111,7 +111,7 @@ def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:
     interval), the completions and the majority-case share (what always answering the commonest case would score)."""
     from collections import Counter
 
-    from .evaluate import wilson_interval
+    from .stats import wilson_interval
     from .rewards import parse_answer
 
     texts = answer(model, processor, rows, max_new_tokens)

@@ -136,24 +136,3 @@ def count_params(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     vision = sum(p.numel() for p in model.model.visual.parameters())
     return {"total": total, "vision": vision, "language": total - vision}
-
-
-def messages_for(question: str, n_images: int = 1, policy_text: str | None = None) -> list[dict]:
-    """One user turn: the images first, then (optionally) the policy text, then the question."""
-    content = [{"type": "image"} for _ in range(n_images)]
-    text = f"{policy_text}\n\n{question}" if policy_text else question
-    content.append({"type": "text", "text": text})
-    return [{"role": "user", "content": content}]
-
-
-@torch.no_grad()
-def generate(model, processor, questions: list[str], images: list, policy_texts: list | None = None,
-             max_new_tokens: int = 64) -> list[str]:
-    """Greedy answers for a batch of (question, image[, policy text]); left-padded, batched."""
-    policy_texts = policy_texts or [None] * len(questions)
-    prompts = [processor.apply_chat_template(messages_for(q, 1, p), add_generation_prompt=True)
-               for q, p in zip(questions, policy_texts)]
-    processor.tokenizer.padding_side = "left"
-    batch = processor(text=prompts, images=[[im] for im in images], return_tensors="pt", padding=True)
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

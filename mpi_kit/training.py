@@ -162,8 +162,8 @@ def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | N
         from .memory import apply_plan
 
         section = next(n for n in ("vm_cpt", "sft_cot", "sft_direct", "grpo", "dapo") if getattr(recipe, n) is stage)
-        kw = apply_plan(recipe, {"sft_cot": "sft", "sft_direct": "sft", "dapo": "rl", "grpo": "rl"}.get(section, section),
-                        kw)
+        kind = {"sft_cot": "sft", "sft_direct": "sft", "dapo": "rl", "grpo": "rl"}.get(section, section)
+        kw = apply_plan(recipe, kind, kw)
     kw["warmup_steps"] = kw.pop("warmup_ratio")  # transformers 5: a float < 1 is a ratio of the total steps
     if max_steps is not None:
         if int(max_steps) < 1:
@@ -173,13 +173,14 @@ def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | N
     steps = kw["max_steps"]
     if save_steps is None:
         save_steps = max(1, steps // 4) if steps > 0 else 200
-    precision = resolve_precision(recipe.precision, recipe.device)  # 'auto': bf16 on compute capability >= 8, else fp16
+    precision = resolve_precision(recipe.precision, recipe.device)  # 'auto': bf16 on capability >= 8, else fp16
     return dict(kw, output_dir=str(out), bf16=precision == "bf16", fp16=precision == "fp16",
                 gradient_checkpointing=recipe.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
                 use_cpu=resolve_device(recipe.device) == "cpu", seed=recipe.seed, data_seed=recipe.seed,
                 logging_steps=1, save_strategy="steps", save_steps=save_steps, save_total_limit=2,
-                report_to="none", ddp_find_unused_parameters=False, disable_tqdm=not progress, dataloader_num_workers=0, remove_unused_columns=False)
+                report_to="none", ddp_find_unused_parameters=False, disable_tqdm=not progress,
+                dataloader_num_workers=0, remove_unused_columns=False)
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -338,7 +339,7 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
     step0 = 0
     if ckpt:
         step0 = json.loads((Path(ckpt) / "trainer_state.json").read_text())["global_step"]
-    result = trainer.train(resume_from_checkpoint=ckpt)
+    trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.time() - t0
     state = trainer.state
     model = trainer.model
@@ -386,4 +387,5 @@ def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
 
 
 __all__ = ["StageError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision", "trainer_kwargs",
-           "train_stage", "open_run", "run_settings", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir", "tiny_or_random"]
+           "train_stage", "open_run", "run_settings", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir",
+           "tiny_or_random"]

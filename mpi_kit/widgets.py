@@ -161,8 +161,8 @@ def tree_svg(policy: Policy, path: list[str] | None = None, outcome: str | None 
             w = _text_w(fits[0], 10)
             out.append(f'<text x="{clamp(X(x), w):.1f}" y="{Y(d) - 9:.1f}" font-size="10" text-anchor="middle"'
                        f'{bold}>{html.escape(fits[0])}</text>')
-    legend = ([f'<tspan fill="{YES}">green</tspan> = yes, <tspan fill="{NO}">red</tspan> = no'] if unlabelled else []) \
-        + (["leaf numbers: cases"] if leaf_mode != "full" else [])
+    colours = f'<tspan fill="{YES}">green</tspan> = yes, <tspan fill="{NO}">red</tspan> = no'
+    legend = ([colours] if unlabelled else []) + (["leaf numbers: cases"] if leaf_mode != "full" else [])
     if legend:
         out.append(f'<text x="{width - 2}" y="10" font-size="9" text-anchor="end" fill="#555">'
                    f'{" · ".join(legend)}</text>')

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mpi_kit.data import (DataConfig, DataError, build_datasets, load_kit_data, load_policies, load_scenes,
+from mpi_kit.data import (DataError, build_datasets, load_kit_data, load_policies, load_scenes,
                           require_columns, with_policy)
 
 SMALL = dict(num_policies=2, num_scenes=12, depth=2, progress=False)

@@ -1,7 +1,7 @@
 """Evaluations on fixtures whose right value is known by construction."""
 import pytest
 
-from mpi_kit.data import build_datasets, load_kit_data, load_policies, load_scenes
+from mpi_kit.data import build_datasets, load_kit_data, load_policies
 from mpi_kit.evaluate import (RuleJudge, branching_error, cited_conditions, referral_scores, score_rows,
                               summarize)
 

@@ -137,7 +137,8 @@ def test_override_changes_exactly_the_named_rules(override):
                 if old_rule is None or old_rule.id not in override:
                     assert new_name == old_name
                 else:
-                    targets = [override[old_rule.id]] if isinstance(override[old_rule.id], str) else override[old_rule.id]
+                    new = override[old_rule.id]
+                    targets = [new] if isinstance(new, str) else new
                     assert new_name == targets[branch]
                     if new_name != old_name:
                         changed_rules.add(old_rule.id)
@@ -213,7 +214,8 @@ def test_score_call_overall():
     wrong_version = dict(gold, name="RegionAttributeDescription_v1")
     s = score_call(wrong_version, gold)
     assert (s.tool, s.args, s.overall) == (0.0, 1.0, 0.5) and "gold RegionAttributeDescription_v2" in s.reason
-    half_box = call("RegionAttributeDescription_v2", image="image/image_1.jpg", bbox="(5, 0, 15, 10)", attribute="color")
+    half_box = call("RegionAttributeDescription_v2", image="image/image_1.jpg", bbox="(5, 0, 15, 10)",
+                    attribute="color")
     assert abs(score_call(half_box, gold).overall - (0.5 + 0.5 * (1 + 1 / 3 + 1) / 3)) < 1e-9
     missing = call("RegionAttributeDescription_v2", image="image/image_1.jpg", attribute="color")
     assert abs(score_call(missing, gold).args - 2 / 3) < 1e-9 and "bbox: missing" in score_call(missing, gold).reason
@@ -387,7 +389,8 @@ def test_build_gta_datasets(tmp_path):
     for ds in (cot["train"], vm["train"], ev["in_context"], ev["override"]):
         check_rows(ds, "test")
     row = rl["train"][0]
-    assert "### Tool Calling Rules ###" not in str(row["prompt"]) and "### Tool Calling Rules ###" in str(row["policy"])
+    rules = "### Tool Calling Rules ###"
+    assert rules not in str(row["prompt"]) and rules in str(row["policy"])
     assert gta_reward([cot["train"][0]["completion"]], answer=[cot["train"][0]["answer"]]) == [1.0]
     for r in ev["override"]:
         assert "### Tool Calling Rule Override ###" in r["prompt"][0]["content"][0]["text"] + \

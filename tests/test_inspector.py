@@ -174,7 +174,8 @@ def test_the_recorded_run_stores_no_absolute_path(tmp_path):
         "model": str(CHECKOUT / "assets" / "tiny-vlm"), "init": str(tmp_path.parent / "elsewhere" / "sft_cot")}})
     s = json.loads((packed / "summary.json").read_text())
     assert s["recorded_with"] == {"model": "assets/tiny-vlm", "init": "sft_cot"}
-    assert not [x for f in packed.rglob("*.json") for x in _strings(json.loads(f.read_text())) if Path(x).is_absolute()]
+    strings = [x for f in packed.rglob("*.json") for x in _strings(json.loads(f.read_text()))]
+    assert not [x for x in strings if Path(x).is_absolute()]
 
 
 def test_rescore_advantage():
@@ -259,7 +260,8 @@ def _gta_log(run_dir):
     pd.DataFrame({"step": [1] * 4, "prompt": [[{"role": "user", "content": "read it"}]] * 4, "completion": comp,
                   "gta_format_reward": fmt, "gta_reward": acc, "advantage": [0.5, 0.5, 0.5, -1.5],
                   "source": ["no-policy", "no-policy", "policy-aware", "policy-aware"], "prompt_id": ["p0"] * 4,
-                  "gold": [gold] * 4, "attempt": [0] * 4}).to_parquet(run_dir / "completions" / "completions_00001.parquet")
+                  "gold": [gold] * 4, "attempt": [0] * 4}).to_parquet(
+        run_dir / "completions" / "completions_00001.parquet")
     return fmt, acc, gold
 
 

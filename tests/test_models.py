@@ -59,7 +59,8 @@ def _build(arch: str, out) -> None:
                                    video_processor=Qwen2VLVideoProcessor(patch_size=8))
     else:
         cfg = Qwen3VLConfig(text_config=dict(text, rope_parameters=dict(rope, mrope_interleaved=True)),
-                            vision_config=dict(vision, num_position_embeddings=64, deepstack_visual_indexes=[0]), **ids)
+                            vision_config=dict(vision, num_position_embeddings=64, deepstack_visual_indexes=[0]),
+                            **ids)
         model = Qwen3VLForConditionalGeneration(cfg)
         proc = Qwen3VLProcessor(image_processor=image_proc, tokenizer=tok,
                                 video_processor=Qwen3VLVideoProcessor(patch_size=8))
@@ -102,12 +103,14 @@ def test_recipe_contents():
     tiny = get_recipe("tiny")
     assert tiny.model == str(TINY_MODEL_DIR) and TINY_MODEL_DIR.parts[-2:] == ("assets", "tiny-vlm")
     assert (tiny.device, tiny.precision, tiny.quantization, tiny.lora.enabled) == ("cpu", "fp32", "none", False)
-    for name, hub in [("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct"), ("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct"),
+    for name, hub in [("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct"),
+                      ("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct"),
                       ("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct")]:
         r = get_recipe(name)
         assert (r.model, r.quantization, r.lora.enabled, r.lora.target_modules) == (hub, "nf4", True, None)
         assert (r.grpo.epsilon, r.grpo.epsilon_high, r.grpo.beta) == (0.2, 0.3, 0.01)  # paper App. B
-        assert (r.dapo.epsilon, r.dapo.epsilon_high, r.dapo.beta, r.dapo.dynamic_sampling_retries) == (0.2, 0.28, 0, 20)
+        d = r.dapo
+        assert (d.epsilon, d.epsilon_high, d.beta, d.dynamic_sampling_retries) == (0.2, 0.28, 0, 20)
         assert r.sft_cot.learning_rate == 1e-4 and 1e-5 <= r.grpo.learning_rate <= 5e-5  # LoRA-scaled RL lr
         assert as_recipe(hub).name == name  # a hub id finds its recipe
     r = get_recipe("tiny", lora={"r": 4}, **{"grpo.learning_rate": 5e-6, "precision": "bf16"})

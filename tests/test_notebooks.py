@@ -51,7 +51,8 @@ def test_notebook_06_twice_gives_the_same_steps_and_files(tmp_path):
 
     def run():
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
         steps = {str(p.relative_to(tmp_path)): json.loads(p.read_text()).get("steps")
                  for p in tmp_path.rglob("summary.json") if "checkpoint-" not in str(p)}
         files = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}

@@ -132,8 +132,10 @@ def test_rescued_groups_counted_on_a_hand_built_rollout_log(tmp_path):
         return out
     log = tmp_path / "run" / "completions"
     log.mkdir(parents=True)
-    pd.DataFrame(rows(1, "a", [0, 0], [1, 0]) + rows(1, "b", [1, 0], [0, 0])).to_parquet(log / "completions_00001.parquet")
-    pd.DataFrame(rows(2, "a", [0, 0], [0, 0]) + rows(2, "b", [1, 1], [1, 0])).to_parquet(log / "completions_00002.parquet")
+    step1 = rows(1, "a", [0, 0], [1, 0]) + rows(1, "b", [1, 0], [0, 0])
+    step2 = rows(2, "a", [0, 0], [0, 0]) + rows(2, "b", [1, 1], [1, 0])
+    pd.DataFrame(step1).to_parquet(log / "completions_00001.parquet")
+    pd.DataFrame(step2).to_parquet(log / "completions_00002.parquet")
     (tmp_path / "run" / "summary.json").write_text("{}")
     steps = rollout_steps(tmp_path / "run")
     assert [s["frac_rescued"] for s in steps] == [0.5, 0.0]

@@ -56,3 +56,52 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme
+
+
+def test_the_linter_passes():
+    """ruff with the configuration in pyproject.toml (TRL's 119 columns; pycodestyle and pyflakes)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """mpi_kit's modules and the mpi_kit modules each imports, at the top or inside a function."""
+    import ast
+
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (ROOT / "mpi_kit").rglob("*.py")}
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        package = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1]) if node.level else ""
+                target = ".".join(x for x in (base, node.module) if x)
+                names = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            graph[m] |= {n for n in names if n in mods and n != m}
+    return graph
+
+
+def test_the_import_graph_has_no_circle():
+    graph = import_graph()
+    assert graph["mpi_kit.pipeline"] >= {"mpi_kit.tasks"} and "mpi_kit.report" in graph["mpi_kit.tasks.clevr"]
+
+    def reaches(a, b):
+        seen, todo = set(), [a]
+        while todo:
+            for n in graph[todo.pop()] - seen:
+                seen.add(n)
+                todo.append(n)
+        return b in seen
+
+    circles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and reaches(b, a))
+    assert not circles, f"modules that import each other (directly or through others): {circles}"

@@ -50,7 +50,8 @@ def test_render_shows_colour_and_metal(size):
         assert max(abs(a - b) for a, b in zip(_colour_at(img, o), COLOR_RGB[o.color])) < 40
     # metal has a white highlight up-left of the centre; rubber does not
     W, H = size
-    hl = lambda o: img.getpixel((int((o.x * W) - RADIUS["large"] * H * 0.35), int(o.y * H - RADIUS["large"] * H * 0.35)))
+    r = RADIUS["large"] * H * 0.35
+    hl = lambda o: img.getpixel((int((o.x * W) - r), int(o.y * H - r)))
     assert min(hl(objs[1])) > 180
     assert min(hl(objs[0])) < 120
 

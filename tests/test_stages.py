@@ -185,7 +185,8 @@ def test_bad_inputs_get_clear_errors(data, base, tmp_path):
     with pytest.raises(DataError, match="empty"):
         check_vmcpt(vm.select([]))
     with pytest.raises(DataError, match="empty"):
-        _run(run_sft, data["T"], tmp_path / "e", "cot", model=base, dataset=load_kit_data(data["T"], "cot")["train"].select([]))
+        empty = load_kit_data(data["T"], "cot")["train"].select([])
+        _run(run_sft, data["T"], tmp_path / "e", "cot", model=base, dataset=empty)
 
     def strip_name(r):  # a policy document without its 'Policy: <name>' header
         c = r["prompt"][0]["content"]

@@ -348,4 +348,4 @@ def test_card_numbers_come_from_the_evaluation(tmp_path):
     assert json.loads((tmp_path / "eval_results.json").read_text()) == json.loads(json.dumps(res))
     lo, hi = res["interval_95"]["exist"]
     assert f"{100 * res['exist']:.1f}%" in card and f"{100 * lo:.1f}-{100 * hi:.1f}%" in card
-    assert f"| in-context policy following, N = 2" in card and "| 2 | " in card  # the per-step row for N = 2
+    assert "| in-context policy following, N = 2" in card and "| 2 | " in card  # the per-step row for N = 2

@@ -60,7 +60,8 @@ if importlib.util.find_spec("mpi_kit") is None:
 """
 INSTALL = INSTALL.replace("@REPO@", REPO).replace("@PLACEHOLDER@", REPO_PLACEHOLDER).replace(
     "@PINS@", repr(colab_pins())).strip("\n")
-RECIPE_CELL = '''RECIPE = "auto"  # "auto": tiny on a CPU, qwen2.5-vl-3b on a T4 (16 GB), qwen2.5-vl-7b on an L4/A100; or name one'''
+RECIPE_CELL = ('RECIPE = "auto"  # "auto": tiny on a CPU, qwen2.5-vl-3b on a T4 (16 GB), qwen2.5-vl-7b on an L4/A100; '
+               'or name one')
 SCALE_LINE = ('SCALE = "tutorial"  # GPU recipes: "tutorial" fits a free Colab T4; "paper": the paper\'s data and '
               'schedules (hours to days)')
 

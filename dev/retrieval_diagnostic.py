@@ -8,14 +8,18 @@ after the image ("qfirst": " red<image>"). Env: ATTN=L adds a loss on head 0 of 
 to attend to the cells holding that colour (or <|vision_start|> when none does); GATHER=1 adds one on head 0
 of layer 0 to attend to the colour word; SCALE=k scales the visual tokens.
 
-    python tools/retrieval_diagnostic.py VARIANT STEPS LR     (needs runs/pretrain/see/final)
+    python dev/retrieval_diagnostic.py VARIANT STEPS LR     (needs runs/pretrain/see/final)
 
 Results (2026-11-28, 1 thread, lr 1e-3): onehop 0.70-0.76 after 1,500 steps (0.58 at 400); onehop SCALE=0.05
 0.62 at 350; qfirst 0.55 at 400; twohop ATTN=1 0.45 at 300 (the retrieve head cannot know the colour);
 **onehop ATTN=0 0.97 at step 75**; **twohop GATHER=1 ATTN=1 0.88-0.96 from step 225 to 399**. That is `taught retrieval` in
 `mpi_kit.pretrain`.
 """
-import os, random, sys, time, torch
+import os
+import random
+import sys
+import time
+import torch
 from mpi_kit.pretrain import set_threads
 from mpi_kit.tiny import load_tiny, IMAGE_SIZE
 from mpi_kit.scenes import sample_scene, render_scene, ATTRIBUTES

@@ -4,7 +4,7 @@ Loads the checkpoint after the "see" stage (vision tower trained on dense per-ce
 random), freezes the vision tower and trains the language model on "Is there a <colour> object in the image?"
 (balanced Yes/No), printing the loss and held-out accuracy (128 questions) every 25 steps.
 
-    python tools/read_diagnostic.py VARIANT STEPS LR      (T=threads, default 1; needs runs/pretrain/see/final)
+    python dev/read_diagnostic.py VARIANT STEPS LR      (T=threads, default 1; needs runs/pretrain/see/final)
 
 Variants: base (as pretraining does), fixed (always "red": no binding needed), scale<k> (visual tokens x k),
 oracleword (visual tokens replaced by the sum of the attribute words' embeddings of the object in each cell),
@@ -12,8 +12,11 @@ attn (an extra loss makes head 0 of layer 0, at the colour word, attend to the c
 <|vision_start|> when none does), textrule (the answer depends on the question text only), curr (curriculum of
 1, 2, 4, then 8 colours). Results are in assets/tiny-vlm/README.md, "Left open".
 """
-import random, sys, time, torch, json
-from mpi_kit.pretrain import set_threads, make_example, subject_words, PLURAL
+import random
+import sys
+import time
+import torch
+from mpi_kit.pretrain import set_threads
 from mpi_kit.tiny import load_tiny, IMAGE_SIZE
 from mpi_kit.scenes import sample_scene, render_scene, ATTRIBUTES
 from mpi_kit.data import assistant
@@ -53,7 +56,7 @@ def ans(s, c):
     return "Yes" if s.has(color=c) else "No"
 ORACLE = {}
 if "oracle" in variant:
-    from mpi_kit.pretrain import cell_targets, VALUES
+    from mpi_kit.pretrain import VALUES
     g = torch.Generator().manual_seed(1)
     if "word" in variant:
         E = model.get_input_embeddings().weight.detach()
