@@ -7,7 +7,7 @@ memory next to the memory planner's prediction, for the Qwen2.5-VL-3B-shaped con
 
 On a GPU the 3B-shaped model is loaded like the qwen2.5-vl-3b recipe (NF4, LoRA r=16, checkpointing, bf16); peaks
 are `torch.cuda.max_memory_allocated`, the planner's prediction excludes its fixed CUDA overhead. On a CPU
-(--reduced) compute is fp32 and peaks come from `mpi_kit.memory.measure_peak` (allocator events via torch.profiler).
+(--reduced) compute is fp32 and peaks come from `memory_harness.measure_peak` (allocator events via torch.profiler).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def decode_ms(model, size: dict) -> dict:
     time of N new tokens minus the time of 1 (the prefill), same prompts, same run; plus greedy token agreement."""
     import torch
 
-    from mpi_kit.memory import synthetic_inputs
+    from memory_harness import synthetic_inputs
     from mpi_kit.rollout import shared_prefill_generate
 
     dev = next(model.parameters()).device
@@ -127,7 +127,8 @@ def decode_ms(model, size: dict) -> dict:
 
 def memory_rows(model, recipe, size: dict) -> list[dict]:
     """Each stage's measured peak next to the planner's prediction (excluding its fixed CUDA overhead)."""
-    from mpi_kit.memory import GIB, Workload, measure_peak, model_config, model_shape, predict, run_stage
+    from memory_harness import measure_peak, run_stage
+    from mpi_kit.memory import GIB, Workload, model_config, model_shape, predict
 
     w = Workload(size["policy_tokens"], size["image_tokens"], size["query_tokens"], size["completion_tokens"],
                  size["G"], True)

@@ -16,22 +16,15 @@ from __future__ import annotations
 import re
 
 from .data import DataError, load_kit_data
+from .models import vision_token_ids
 from .progress import quiet_stage, watch_stage
 from .timing import stage_facts
 from .training import ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, open_run, run_settings, \
     stage_recipe, train_stage, \
     trainer_kwargs
 
-VISUAL_TOKENS = ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
 PAPER_DEFAULTS = {"full_finetune": True, "num_train_epochs": 5, "learning_rate": 1e-5, "batch": "16x8"}
 _NAME_IN_QUERY = re.compile(r"Policy: ([^\s,?]+)")
-
-
-def visual_token_ids(processor) -> list[int]:
-    """Ids of the tokens that stand for images (placeholders and their start/end markers)."""
-    tok = processor.tokenizer
-    vocab = tok.get_vocab()
-    return [vocab[t] for t in VISUAL_TOKENS if t in vocab]
 
 
 def policy_name_of(row: dict) -> str:
@@ -75,7 +68,7 @@ class VMCPTCollator:
     def __init__(self, processor, max_length: int | None = None):
         self.processor = processor
         self.max_length = max_length
-        self.visual = visual_token_ids(processor)
+        self.visual = vision_token_ids(processor)
 
     def texts(self, rows) -> list[str]:
         return [self.processor.apply_chat_template(list(r["prompt"]) + list(r["completion"]), tokenize=False)
@@ -191,5 +184,5 @@ def recital_score(recited: str, policy_text: str, name: str) -> float:
     return n / max(len(body), 1)
 
 
-__all__ = ["VMCPTCollator", "check_vmcpt", "cpt_trainer", "run_cpt", "visual_token_ids", "token_labels",
+__all__ = ["VMCPTCollator", "check_vmcpt", "cpt_trainer", "run_cpt", "token_labels",
            "loss_mask_html", "recite_policy", "recital_score", "PAPER_DEFAULTS", "StageError"]

@@ -83,11 +83,17 @@ def user_prompt(query: str, policy: list[dict] | None = None, intro: str | None 
     return [{"role": "user", "content": content}]
 
 
-def with_policy(prompt: list[dict], policy: list[dict]) -> list[dict]:
-    """Insert the policy parts in front of a no-policy prompt's user content (PolicyRollout, in-context)."""
+def with_policy(prompt: list[dict], policy: list[dict], policy_images: list | None = None) -> list[dict]:
+    """(Q, I) -> (P, Q, I): the policy parts in front of a no-policy prompt's user content. Dataset rows keep their
+    images in a column (policy_images None); a prompt TRL has prepared carries them in its parts, so PolicyRollout
+    passes the row's `policy_images` and each image part of the policy gets its image."""
     first = prompt[0]
-    content = list(policy) + [{"type": "text", "text": "\n"}] + list(first["content"])
-    return [{"role": first["role"], "content": content}] + list(prompt[1:])
+    content = first["content"] if isinstance(first["content"], list) else [{"type": "text", "text": first["content"]}]
+    if policy_images is not None:
+        images = iter(policy_images)
+        policy = [{"type": "image", "image": next(images)} if p.get("type") == "image"
+                  else {"type": "text", "text": p.get("text") or ""} for p in policy]
+    return [{**first, "content": list(policy) + [{"type": "text", "text": "\n"}] + list(content)}] + list(prompt[1:])
 
 
 def assistant(text: str) -> list[dict]:

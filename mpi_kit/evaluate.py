@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from .policy import Policy
+from .generation import generate_completions  # noqa: F401 (re-exported: what every evaluation generates with)
 from .rewards import parse_answer
 from .stats import wilson_interval, wilson_percent  # noqa: F401 (re-exported: the intervals of every accuracy)
 
@@ -26,31 +27,6 @@ SETTINGS = {"no_policy": "no_policy", "in_context": "in_context", "override": "o
 _CITED = re.compile(r"Condition (\d+(?:\.\d+)*)")
 _STEP = re.compile(r"Condition (\d+(?:\.\d+)*): (.*?\?) (Yes|No), (?:go to Condition (\d+(?:\.\d+)*)|the response is "
                    r"(Case \d+))\.")
-
-
-# ------------------------------------------------------------------------------------------------ generation
-
-@torch.no_grad()
-def generate_completions(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8,
-                         progress: bool = False) -> list[str]:
-    """Greedy completions for dataset rows (conversational `prompt` + `images`), batched and left-padded."""
-    from tqdm.auto import tqdm
-    from trl.data_utils import prepare_multimodal_messages
-
-    rows = list(rows)
-    tok = getattr(processor, "tokenizer", processor)
-    tok.padding_side = "left"
-    device = next(model.parameters()).device
-    out: list[str] = []
-    for k in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress):
-        chunk = rows[k:k + batch_size]
-        texts = [processor.apply_chat_template(prepare_multimodal_messages(r["prompt"], images=r["images"]),
-                                               add_generation_prompt=True) for r in chunk]
-        batch = processor(text=texts, images=[r["images"] for r in chunk], return_tensors="pt",
-                          padding=True).to(device)
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        out += processor.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
 
 
 # -------------------------------------------------------------------------------------------------- accuracy

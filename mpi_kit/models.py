@@ -76,6 +76,18 @@ def _announce_precision(device: str, precision: str) -> None:
           f"{cap[0]}.{cap[1]}: {why})")
 
 
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def vision_token_ids(processor) -> list[int]:
+    """Ids of the tokens that stand for images (placeholders and their start/end markers): VM-CPT puts no loss on
+    them, and RL never samples them (a completion holding one makes the next forward pass count more image tokens
+    than image features: "Image features and image tokens do not match")."""
+    tok = getattr(processor, "tokenizer", processor)
+    vocab = tok.get_vocab()
+    return [vocab[t] for t in VISION_TOKENS if t in vocab]
+
+
 def locate_model(model: str, local_files_only: bool | None = None) -> str:
     """A loadable name for `model`: an existing checkpoint folder, or a hub id whose config loads (from the cache,
     or downloaded unless offline). Anything else raises ModelNotFoundError saying what to do."""

@@ -617,37 +617,6 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
-
-BOXED = re.compile(r"\\boxed\{([^}]*)\}")
-
-
-def boxed(text: str) -> str | None:
-    """The last `\\boxed{...}` answer in a completion, or None."""
-    found = BOXED.findall(text)
-    return found[-1].strip() if found else None
-
-
-@torch.no_grad()
-def answer(model, processor, examples: list[dict], max_new_tokens: int, batch_size: int = 16) -> tuple[list[str], int, float]:
-    """Greedy completions for prompt/completion examples, batched and left-padded: (texts, new tokens, seconds)."""
-    from trl.data_utils import prepare_multimodal_messages
-    processor.tokenizer.padding_side = "left"
-    texts, n_tokens, seconds = [], 0, 0.0
-    eos = processor.tokenizer.eos_token_id
-    for k in range(0, len(examples), batch_size):
-        chunk = examples[k:k + batch_size]
-        prompts = [processor.apply_chat_template(prepare_multimodal_messages(e["prompt"], images=e["images"]),
-                                                 add_generation_prompt=True) for e in chunk]
-        batch = processor(text=prompts, images=[e["images"] for e in chunk], return_tensors="pt", padding=True)
-        t = time.time()
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        seconds += time.time() - t
-        new = out[:, batch["input_ids"].shape[1]:]
-        n_tokens += int(((new != eos) & (new != processor.tokenizer.pad_token_id)).sum()) + len(chunk)
-        texts += processor.batch_decode(new, skip_special_tokens=True)
-    return texts, n_tokens, seconds
-
-
 def majority_share(examples: list[dict]) -> float:
     """Accuracy of always giving the most common gold answer: the floor a model must beat to show it sees."""
     from collections import Counter
@@ -685,6 +654,8 @@ def evaluate(model, processor, n_perception: int = 400, n_policy: int = 200, dep
     Scenes and policies come from the `eval/` keys, which training never uses. Threads are the caller's."""
     from tqdm.auto import tqdm
 
+    from mpi_kit.generation import generate_completions
+    from mpi_kit.rewards import parse_answer
     from mpi_kit.stats import wilson_interval
 
     res: dict = {"n": {}, "interval_95": {}}
@@ -693,11 +664,13 @@ def evaluate(model, processor, n_perception: int = 400, n_policy: int = 200, dep
     jobs += [("policy", d, n_policy, 48 + 32 * d) for d in depths]
     for task, depth, n, max_new in tqdm(jobs, desc="evaluate", disable=not progress):
         ex = [make_example(task, f"eval/{i}", depth) for i in range(n)]
-        outs, nt, s = answer(model, processor, ex, max_new, batch_size=16 if depth is None else 8)
+        st: dict = {}
+        outs = generate_completions(model, processor, ex, max_new, batch_size=16 if depth is None else 8, stats=st)
+        nt, s = st.get("tokens", 0), st.get("seconds", 0.0)
         tokens, seconds = tokens + nt, seconds + s
         if task == "policy":
             key = f"in_context_N{depth}"
-            ok = [boxed(o) == e["answer"] for o, e in zip(outs, ex)]
+            ok = [parse_answer(o) == e["answer"] for o, e in zip(outs, ex)]  # as the RL reward parses
             steps = {k: [0, 0] for k in STEP_PARTS}
             for o, e in zip(outs, ex):
                 for k, (right, reached) in cot_steps(o, e["completion"][0]["content"][0]["text"]).items():

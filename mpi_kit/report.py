@@ -33,7 +33,11 @@ def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> 
     for s in scenes:
         parts.append(f"<div style='display:flex;gap:16px;margin:8px 0'>{image_html(scene_image(s, image_size), 240)}"
                      f"<div>{'<br>'.join(walk_html(p, s) for p in policies)}</div></div>")
-    path = out / "report.html"
+    return write_page(out / "report.html", parts)
+
+
+def write_page(path: Path, parts: list[str]) -> Path:
+    """One self-contained HTML page from its parts (headings, tables, figures' HTML)."""
     path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
                     + "".join(parts) + "</body></html>")
     return path
@@ -231,10 +235,7 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
                      + f"</table><p>Paper (7B): up to {paper['efficiency']['prompt_token_reduction_pct']}% fewer "
                      f"prompt tokens, {paper['efficiency']['prefill_time_reduction_pct']}% less prefill time.</p>")
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
-    path = out / "report.html"
-    path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
-                    + "".join(parts) + "</body></html>")
-    return path
+    return write_page(out / "report.html", parts)
 
 
 def gta_pipeline_report(out: str | Path, results: dict) -> Path:
@@ -279,10 +280,7 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
     if "context" in results:
         parts.append(f"<h2>Context</h2><pre>{html.escape(json.dumps(results['context'], indent=1))}</pre>")
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
-    path = out / "report.html"
-    path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
-                    + "".join(parts) + "</body></html>")
-    return path
+    return write_page(out / "report.html", parts)
 
 
 # ------------------------------------------------------------------------------------------------ tables

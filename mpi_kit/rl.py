@@ -10,7 +10,6 @@ With policy_rollout=False and no dynamic sampling it is exactly `GRPOTrainer`.
 """
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -18,6 +17,8 @@ from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from .compat import patch_trl_cpu_logprobs
+from .data import with_policy
+from .models import vision_token_ids
 from .progress import quiet_stage, watch_stage
 from .rollout_log import NO_POLICY, POLICY_AWARE
 from .training import ResumeFix
@@ -29,33 +30,6 @@ patch_trl_cpu_logprobs()
 # keys of TRL's generation output aligned with completion tokens: (B, C) tensors, right-padded
 _COMPLETION_KEYS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
                     "sampling_per_token_logps", "tool_mask")
-
-
-def insert_policy(prompt: list[dict], policy: list[dict], policy_images: list) -> list[dict]:
-    """A prepared conversational prompt with the policy document (text parts and policy images) in front of
-    the user's content: (Q, I) -> (P, Q, I)."""
-    images = iter(policy_images or [])
-    parts = []
-    for p in policy:
-        if p.get("type") == "image":
-            parts.append({"type": "image", "image": next(images)})
-        else:
-            parts.append({"type": "text", "text": p.get("text") or ""})
-    first = copy.copy(prompt[0])
-    content = first["content"] if isinstance(first["content"], list) else [{"type": "text", "text": first["content"]}]
-    first["content"] = parts + [{"type": "text", "text": "\n"}] + list(content)
-    return [first] + list(prompt[1:])
-
-
-VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-
-
-def vision_token_ids(processor) -> list[int]:
-    """Ids of the image placeholder tokens, never to be sampled: a completion holding one makes the next forward
-    pass count more image tokens than image features ("Image features and image tokens do not match")."""
-    tok = getattr(processor, "tokenizer", processor)
-    ids = [tok.convert_tokens_to_ids(t) for t in VISION_TOKENS]
-    return [i for i in ids if i is not None and i != tok.unk_token_id]
 
 
 class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
@@ -127,18 +101,18 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         completions: list = [None] * len(aware)
         plain_idx = [i for i, a in enumerate(aware) if not a]
         aware_idx = [i for i, a in enumerate(aware) if a]
-        def with_policy(i):
-            return insert_policy(self._prompts[i], self._rows[i].get("policy") or [],
-                                 self._rows[i].get("policy_images") or [])
+        def aware_prompt(i):
+            return with_policy(self._prompts[i], self._rows[i].get("policy") or [],
+                               self._rows[i].get("policy_images") or [])
 
         if self.policy_microbatch is None:  # one decode loop for both halves: a step costs ~ one GRPO step
             jobs = [(list(range(len(aware))),
-                     [with_policy(i) if a else self._prompts[i] for i, a in enumerate(aware)])]
+                     [aware_prompt(i) if a else self._prompts[i] for i, a in enumerate(aware)])]
         else:
             jobs = [(plain_idx, [self._prompts[i] for i in plain_idx])]
             m = self.policy_microbatch
             chunks = [aware_idx[s:s + m] for s in range(0, len(aware_idx), m)]
-            jobs += [(chunk, [with_policy(i) for i in chunk]) for chunk in chunks]
+            jobs += [(chunk, [aware_prompt(i) for i in chunk]) for chunk in chunks]
         for idx, prompts in jobs:
             if not idx:
                 continue

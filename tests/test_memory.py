@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpi_kit.memory import MemoryPlanError, Workload, measure_peak, model_config, model_shape, plan, predict, run_stage
+from mpi_kit.memory import MemoryPlanError, Workload, model_config, model_shape, plan, predict
 from mpi_kit.recipes import get_recipe
 from mpi_kit.training import trainer_kwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_gpu import REDUCED, build_checkpoint  # noqa: E402
+from memory_harness import measure_peak, run_stage  # noqa: E402
 
 TOLERANCE = 0.15  # predicted / measured peak within 15% (measured 0.89-1.07 over the shapes below)
 

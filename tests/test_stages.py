@@ -13,7 +13,8 @@ import torch
 
 from conftest import SMALL, interrupted_then_resumed
 from mpi_kit.cli import main
-from mpi_kit.cpt import VMCPTCollator, check_vmcpt, run_cpt, visual_token_ids
+from mpi_kit.cpt import VMCPTCollator, check_vmcpt, run_cpt
+from mpi_kit.models import vision_token_ids
 from mpi_kit.data import DataError, build_datasets, load_kit_data
 from mpi_kit.models import load_model
 from mpi_kit.sft import run_sft, sft_trainer
@@ -68,7 +69,7 @@ def test_vmcpt_labels_every_text_token_and_no_visual_token(data, processor, vari
     rows = [load_kit_data(data[variant], "vmcpt")["train"][i] for i in range(3)]
     batch = VMCPTCollator(processor)(rows)
     ids, labels, att = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    visual = torch.isin(ids, torch.tensor(visual_token_ids(processor)))
+    visual = torch.isin(ids, torch.tensor(vision_token_ids(processor)))
     tok = processor.tokenizer
     assert (labels[visual] == -100).all() and (labels[att == 0] == -100).all()
     text = (att == 1) & ~visual
@@ -91,7 +92,7 @@ def test_sft_labels_only_the_completion(data, base, tmp_path, mode):
     rows = [trainer.train_dataset[i] for i in range(3)]
     batch = trainer.data_collator(rows)  # SFTTrainer's own collator, as training sees it
     ids, labels = batch["input_ids"], batch["labels"]
-    assert (labels[torch.isin(ids, torch.tensor(visual_token_ids(processor)))] == -100).all()
+    assert (labels[torch.isin(ids, torch.tensor(vision_token_ids(processor)))] == -100).all()
     for i, row in enumerate(rows):
         learned = processor.tokenizer.decode(labels[i][labels[i] != -100])
         assert learned == _texts(row["completion"]) + "<|im_end|>\n"

@@ -1,0 +1,38 @@
+"""Greedy generation for evaluation: dataset rows (a conversational `prompt` and its `images`) in, completions out,
+batched and left-padded. Every held-out accuracy the kit reports (the pipeline's, the notebooks', the tiny model's
+card) is generated here; RL rollouts are sampled by TRL (`mpi_kit.rl`, `mpi_kit.rollout`)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+@torch.no_grad()
+def generate_completions(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8,
+                         progress: bool = False, stats: dict | None = None) -> list[str]:
+    """Greedy completions for `rows`. `stats`, if given, accumulates "tokens" (new tokens, each completion's end
+    counted once) and "seconds" (time inside `generate`)."""
+    from tqdm.auto import tqdm
+    from trl.data_utils import prepare_multimodal_messages
+
+    rows = list(rows)
+    tok = getattr(processor, "tokenizer", processor)
+    tok.padding_side = "left"
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for k in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress):
+        chunk = rows[k:k + batch_size]
+        texts = [processor.apply_chat_template(prepare_multimodal_messages(r["prompt"], images=r["images"]),
+                                               add_generation_prompt=True) for r in chunk]
+        batch = processor(text=texts, images=[r["images"] for r in chunk], return_tensors="pt",
+                          padding=True).to(device)
+        t = time.time()
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        new = ids[:, batch["input_ids"].shape[1]:]
+        if stats is not None:
+            stats["seconds"] = stats.get("seconds", 0.0) + time.time() - t
+            ended = (new != tok.eos_token_id) & (new != tok.pad_token_id)
+            stats["tokens"] = stats.get("tokens", 0) + int(ended.sum()) + len(chunk)
+        out += processor.batch_decode(new, skip_special_tokens=True)
+    return out
