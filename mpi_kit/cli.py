@@ -232,7 +232,8 @@ def _reward_kwargs(args) -> dict:
 
 def cmd_inspect(args) -> int:
     """Per-step table of an RL run's rollout log (re-recording the shipped demo run first with --record)."""
-    from .inspector import record_demo_run, summary_table
+    from .recorded_run import record_demo_run
+    from .rollout_log import summary_table
 
     if args.record:
         record_demo_run(args.run_dir)
