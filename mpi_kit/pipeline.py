@@ -138,10 +138,14 @@ def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overri
 
 
 def load_for_eval(cfg: PipelineConfig, stage_dir: Path | None, overrides: dict):
+    """A trained stage's model (None: the base model) in eval mode, loaded without library progress bars: the
+    pipeline's own bar is the one a learner reads."""
+    from .progress import library_bars_off
     from .training import load_stage_model, stage_recipe
 
     recipe = stage_recipe(cfg.recipe, str(stage_dir) if stage_dir else None, **overrides)
-    model, processor = load_stage_model(recipe, str(stage_dir) if stage_dir else None, trainable=False)
+    with library_bars_off():
+        model, processor = load_stage_model(recipe, str(stage_dir) if stage_dir else None, trainable=False)
     return model.eval(), processor
 
 

@@ -161,7 +161,7 @@ def test_the_shipped_demo_results_are_todays_demo():
     assert set(demo["methods"]) == {f"N4/{m}" for m in demo_config().methods}
 
 
-def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path):
+def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path, capsys):
     """A toy task registered beside ClevrPolicy and GTAPolicy runs through the unchanged pipeline: its rows, its
     data, its evaluation, its table and its report; training stages are the pipeline's own."""
     from mpi_kit.evaluate import generate_completions
@@ -207,5 +207,6 @@ def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path):
         assert task_of(tmp_path / "echo" / "E1" / "data").name == "echo"
         assert table(res).startswith("echo E1/In-Context:")
         assert (tmp_path / "echo" / "report.html").read_text().startswith("<pre>echo E1/")
+        assert "Loading weights" not in capsys.readouterr().err  # the pipeline's bar, not the library's
     finally:
         TASKS.pop("echo")
