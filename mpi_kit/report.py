@@ -310,6 +310,29 @@ def clevr_table(results: dict) -> str:
              "\nno two methods differ beyond their 95% intervals at this n") + rl_groups_note(results))
 
 
+def markdown_table(results: dict) -> str:
+    """ClevrPolicy results as a Markdown table for a README or a card: methods down, N across, each cell our accuracy
+    with its 95% interval and the paper's Qwen2.5-VL-7B number beside it."""
+    from .paper import METHODS
+
+    depths = sorted({r["depth"] for r in results["methods"].values()})
+    acc = results["paper"]["accuracy_7b"]
+    lines = ["| method | " + " | ".join(f"N = {d}: ours (95% interval) | paper 7B" for d in depths) + " |",
+             "|---|" + "---|---|" * len(depths)]
+    for m in METHODS:
+        rows = [results["methods"].get(f"N{d}/{m}") for d in depths]
+        if not any(rows):
+            continue
+        cells = []
+        for d, r in zip(depths, rows):
+            p = acc.get(str(d), acc.get(d, {})).get(m)
+            ours = f"{r['accuracy']:.1f} ({r['interval_95'][0]:.1f}-{r['interval_95'][1]:.1f})" if r else "-"
+            cells += [ours, "-" if p is None else f"{p:.1f}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
+    return "\n".join(lines) + f"\n\nn = {'/'.join(map(str, ns))} held-out questions per cell, greedy."
+
+
 def rl_groups_note(results: dict) -> str:
     """One line per RL method: over its first quarter of steps, the share of groups with zero reward variance (no
     learning signal) and, for PoRo, the share it rescued (no-policy half all wrong, policy-aware half right)."""

@@ -210,3 +210,17 @@ def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path, capsys
         assert "Loading weights" not in capsys.readouterr().err  # the pipeline's bar, not the library's
     finally:
         TASKS.pop("echo")
+
+
+def test_the_markdown_table_shows_ours_with_intervals_beside_the_paper():
+    from mpi_kit.paper import paper_table
+    from mpi_kit.report import markdown_table
+
+    res = {"paper": paper_table(), "methods": {
+        "N2/CoT SFT": {"method": "CoT SFT", "depth": 2, "accuracy": 99.5, "n": 200, "interval_95": [97.2, 99.9]},
+        "N4/CoT SFT": {"method": "CoT SFT", "depth": 4, "accuracy": 93.5, "n": 200, "interval_95": [89.2, 96.2]}}}
+    lines = markdown_table(res).splitlines()
+    assert lines[0] == "| method | N = 2: ours (95% interval) | paper 7B | N = 4: ours (95% interval) | paper 7B |"
+    p2, p4 = res["paper"]["accuracy_7b"][2]["CoT SFT"], res["paper"]["accuracy_7b"][4]["CoT SFT"]
+    assert lines[2] == f"| CoT SFT | 99.5 (97.2-99.9) | {p2:.1f} | 93.5 (89.2-96.2) | {p4:.1f} |"
+    assert len(lines) == 5 and "n = 200" in lines[-1]  # header, rule, one method, blank, the n
