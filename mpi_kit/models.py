@@ -142,15 +142,19 @@ def lora_target_modules(model) -> str:
 
 
 def count_parameters(model) -> dict:
-    """{'total', 'trainable', 'trainable_pct'}; 4-bit weights count as the values they hold, not packed bytes."""
-    total = trainable = 0
-    for p in model.parameters():
+    """{'total', 'trainable', 'trainable_pct', 'vision', 'language'}: the vision side is every parameter under a
+    vision module (`VISION_MODULES`), the language side the rest (tied embeddings once). 4-bit weights count as the
+    values they hold, not packed bytes."""
+    total = trainable = vision = 0
+    for name, p in model.named_parameters():
         n = p.numel()
         if type(p).__name__ == "Params4bit":  # two 4-bit values per byte of storage
             n *= 2 * getattr(getattr(p, "quant_storage", None), "itemsize", 1)
         total += n
         trainable += n if p.requires_grad else 0
-    return {"total": total, "trainable": trainable, "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+        vision += n if re.match(VISION_RE + r"\.", name) else 0
+    return {"total": total, "trainable": trainable, "trainable_pct": round(100.0 * trainable / max(total, 1), 4),
+            "vision": vision, "language": total - vision}
 
 
 def peak_memory() -> float:

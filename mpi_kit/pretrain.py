@@ -529,7 +529,8 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
     from transformers import Trainer
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from mpi_kit.tiny import build_tiny, count_params, load_tiny, save_tiny
+    from mpi_kit.models import count_parameters
+    from mpi_kit.tiny import build_tiny, load_tiny, save_tiny
 
     cfg = cfg or PretrainConfig()
     set_threads()
@@ -609,7 +610,7 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
     model, processor = load_tiny(work / follow[-1] / "final")
     save_tiny(model, processor, cfg.out)
     probe_path = work / "see" / "probe.json"
-    info = {"config": asdict(cfg), "seconds": timings, "params": count_params(model), "threads": THREADS,
+    info = {"config": asdict(cfg), "seconds": timings, "params": count_parameters(model), "threads": THREADS,
             "probe": json.loads(probe_path.read_text()) if probe_path.exists() else {}}
     (Path(cfg.out) / "pretrain.json").write_text(json.dumps(info, indent=1))
     return info

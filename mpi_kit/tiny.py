@@ -129,10 +129,3 @@ def load_tiny(path, dtype=torch.float32):
     processor.tokenizer.padding_side = "left"
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).eval()
     return model, processor
-
-
-def count_params(model) -> dict:
-    """Parameter counts: total, vision tower (ViT + merger) and language model."""
-    total = sum(p.numel() for p in model.parameters())
-    vision = sum(p.numel() for p in model.model.visual.parameters())
-    return {"total": total, "vision": vision, "language": total - vision}

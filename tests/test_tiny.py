@@ -11,6 +11,7 @@ import torch
 
 from mpi_kit import pretrain as pt
 from mpi_kit import tiny
+from mpi_kit.models import count_parameters
 from mpi_kit.policy import sample_policy
 from mpi_kit.scenes import sample_scene
 
@@ -343,7 +344,7 @@ def test_card_numbers_come_from_the_evaluation(tmp_path):
     assert set(res["cot_steps"]["N2"]) == set(pt.STEP_PARTS)
     cfg = pt.PretrainConfig()
     info = {"config": {**vars(cfg), "follow": cfg.follow}, "seconds": {"init": 1.0, "follow2": 2.0},
-            "params": tiny.count_params(model), "threads": 1}
+            "params": count_parameters(model), "threads": 1}
     card = pt.write_card(tmp_path, info, res).read_text()
     assert json.loads((tmp_path / "eval_results.json").read_text()) == json.loads(json.dumps(res))
     lo, hi = res["interval_95"]["exist"]
