@@ -80,8 +80,11 @@ class Task:
         raise NotImplementedError
 
     def efficiency(self, model, processor, data_dir: Path) -> list[dict]:
-        """Prompt tokens and prefill time with the policy in context vs without it (none by default)."""
-        return []
+        """Prompt tokens and prefill time with the policy in context vs without it, on the data's eval split
+        (`evaluate.efficiency`; both paper tasks write `no_policy` and `in_context` rows)."""
+        from ..evaluate import efficiency
+
+        return efficiency(model, processor, data_dir)
 
     def context_check(self, model, processor, data_dir: Path) -> dict | None:
         """A check of the data against the model, recorded once in results.json (none by default)."""

@@ -85,11 +85,6 @@ class ClevrPolicyTask(Task):
         res["examples"] = [{k: r[k] for k in ("gold", "parsed", "completion")} for r in rows[:3]]
         return res
 
-    def efficiency(self, model, processor, data_dir: Path) -> list[dict]:
-        from ..evaluate import efficiency
-
-        return efficiency(model, processor, data_dir)
-
     # ---------------------------------------------------------------- results
     def paper_table(self) -> dict:
         from ..paper import paper_table

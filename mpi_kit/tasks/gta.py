@@ -72,11 +72,6 @@ class GTAPolicyTask(Task):
         res["examples"] = [{k: r[k] for k in ("gold", "pred", "overall", "reason", "completion")} for r in rows[:3]]
         return res
 
-    def efficiency(self, model, processor, data_dir: Path) -> list[dict]:
-        from ..evaluate import efficiency
-
-        return efficiency(model, processor, data_dir)
-
     def context_check(self, model, processor, data_dir: Path, limit: int | None = 8) -> dict:
         """The longest in-context prompt (policy + images + query) in tokens vs the positions the model was
         trained on. Longer prompts still run (RoPE has no position table and nothing truncates), but attention
