@@ -269,10 +269,10 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
     recipe = stage_recipe(recipe, init, **overrides)
     settings = getattr(recipe, algo)
+    task = get_task(task) if task is not None or data_dir is None else task_of(data_dir)  # before the data loads
     ds = dataset if dataset is not None else load_kit_data(data_dir, "rl")["train"]
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    task = get_task(task) if task is not None or data_dir is None else task_of(data_dir)
     reward_funcs = list(reward_funcs or task.reward_funcs)
     reward_weights = list(reward_weights or task.reward_weights)
     require_columns(ds, ["prompt", "images", "case"] + (["policy", "policy_images"] if policy_rollout else []),

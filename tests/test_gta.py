@@ -137,8 +137,8 @@ def test_override_changes_exactly_the_named_rules(override):
                 if old_rule is None or old_rule.id not in override:
                     assert new_name == old_name
                 else:
-                    new = override[old_rule.id]
-                    targets = [new] if isinstance(new, str) else new
+                    named = override[old_rule.id]
+                    targets = [named] if isinstance(named, str) else named
                     assert new_name == targets[branch]
                     if new_name != old_name:
                         changed_rules.add(old_rule.id)

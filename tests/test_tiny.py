@@ -11,7 +11,9 @@ import torch
 
 from mpi_kit import pretrain as pt
 from mpi_kit import tiny
+from mpi_kit.generation import generate_completions
 from mpi_kit.models import count_parameters
+from mpi_kit.rewards import parse_answer
 from mpi_kit.policy import sample_policy
 from mpi_kit.scenes import sample_scene
 
@@ -71,8 +73,9 @@ def test_tokenizer_round_trips_policy_text(fresh):
 def test_batched_generation_with_images(fresh):
     model, processor = fresh
     ex = [pt.make_example("exist", "test/1"), pt.make_example("policy", "test/2", 2)]  # very different lengths
-    outs, n_tokens, _ = pt.answer(model, processor, ex, max_new_tokens=4, batch_size=2)
-    assert len(outs) == 2 and all(isinstance(o, str) for o in outs) and n_tokens > 0
+    stats = {}
+    outs = generate_completions(model, processor, ex, max_new_tokens=4, batch_size=2, stats=stats)
+    assert len(outs) == 2 and all(isinstance(o, str) for o in outs) and stats["tokens"] > 0 and stats["seconds"] > 0
     assert processor.tokenizer.padding_side == "left"
 
 
@@ -83,7 +86,7 @@ def test_shipped_model_sees(shipped):
     model, processor = shipped
     for task, bar in (("exist", 0.8), ("count", 0.4)):
         ex = [pt.make_example(task, f"test-shipped/{i}") for i in range(48)]
-        outs, _, _ = pt.answer(model, processor, ex, max_new_tokens=4, batch_size=48)
+        outs = generate_completions(model, processor, ex, max_new_tokens=4, batch_size=48)
         acc = sum(o.strip() == e["answer"] for o, e in zip(outs, ex)) / len(ex)
         assert acc >= bar, (task, acc, list(zip(outs, [e["answer"] for e in ex])))
     assert sum(p.numel() for p in model.parameters()) < 10_000_000
@@ -95,8 +98,8 @@ def test_shipped_model_follows_a_policy_in_context(shipped):
     quarter; the shipped model follows 95% of the card's 200, so the bar (75%) needs the policy to be read."""
     model, processor = shipped
     ex = [pt.make_example("policy", f"test-shipped/{i}", 2) for i in range(24)]
-    outs, _, _ = pt.answer(model, processor, ex, max_new_tokens=112, batch_size=8)
-    acc = sum(pt.boxed(o) == e["answer"] for o, e in zip(outs, ex)) / len(ex)
+    outs = generate_completions(model, processor, ex, max_new_tokens=112, batch_size=8)
+    acc = sum(parse_answer(o) == e["answer"] for o, e in zip(outs, ex)) / len(ex)
     assert acc >= 0.75 and acc > 2 * pt.majority_share(ex), (acc, outs[:2])
     assert "Held-out accuracy" in (SHIPPED / "README.md").read_text()
 
@@ -130,7 +133,7 @@ def test_examples_are_seeded_and_correct():
     e1, e2 = pt.make_example("count", "x/1"), pt.make_example("count", "x/1")
     assert e1["answer"] == e2["answer"] and e1["images"][0].tobytes() == e2["images"][0].tobytes()
     e = pt.make_example("policy", "x/2", 4)
-    assert pt.boxed(e["completion"][0]["content"][0]["text"]) == e["answer"]
+    assert parse_answer(e["completion"][0]["content"][0]["text"]) == e["answer"]
     assert pt.cell_targets(sample_scene(3)).shape == (24, 16)
 
 
