@@ -187,9 +187,12 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
         root = out / row.label
         data_dir = root / "data"
         if not (data_dir / "summary.json").exists():
+            t = time.time()
             task.build_data(cfg, row, data_dir, recipe)
+            results.setdefault("data_seconds", {})[row.label] = round(time.time() - t, 1)
         if key in results["methods"]:
             continue  # evaluated in an earlier run
+        t_method = time.time()
         stage = METHOD_STAGE[method]
         stage_dir = run_stage(stage, root, data_dir, cfg, overrides) if stage else None
         model, processor = load_for_eval(cfg, stage_dir, overrides)
@@ -206,9 +209,13 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
                 res["rollouts"] = rollout_steps(stage_dir)
         if row.efficiency_key not in results["efficiency"] and method == "In-Context":
             results["efficiency"][row.efficiency_key] = task.efficiency(model, processor, data_dir)
+        res["seconds"] = round(time.time() - t_method, 1)  # its stages still to train + every evaluation
         results["methods"][key] = res
         results_path.write_text(json.dumps(results, indent=1))  # saved after every method: resumable
     results["seconds_this_run"] = round(time.time() - t0, 1)
+    # every method's own time plus the data builds: the wall time of the whole comparison, across resumed runs
+    results["seconds_all_runs"] = round(sum(r.get("seconds", 0) for r in results["methods"].values())
+                                        + sum(results.get("data_seconds", {}).values()), 1)
     results_path.write_text(json.dumps(results, indent=1))
     results["report"] = str(task.report(out, results))
     return results

@@ -45,6 +45,11 @@ def test_pipeline_results_and_resume(base, tmp_path):
     assert stage_summary.stat().st_mtime_ns == before
     assert res2["methods"]["N2/CoT SFT"] == saved["methods"]["N2/CoT SFT"]
     assert "N2/Direct SFT" in res2["methods"]
+    # each method keeps its own time, so the comparison's wall time adds up across resumed runs
+    assert all(r["seconds"] > 0 for r in res2["methods"].values()) and res2["data_seconds"]["N2"] > 0
+    assert res2["seconds_all_runs"] == pytest.approx(sum(r["seconds"] for r in res2["methods"].values())
+                                                     + res2["data_seconds"]["N2"], abs=0.2)
+    assert res2["seconds_this_run"] < res2["seconds_all_runs"]  # the rerun trained only Direct SFT
 
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):
