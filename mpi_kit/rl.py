@@ -275,8 +275,8 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
         ds = ds.select(range(min(limit, len(ds))))
     reward_funcs = list(reward_funcs or task.reward_funcs)
     reward_weights = list(reward_weights or task.reward_weights)
-    require_columns(ds, ["prompt", "images", "case"] + (["policy", "policy_images"] if policy_rollout else []),
-                    f"RL ({algo}{' + PolicyRollout' if policy_rollout else ''})")
+    needed = ["prompt", "images", task.gold_column] + (["policy", "policy_images"] if policy_rollout else [])
+    require_columns(ds, needed, f"RL ({algo}{' + PolicyRollout' if policy_rollout else ''})")
     if policy_rollout and not any(ds[0]["policy"] or []):
         raise ValueError("PolicyRollout needs the policy of every row in its `policy` column; this dataset's is "
                          "empty. Build it with `mpi-kit data --kinds rl`.")

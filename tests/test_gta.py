@@ -495,12 +495,14 @@ def test_gta_pipeline_end_to_end(gta_small, tmp_path, capsys):
     out = tmp_path / "pipe"
     argv = ["pipeline", "--dataset", "gta", "--out", str(out), "--model", base, "--num-instances", "10",
             "--cpt-steps", "1", "--sft-steps", "1", "--rl-steps", "1", "--eval-limit", "2", "--max-new-tokens", "8",
-            "--no-forgetting"]
+            "--no-forgetting", "--set", "sft_cot.learning_rate=0.002"]
     assert main(argv) == 0
     printed = capsys.readouterr()
     saved = json.loads((out / "results.json").read_text())
     assert saved["dataset"] == "gta" and saved["config"]["methods"] == list(GTA_METHODS)
     assert "depths" not in saved["config"] and set(saved["methods"]) == {f"GTA/{m}" for m in GTA_METHODS}
+    assert saved["config"]["overrides"] == {"sft_cot.learning_rate": 0.002}  # --set reaches every stage
+    assert json.loads((out / "GTA" / "cot_sft" / "mpi_run.json").read_text())["sft_cot.learning_rate"] == 0.002
     for m, r in saved["methods"].items():
         assert {"tool", "args", "overall", "override", "n"} <= set(r) and r["n"] == 2
         assert {"tool", "args", "overall"} == set(r["override"])
