@@ -93,13 +93,10 @@ def load_rollouts(run_dir, task=None) -> pd.DataFrame:
             df[role] = df[name]
     rewards = [c for c in REWARD_COLUMNS if c in df]
     df["reward"] = sum(w * df[c] for w, c in zip(task.reward_weights, REWARD_COLUMNS) if c in df) if rewards else 0.0
-    df["correct"] = [task.is_correct(t, None if _missing(g) else g) for t, g in zip(df["text"], df["gold"])]
+    df["correct"] = [task.is_correct(None if pd.isna(a) else a, None if pd.isna(g) else g)  # the logged answers
+                     for a, g in zip(df["parsed_answer"], df["gold"])]
     df["group"] = [f"{s}/{p}/{a}" for s, p, a in zip(df["step"], df["prompt_id"], df["attempt"])]
     return df.drop(columns=["prompt"])
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def run_summary(run_dir) -> dict:

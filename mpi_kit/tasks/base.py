@@ -57,7 +57,8 @@ class Task:
         """The answer a completion gives, as shown beside the gold one (None: it gives none)."""
         raise NotImplementedError
 
-    def is_correct(self, completion, gold) -> bool:
+    def is_correct(self, answer: str | None, gold) -> bool:
+        """Whether a parsed answer (`parse`'s, as the rollout log records it) is the gold one."""
         raise NotImplementedError
 
     def score(self, completion, gold) -> tuple[float, float]:

@@ -55,8 +55,7 @@ class ClevrPolicyTask(Task):
     def parse(self, completion) -> str | None:
         return parse_answer(completion)
 
-    def is_correct(self, completion, gold) -> bool:
-        answer = parse_answer(completion)
+    def is_correct(self, answer: str | None, gold) -> bool:
         return answer is not None and gold is not None and answer == str(gold).strip()
 
     # ---------------------------------------------------------------- evaluation

@@ -7,10 +7,11 @@ Data: `mpi_kit.gta_data` (generated instances, or GTA's own files with `gta_root
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-from ..gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS, parse_call, score_call
+from ..gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS, parse_call
 from .base import Row, Task
 
 NEW_TOKENS = 256  # the longest GTA reverse CoT + call is ~250 tiny-tokenizer tokens
@@ -44,9 +45,12 @@ class GTAPolicyTask(Task):
         call, _ = parse_call(completion)
         return call["name"] if call else None
 
-    def is_correct(self, completion, gold) -> bool:
-        """The right tool (Tool Acc); the arguments are scored by the reward, in [0, 1]."""
-        return gold is not None and score_call(completion, gold).tool == 1.0
+    def is_correct(self, answer: str | None, gold) -> bool:
+        """The right tool (Tool Acc: `answer` is the called tool's name); the arguments are scored by the reward."""
+        try:
+            return answer is not None and answer == (json.loads(gold) if isinstance(gold, str) else gold)["name"]
+        except (TypeError, KeyError, ValueError):  # no gold call, or not one
+            return False
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
