@@ -18,10 +18,12 @@ import re
 from .data import DataError, load_kit_data
 from .models import vision_token_ids
 from .progress import quiet_stage, watch_stage
+from .stages import STAGES
 from .timing import stage_facts
-from .training import ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, open_run, run_settings, \
-    stage_recipe, train_stage, \
-    trainer_kwargs
+from .training import (ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, open_run, run_settings,
+                       stage_recipe, train_stage, trainer_kwargs)
+
+STAGE = STAGES["vm_cpt"]  # name, dataset kind and recipe section (mpi_kit.stages)
 
 PAPER_DEFAULTS = {"full_finetune": True, "num_train_epochs": 5, "learning_rate": 1e-5, "batch": "16x8"}
 _NAME_IN_QUERY = re.compile(r"Policy: ([^\s,?]+)")
@@ -37,7 +39,7 @@ def policy_name_of(row: dict) -> str:
     return name
 
 
-def check_vmcpt(ds, stage: str = "VM-CPT") -> None:
+def check_vmcpt(ds, stage: str = STAGE.title) -> None:
     """Clear errors before training: columns, empty data, image counts, and a policy that states its name.
 
     A nameless policy can arrive from a hand-made dataset (empty `policy_name`, a policy document without its
@@ -98,20 +100,21 @@ def cpt_trainer(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, init=None, m
     from transformers import Trainer, TrainingArguments
 
     recipe = stage_recipe(recipe, init, **overrides)
-    ds = dataset if dataset is not None else load_kit_data(data_dir, "vmcpt")["train"]
+    ds = dataset if dataset is not None else load_kit_data(data_dir, STAGE.data)["train"]
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     check_vmcpt(ds)
     model, processor = load_stage_model(recipe, init)
     frozen = 0 if train_vision else freeze_vision(model)
-    args = TrainingArguments(**trainer_kwargs(recipe, recipe.vm_cpt, out, max_steps, save_steps, progress))
+    kw = trainer_kwargs(recipe, getattr(recipe, STAGE.section), out, max_steps, save_steps, progress)
+    args = TrainingArguments(**kw)
     trainer = type("CPTTrainer", (ResumeFix, Trainer), {})(model=model, args=args, train_dataset=ds,
                                                            data_collator=VMCPTCollator(processor),
                       processing_class=processor, callbacks=list(callbacks))
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
-    info = {"data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
+    info = {"recipe": recipe, "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS,
-            **stage_facts("vm_cpt", recipe, args, ds, processor)}  # precision and, on a GPU, the time estimate
+            **stage_facts(STAGE.section, recipe, args, ds, processor)}  # precision and, on a GPU, the time estimate
     return trainer, processor, info
 
 
@@ -120,11 +123,11 @@ def run_cpt(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, resume=True, **k
     """Run VM-CPT into `out` (resuming from its last checkpoint) and return the summary written to summary.json.
     Keywords: init, max_steps, limit (rows), save_steps, callbacks, progress, train_vision, and recipe overrides
     such as `**{"vm_cpt.learning_rate": 1e-4}`."""
-    done = open_run(out, run_settings("vm_cpt", recipe, data_dir, **kw), resume)
+    done = open_run(out, run_settings(STAGE.name, recipe, data_dir, **kw), resume)
     if done is not None:
         return done  # finished before with these settings: reused as it is
     trainer, processor, info = cpt_trainer(recipe, data_dir, out, **kw)
-    return train_stage(trainer, "vm_cpt", out, processor, info, resume=resume)
+    return train_stage(trainer, STAGE.name, out, processor, info, resume=resume)
 
 
 # ------------------------------------------------------------------------------------------- looking at it

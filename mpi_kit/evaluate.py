@@ -190,8 +190,8 @@ def efficiency(model, processor, data_dir, batch_sizes=(1, 8)) -> list[dict]:
     for bs in batch_sizes:
         t_np, n_np = prefill_seconds(model, processor, ev["no_policy"], bs)
         t_ic, n_ic = prefill_seconds(model, processor, ev["in_context"], bs)
-        rows.append({"batch_size": bs, "depth": ev["no_policy"][0]["depth"],
-                     "variant": ev["no_policy"][0]["variant"],
+        rows.append({"batch_size": bs,
+                     **{k: ev["no_policy"][0][k] for k in ("depth", "variant") if k in ev["no_policy"].column_names},
                      "prompt_tokens_in_context": n_ic, "prompt_tokens_no_policy": n_np,
                      "token_reduction_pct": round(100 * (1 - n_np / n_ic), 1),
                      "prefill_s_in_context": round(t_ic, 4), "prefill_s_no_policy": round(t_np, 4),

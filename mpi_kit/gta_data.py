@@ -30,7 +30,10 @@ KINDS = ("qa", "cot", "vmcpt", "rl", "eval")
 INSTRUCTION = ("Following Policy: {name}, determine the appropriate tool to use at the current step and respond "
                'with one JSON tool call {{"name": ..., "arguments": {{...}}}}.')
 OVERRIDE_INTRO = "Suppose some Tool Calling Rules of Policy: {name} have been updated as follows:\n"
-GTA_FEATURES = datasets.Features({**FEATURES, "answer": datasets.Value("string"), "tool": datasets.Value("string"),
+# a GTAPolicy row: the shared columns but ClevrPolicy's own (depth, variant, case); the gold call, its tool type, the
+# user profile and where the instance came from instead ("path" holds the rules the gold call follows)
+GTA_FEATURES = datasets.Features({**{k: v for k, v in FEATURES.items() if k not in ("depth", "variant", "case")},
+                                  "answer": datasets.Value("string"), "tool": datasets.Value("string"),
                                   "profile": datasets.Value("string"), "source": datasets.Value("string")})
 
 
@@ -416,8 +419,8 @@ def make_row(inst: Instance, kind: str, policy: GTAPolicy, doc: tuple[list, list
     """One dataset row of `kind` (qa, cot, vmcpt, rl, in_context, override) in data.py's format."""
     parts, _ = doc
     answer = inst.answer(policy)
-    row = {"id": inst.id, "policy_name": policy.name, "scene_id": inst.id, "depth": 0, "variant": "T",
-           "case": answer["name"], "path": inst.cited_rules(policy), "images": images, "policy": [],
+    row = {"id": inst.id, "policy_name": policy.name, "scene_id": inst.id, "path": inst.cited_rules(policy),
+           "images": images, "policy": [],
            "policy_images": [], "answer": json.dumps(answer), "tool": inst.tool,
            "profile": json.dumps(inst.profile.to_dict()), "source": inst.source}
     text, n = inst.prompt_text(policy), len(images)

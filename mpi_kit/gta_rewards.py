@@ -264,7 +264,8 @@ def score_rows(rows, completions: list[str], method: str = "", setting: str = "n
     for r, c in zip(rows, completions):
         s = score_call(c, r["answer"])
         call, _ = parse_call(c)
-        out.append({"method": method, "setting": setting, "id": r["id"], "tool_type": r["tool"], "gold": r["case"],
+        out.append({"method": method, "setting": setting, "id": r["id"], "tool_type": r["tool"],
+                    "gold": json.loads(r["answer"])["name"],
                     "pred": call["name"] if call else None, "tool": s.tool, "args": s.args, "overall": s.overall,
                     "reason": s.reason, "gold_rules": list(r["path"]),
                     "cited": re.findall(r"Rule ([A-Za-z]+\.\d)", completion_text(c)), "completion": c})

@@ -28,6 +28,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .stages import PHASES, STAGES as _STAGES, section_stage
+
 GIB = 2**30
 CUDA_OVERHEAD_GIB = 0.6  # CUDA context (~0.3-0.5 GiB) + cuBLAS workspace + allocator fragmentation; not allocated
 # Per-token values a decoder layer holds while backward recomputes it (checkpointing) or keeps (no checkpointing),
@@ -41,8 +43,9 @@ C_H_INFER, C_I_INFER = 12, 4
 LOGIT_COPIES = 2.5
 # RL update: TRL's selective log-softmax takes logsumexp one row at a time: logits + their gradient + a row's share.
 LOGIT_COPIES_RL = 1.5
-STAGES = ("vm_cpt", "sft", "rl_generation", "rl_update")
-SECTIONS = {"vm_cpt": "vm_cpt", "sft": "sft_cot", "rl_generation": "grpo", "rl_update": "grpo"}
+STAGES = PHASES  # the planner's phases: vm_cpt, sft, rl_generation, rl_update (`mpi_kit.stages`)
+# phase -> the Recipe section whose batch it plans, unless a caller names one: the first registered stage's
+SECTIONS = {p: next(s.section for s in _STAGES.values() if p in s.phases) for p in PHASES}
 TEMPLATE_TOKENS = 24  # chat template: roles, vision start/end, newlines
 
 # Hub configs the planner knows without a download (the shapes of the consumer recipes' models).
@@ -316,10 +319,11 @@ def _divisors(n: int) -> list[int]:
 
 def plan(recipe, budget_gib: float | None = None, *, policy_tokens: int = 2000, G: int | None = None,
          completion_tokens: int | None = None, image_tokens_: int | None = None, query_tokens: int = 100,
-         policy_rollout: bool = True, stages=STAGES) -> Plan:
+         policy_rollout: bool = True, stages=STAGES, sections: dict | None = None) -> Plan:
     """Plan each stage: the largest micro-batch dividing the recipe's effective batch whose predicted peak plus
     `CUDA_OVERHEAD_GIB` fits `budget_gib` (None: the recipe's `memory_budget_gib`, 0 = no limit, keep the recipe's
-    split). RL generation must fit its whole generation batch (TRL generates a step's completions at once)."""
+    split). RL generation must fit its whole generation batch (TRL generates a step's completions at once).
+    `sections` maps a phase to the Recipe section it plans (default `SECTIONS`: sft -> sft_cot, rl -> grpo)."""
     from .models import as_recipe
 
     recipe = as_recipe(recipe)
@@ -330,7 +334,7 @@ def plan(recipe, budget_gib: float | None = None, *, policy_tokens: int = 2000, 
     shape = model_shape(model_config(recipe))
     out = {}
     for stage in stages:
-        st = getattr(recipe, SECTIONS[stage])
+        st = getattr(recipe, {**SECTIONS, **(sections or {})}[stage])
         eff = st.per_device_train_batch_size * st.gradient_accumulation_steps
         if stage == "rl_generation":
             terms = predict(recipe, stage, eff, w, shape, generation_batch=eff)
@@ -403,16 +407,18 @@ def _refusal(recipe, stage, w: Workload, budget, sp: StagePlan, shape, eff) -> s
             + "; or ".join(fixes) + ".")
 
 
-def apply_plan(recipe, stage: str, kwargs: dict, **workload) -> dict:
-    """Trainer keywords with the plan's micro-batch and accumulation for `stage` ('vm_cpt', 'sft' or 'rl') when
-    the recipe has a `memory_budget_gib`; unchanged otherwise. Raises MemoryPlanError when nothing fits."""
+def apply_plan(recipe, section: str, kwargs: dict, **workload) -> dict:
+    """Trainer keywords with the plan's micro-batch and accumulation for the stage whose hyperparameters are
+    Recipe section `section` ('vm_cpt', 'sft_cot', 'grpo', ...) when the recipe has a `memory_budget_gib`;
+    unchanged otherwise. Raises MemoryPlanError when nothing fits."""
     if not getattr(recipe, "memory_budget_gib", 0):
         return kwargs
-    names = ("rl_generation", "rl_update") if stage == "rl" else (stage,)
-    p = plan(recipe, stages=names, **workload)
+    stage = section_stage(section)
+    names = stage.phases
+    p = plan(recipe, stages=names, sections={n: section for n in names}, **workload)
     sp = p.stages[names[-1]]
     out = dict(kwargs, per_device_train_batch_size=sp.micro_batch, gradient_accumulation_steps=sp.accumulation)
-    if stage == "rl":  # one generation per optimizer step, as before: the generation batch stays the same
+    if stage.kind == "rl":  # one generation per optimizer step, as before: the generation batch stays the same
         out["steps_per_generation"] = sp.accumulation
     print(p)
     return out

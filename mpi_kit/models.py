@@ -185,7 +185,8 @@ def load_model(recipe: "Recipe | str | Path" = "tiny", /, backend: str | None = 
     lora: None = the recipe's `lora.enabled`, True/False forces it (False on an nf4 recipe = 4-bit inference).
     device: None = the recipe's ('auto': CUDA if visible). Overrides are `get_recipe` overrides, e.g.
     `load_model(path, quantization="nf4", lora=True)` or `load_model("qwen2.5-vl-3b", model="/my/download")`.
-    The recipe rides along as `model.mpi_recipe`.
+    The resolved recipe rides along as `model.mpi_recipe`, for a reader to look at (stages record the recipe they
+    were given, not this).
     """
     if lora is not None:
         overrides = {**overrides, "lora.enabled": True} if lora else overrides
@@ -275,10 +276,10 @@ def require_backend(backend: str = "hf", device: str | None = "auto") -> None:
     import unsloth  # noqa: F401  (patches transformers/trl/peft; a no-op when already imported)
 
 
-def unsloth_mode(model, training: bool):
+def unsloth_mode(model, training: bool, backend: str = "hf"):
     """unsloth's switch between training and fast generation (`FastVisionModel.for_training/for_inference`);
-    a no-op on a model not loaded by unsloth."""
-    if getattr(getattr(model, "mpi_recipe", None), "backend", "hf") != "unsloth":
+    a no-op unless `backend` (the recipe's that loaded the model) is 'unsloth'."""
+    if backend != "unsloth":
         return model
     from unsloth import FastVisionModel
 

@@ -26,17 +26,17 @@ from tqdm.auto import tqdm
 
 from .paper import METHODS
 
-# stage name -> (kind, parent stage, keyword arguments)
-STAGES = {
-    "direct_sft": ("sft", None, {"mode": "direct"}),
-    "cot_sft": ("sft", None, {"mode": "cot"}),
-    "vm_cpt": ("cpt", None, {}),
-    "vmcpt_cot_sft": ("sft", "vm_cpt", {"mode": "cot"}),
-    "cot_sft_grpo": ("rl", "cot_sft", {"algo": "grpo"}),
-    "cot_sft_dapo": ("rl", "cot_sft", {"algo": "dapo"}),
-    "trimpi_grpo": ("rl", "vmcpt_cot_sft", {"algo": "grpo"}),
-    "trimpi_poro_grpo": ("rl", "vmcpt_cot_sft", {"algo": "grpo", "policy_rollout": True}),
-    "trimpi_poro_dapo": ("rl", "vmcpt_cot_sft", {"algo": "dapo", "policy_rollout": True}),
+# a method's chain, one folder per step: step -> (the stage it trains, from `mpi_kit.stages`; the step it starts from)
+STEPS = {
+    "direct_sft": ("sft_direct", None),
+    "cot_sft": ("sft_cot", None),
+    "vm_cpt": ("vm_cpt", None),
+    "vmcpt_cot_sft": ("sft_cot", "vm_cpt"),
+    "cot_sft_grpo": ("grpo", "cot_sft"),
+    "cot_sft_dapo": ("dapo", "cot_sft"),
+    "trimpi_grpo": ("grpo", "vmcpt_cot_sft"),
+    "trimpi_poro_grpo": ("poro_grpo", "vmcpt_cot_sft"),
+    "trimpi_poro_dapo": ("poro_dapo", "vmcpt_cot_sft"),
 }
 METHOD_STAGE = {"In-Context": None, "Direct SFT": "direct_sft", "CoT SFT": "cot_sft",
                 "VM-CPT + CoT SFT": "vmcpt_cot_sft", "CoT SFT + GRPO": "cot_sft_grpo",
@@ -109,17 +109,20 @@ def _done(stage_dir: Path) -> bool:
 
 
 def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overrides: dict) -> Path:
-    """Run (or reuse) stage `name` and its parents under `root`; returns its folder."""
-    kind, parent, kw = STAGES[name]
+    """Run (or reuse) step `name` and the steps it starts from under `root`; returns its folder."""
+    from .stages import STAGES
+
+    stage, parent = STEPS[name]
+    st = STAGES[stage]
     init = run_stage(parent, root, data_dir, cfg, overrides) if parent else None
     out = root / name
     if _done(out):
         return out
     common = dict(init=str(init) if init else None, **overrides)
-    if kind == "sft":
+    if st.kind == "sft":
         from .sft import run_sft
-        run_sft(cfg.recipe, str(data_dir), str(out), kw["mode"], max_steps=cfg.sft_steps, **common)
-    elif kind == "cpt":
+        run_sft(cfg.recipe, str(data_dir), str(out), st.mode, max_steps=cfg.sft_steps, **common)
+    elif st.kind == "cpt":
         from .cpt import run_cpt
         run_cpt(cfg.recipe, str(data_dir), str(out), max_steps=cfg.cpt_steps, **common)
     else:
@@ -127,13 +130,13 @@ def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overri
         from .rl import run_rl
         from .tasks import get_task
 
-        algo = kw["algo"]
+        algo = st.algo
         # rollouts get the evaluation's budget when the recipe's is shorter: a CoT cut off before its answer earns
         # no reward, so every advantage would be zero. The rewards are the data's task's (`rl_trainer` asks it).
-        budget = max(getattr(as_recipe(cfg.recipe, **overrides), algo).max_completion_length,
+        budget = max(getattr(as_recipe(cfg.recipe, **overrides), st.section).max_completion_length,
                      get_task(cfg.dataset).completion_budget(cfg, data_dir))
-        run_rl(cfg.recipe, str(data_dir), str(out), algo, kw.get("policy_rollout", False),
-               max_steps=cfg.rl_steps, **{f"{algo}.max_completion_length": budget, **common})
+        run_rl(cfg.recipe, str(data_dir), str(out), algo, st.policy_rollout,
+               max_steps=cfg.rl_steps, **{f"{st.section}.max_completion_length": budget, **common})
     return out
 
 

@@ -401,6 +401,9 @@ FOLLOW = (
      "mix": {"policy2": 0.12, "policy4": 0.45, "policy4M": 0.05, "describe": 0.02, "exist": 0.14, "count": 0.22}},
     {"name": "follow6", "steps": 500, "lr": 3e-4,
      "mix": {"policy2": 0.08, "policy4": 0.22, "policy6": 0.35, "describe": 0.02, "exist": 0.13, "count": 0.2}},
+    # N = 6 ids (levels 5-6) are tokens that occur only in N = 6 policies: a second piece gives them more examples.
+    {"name": "follow6b", "steps": 800, "lr": 3e-4,
+     "mix": {"policy2": 0.05, "policy4": 0.12, "policy6": 0.5, "describe": 0.01, "exist": 0.12, "count": 0.2}},
 )
 
 

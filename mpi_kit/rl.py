@@ -21,6 +21,7 @@ from .data import with_policy
 from .models import vision_token_ids
 from .progress import quiet_stage, watch_stage
 from .rollout_log import NO_POLICY, POLICY_AWARE
+from .stages import STAGES, rl_stage
 from .training import ResumeFix
 
 logger = logging.getLogger("mpi_kit.rl")
@@ -232,7 +233,7 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
 
 # ---------------------------------------------------------------------------------------------- running
 
-ALGOS = ("grpo", "dapo")
+ALGOS = tuple(dict.fromkeys(s.algo for s in STAGES.values() if s.kind == "rl"))  # grpo, dapo
 
 
 def check_group_size(G: int, policy_rollout: bool) -> None:
@@ -260,23 +261,28 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     else ClevrPolicy); `reward_funcs`/`reward_weights` replace them. fast_rollouts: None = the recipe's."""
     from trl import GRPOConfig
 
-    from .data import load_kit_data, require_columns
+    from .data import DataError, load_kit_data, require_columns
     from .tasks import get_task, task_of
     from .training import freeze_vision, load_stage_model, stage_recipe, trainer_kwargs
     from .timing import stage_facts
 
-    if algo not in ALGOS:
-        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    stage = rl_stage(algo, policy_rollout)  # the registry: its recipe section and data kind
     recipe = stage_recipe(recipe, init, **overrides)
-    settings = getattr(recipe, algo)
+    settings = getattr(recipe, stage.section)
     task = get_task(task) if task is not None or data_dir is None else task_of(data_dir)  # before the data loads
-    ds = dataset if dataset is not None else load_kit_data(data_dir, "rl")["train"]
+    ds = dataset if dataset is not None else load_kit_data(data_dir, stage.data)["train"]
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     reward_funcs = list(reward_funcs or task.reward_funcs)
     reward_weights = list(reward_weights or task.reward_weights)
+    if task.gold_column not in ds.column_names and dataset is None and data_dir is not None:
+        built = task_of(data_dir)
+        if built is not task:  # e.g. ClevrPolicy's rewards asked for on GTAPolicy data
+            raise DataError(f"RL ({stage.title}): {data_dir} holds {built.title} data, but the rewards asked for are "
+                            f"{task.title}'s (they compare with its {task.gold_column!r} column, which this data "
+                            f"lacks). Use the data's own task (`--reward auto` or `--reward {built.name}`).")
     needed = ["prompt", "images", task.gold_column] + (["policy", "policy_images"] if policy_rollout else [])
-    require_columns(ds, needed, f"RL ({algo}{' + PolicyRollout' if policy_rollout else ''})")
+    require_columns(ds, needed, f"RL ({stage.title})")
     if policy_rollout and not any(ds[0]["policy"] or []):
         raise ValueError("PolicyRollout needs the policy of every row in its `policy` column; this dataset's is "
                          "empty. Build it with `mpi-kit data --kinds rl`.")
@@ -297,7 +303,8 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
                                    dynamic_sampling_work=settings.dynamic_sampling_work,
                                    fast_rollouts=fast_rollouts, task=task)
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
-    info = {"algo": algo, "task": task.name, "policy_rollout": policy_rollout, "G": G, "fast_rollouts": fast_rollouts,
+    info = {"recipe": recipe, "algo": algo, "task": task.name, "policy_rollout": policy_rollout, "G": G,
+            "fast_rollouts": fast_rollouts,
             "group_size": kw["num_generations"],
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
@@ -314,9 +321,7 @@ def run_rl(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", poli
     log is `out/completions/completions_*.parquet`. Returns the summary written to summary.json."""
     from .training import open_run, run_settings, train_stage
 
-    name = f"{'poro_' if policy_rollout else ''}{algo}"
-    if algo not in ALGOS:
-        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    name = rl_stage(algo, policy_rollout).name
     if kw.get("num_generations") is not None:
         check_group_size(int(kw["num_generations"]), policy_rollout)
     done = open_run(out, run_settings(name, recipe, data_dir, **kw), resume)

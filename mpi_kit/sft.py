@@ -14,19 +14,14 @@ from __future__ import annotations
 
 from .data import DataError, load_kit_data
 from .progress import quiet_stage, watch_stage
+from .stages import sft_stage
 from .timing import stage_facts
 from .training import (ResumeFix, check_rows, freeze_vision, load_stage_model, open_run, run_settings, stage_recipe,
                        train_stage, trainer_kwargs)
 
-MODES = {"cot": ("cot", "sft_cot"), "direct": ("qa", "sft_direct")}  # mode -> (dataset kind, recipe section)
 PAPER_DEFAULTS = {"lora": True, "r": 8, "learning_rate": 1e-4, "cot_epochs": 5, "direct_epochs": 2,
                   "batch": "16x4"}
 
-
-def _mode(mode: str) -> tuple[str, str]:
-    if mode not in MODES:
-        raise DataError(f"SFT mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return MODES[mode]
 
 
 def check_sft(ds, stage: str) -> None:
@@ -59,8 +54,8 @@ def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot",
     completion-only loss, `max_length=None` (truncation could cut image tokens), fp32 on a CPU."""
     from trl import SFTConfig
 
-    kind, section = _mode(mode)
-    stage = f"{'CoT' if mode == 'cot' else 'Direct'} SFT"
+    st = sft_stage(mode)  # the registry: its dataset kind, recipe section and title
+    kind, section, stage = st.data, st.section, st.title
     recipe = stage_recipe(recipe, init, **overrides)
     ds = dataset if dataset is not None else load_kit_data(data_dir, kind)["train"]
     if limit is not None:
@@ -74,7 +69,8 @@ def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot",
     trainer = _trainer_class()(model=model, args=args, train_dataset=ds, processing_class=processor,
                          callbacks=list(callbacks))
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
-    info = {"mode": mode, "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
+    info = {"recipe": recipe, "mode": mode, "data": str(data_dir) if data_dir else None,
+            "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS,
             **stage_facts(section, recipe, args, ds, processor)}  # precision and, on a GPU, the time estimate
     return trainer, processor, info
@@ -84,12 +80,12 @@ def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot",
 def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, init=None, resume=True, **kw) -> dict:
     """Run CoT (mode="cot") or Direct (mode="direct") SFT into `out`, from the base model or `init` (a VM-CPT
     folder); resumes from `out`'s last checkpoint; returns the summary written to summary.json."""
-    _mode(mode)
-    done = open_run(out, run_settings(f"sft_{mode}", recipe, data_dir, init=init, **kw), resume)
+    name = sft_stage(mode).name
+    done = open_run(out, run_settings(name, recipe, data_dir, init=init, **kw), resume)
     if done is not None:
         return done  # finished before with these settings: reused as it is
     trainer, processor, info = sft_trainer(recipe, data_dir, out, mode, init=init, **kw)
-    return train_stage(trainer, f"sft_{mode}", out, processor, info, resume=resume)
+    return train_stage(trainer, name, out, processor, info, resume=resume)
 
 
 # ----------------------------------------------------------------------------------------------- answering
@@ -122,4 +118,4 @@ def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:
             "interval_95": wilson_interval(sum(hits), len(hits)), "majority": majority, "completions": texts}
 
 
-__all__ = ["run_sft", "sft_trainer", "check_sft", "MODES", "PAPER_DEFAULTS", "answer", "accuracy"]
+__all__ = ["run_sft", "sft_trainer", "check_sft", "PAPER_DEFAULTS", "answer", "accuracy"]

@@ -112,9 +112,10 @@ def load_stage_model(recipe: Recipe, init: str | None = None, trainable: bool = 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
         model = PeftModel.from_pretrained(model, init, is_trainable=trainable)
         model.mpi_recipe = recipe
-        return unsloth_mode(model, trainable), apply_pixel_caps(AutoProcessor.from_pretrained(init), recipe)
+        processor = apply_pixel_caps(AutoProcessor.from_pretrained(init), recipe)
+        return unsloth_mode(model, trainable, recipe.backend), processor
     model, processor = load_model(recipe, device=device)
-    return unsloth_mode(model, trainable), processor
+    return unsloth_mode(model, trainable, recipe.backend), processor
 
 
 def tiny_or_random(recipe: "Recipe | str", data_dir, out="runs/tiny-random") -> Recipe:
@@ -161,9 +162,10 @@ def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | N
     if recipe.memory_budget_gib:  # the memory planner sets micro-batch x accumulation (same effective batch)
         from .memory import apply_plan
 
-        section = next(n for n in ("vm_cpt", "sft_cot", "sft_direct", "grpo", "dapo") if getattr(recipe, n) is stage)
-        kind = {"sft_cot": "sft", "sft_direct": "sft", "dapo": "rl", "grpo": "rl"}.get(section, section)
-        kw = apply_plan(recipe, kind, kw)
+        from .stages import STAGES
+
+        section = next(s.section for s in STAGES.values() if getattr(recipe, s.section) is stage)
+        kw = apply_plan(recipe, section, kw)
     kw["warmup_steps"] = kw.pop("warmup_ratio")  # transformers 5: a float < 1 is a ratio of the total steps
     if max_steps is not None:
         if int(max_steps) < 1:
@@ -332,8 +334,11 @@ def train_stage(trainer, stage: str, out, processor, info: dict | None = None, r
 
 def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, resume: bool = True) -> dict:
     """Train (resuming from the folder's last checkpoint when there is one), save the final model + processor
-    and write `summary.json`; returns the summary."""
+    and write `summary.json`; returns the summary. `info["recipe"]`, the Recipe the trainer was built with, is
+    written beside the weights (mpi_recipe.json) and named in the summary."""
     out = Path(out)
+    info = dict(info or {})
+    recipe = info.pop("recipe", None)
     ckpt = last_checkpoint(out) if resume else None
     t0 = time.time()
     step0 = 0
@@ -346,7 +351,7 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
     trainer.save_model(str(out))
     summary = {
         "stage": stage,
-        "recipe": getattr(getattr(model, "mpi_recipe", None), "name", None),
+        "recipe": recipe.name if recipe is not None else None,
         "steps": state.global_step,
         "max_steps": state.max_steps,
         "completed": state.global_step >= state.max_steps,
@@ -361,10 +366,9 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
         "peak_memory_gib": round(peak_memory(), 3),
         "params": count_parameters(model),
         "world_size": trainer.args.world_size,
-        **(info or {}),
+        **info,
     }
     if trainer.is_world_process_zero():
-        recipe = getattr(model, "mpi_recipe", None)
         if recipe is not None:
             recipe.to_json(out / RECIPE_FILE)
         if processor is not None:

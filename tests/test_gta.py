@@ -242,7 +242,7 @@ def test_trl_rewards():
     assert gta_format_reward([good, conv, gold, good + " extra", "<think>a</think><think>b</think>{}"]) == \
         [1.0, 1.0, 0.0, 0.0, 0.0]
     assert parse_call("```json\n" + gold + "\n```")[0]["name"] == "OCR_v1"
-    rows = [{"id": "x", "tool": "OCR", "case": "OCR_v1", "answer": gold, "path": ["OCR.3"]}] * 2
+    rows = [{"id": "x", "tool": "OCR", "answer": gold, "path": ["OCR.3"]}] * 2
     scored = score_rows(rows, [good, "bad"], method="m")
     assert scored[0]["cited"] == ["OCR.3"] and scored[1]["pred"] is None
     assert summarize(scored) == [{"method": "m", "setting": "no_policy", "n": 2, "tool": 50.0, "args": 50.0,
@@ -395,7 +395,8 @@ def test_build_gta_datasets(tmp_path):
     for r in ev["override"]:
         assert "### Tool Calling Rule Override ###" in r["prompt"][0]["content"][0]["text"] + \
             r["prompt"][0]["content"][1]["text"]
-        assert json.loads(r["answer"])["name"] == r["case"] and r["case"] in r["completion"][0]["content"][0]["text"]
+        assert json.loads(r["answer"])["name"] in r["completion"][0]["content"][0]["text"]
+        assert not {"depth", "variant", "case"} & set(r)  # ClevrPolicy's columns: a GTA row does not pose as one
     build_gta_datasets(out=str(tmp_path / "again"), num_instances=30, seed=0)
     for kind in ("cot", "eval"):
         for split, ds in load_kit_data(tmp_path / "d", kind).items():
@@ -477,10 +478,11 @@ def test_cli_rl_on_gta_data_uses_the_gta_reward(gta_small, tmp_path, capsys):
     weighted = 0.1 * log["gta_format_reward"].to_numpy() + 0.9 * log["gta_reward"].to_numpy()
     assert df["reward"].tolist() == pytest.approx(weighted.tolist())
     assert df["reward"].tolist() == pytest.approx([gta.reward(t, g) for t, g in zip(df["text"], df["gold"])])
-    assert main(argv + ["--out", str(tmp_path / "clevr"), "--reward", "clevr"]) == 0
-    assert json.loads((tmp_path / "clevr" / "summary.json").read_text())["reward_funcs"] == [
-        "format_reward", "accuracy_reward"]
-    capsys.readouterr()
+    capsys.readouterr()  # ClevrPolicy's rewards on GTA rows (no boxed case to compare with): a clear refusal
+    assert main(argv + ["--out", str(tmp_path / "clevr"), "--reward", "clevr"]) == 2
+    err = capsys.readouterr().err
+    assert "GTAPolicy data" in err and "'case'" in err and "--reward gta" in err
+    assert not (tmp_path / "clevr" / "summary.json").exists()
     assert main(argv + ["--out", str(tmp_path / "x"), "--data", str(tmp_path / "nowhere")]) == 2
     assert "no summary.json" in capsys.readouterr().err
 

@@ -114,6 +114,9 @@ def test_vmcpt_lowers_loss_and_trains_only_the_language_model(data, base, tmp_pa
     assert s["params"]["trainable"] < s["params"]["total"] and s["vision_frozen_params"] > 0
     summary = json.loads((tmp_path / "cpt" / "summary.json").read_text())
     assert summary["final_loss"] == s["final_loss"] and summary["peak_memory_gib"] > 0
+    written = json.loads((tmp_path / "cpt" / "mpi_recipe.json").read_text())  # the recipe the stage was given
+    assert summary["stage"] == "vm_cpt" and summary["recipe"] == written["name"] == "tiny"
+    assert written["vm_cpt"]["learning_rate"] == 1e-3 and written["model"] == base
     after = _state(load_model(str(tmp_path / "cpt"))[0])  # the final model loads back by folder
     vision = [k for k in before if k.startswith("model.visual.")]
     lm = [k for k in before if k.startswith("model.language_model.layers.")]
@@ -323,3 +326,25 @@ def test_disk_full_says_so(data, base, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(1, 1, 0))
     with pytest.raises(StageError, match="the disk is full.*Free some space and rerun"):
         _run(run_cpt, data["T"], tmp_path / "d", model=base, max_steps=1)
+
+
+def test_one_stage_registry_names_every_stage_everywhere():
+    """Training, the memory planner, the pipeline and the summaries read one registry (`mpi_kit.stages`)."""
+    from mpi_kit import memory
+    from mpi_kit.pipeline import STEPS
+    from mpi_kit.recipes import get_recipe
+    from mpi_kit.rl import ALGOS
+    from mpi_kit.stages import PHASES, STAGES, rl_stage, sft_stage
+
+    recipe = get_recipe("tiny")
+    assert all(hasattr(recipe, s.section) for s in STAGES.values())  # every stage's hyperparameters exist
+    assert {stage for stage, _ in STEPS.values()} <= set(STAGES)  # a pipeline step trains a registered stage
+    assert {p for _, p in STEPS.values()} - {None} <= set(STEPS)
+    assert memory.STAGES == PHASES == ("vm_cpt", "sft", "rl_generation", "rl_update")
+    assert memory.SECTIONS == {"vm_cpt": "vm_cpt", "sft": "sft_cot", "rl_generation": "grpo", "rl_update": "grpo"}
+    assert ALGOS == ("grpo", "dapo") and rl_stage("dapo", True).name == "poro_dapo"
+    assert sft_stage("direct").data == "qa" and sft_stage("cot").name == "sft_cot"
+    with pytest.raises(DataError, match="cot, direct"):
+        sft_stage("reverse")
+    with pytest.raises(ValueError, match="grpo"):
+        rl_stage("ppo")
