@@ -1,7 +1,8 @@
 """Evaluations of policy internalization, as tidy rows (one dict per measurement) that notebooks and the CLI share.
 
 - accuracy with no policy in context (the MPI setting), with it back in context (In-Context / paper Table 4), and
-  under a Policy Override (a new tree under the old name, paper Table 3);
+  under a Policy Override (a new tree under the old name, paper Table 3), scored by the data's task (ClevrPolicy's
+  scoring is here; GTAPolicy's tool-call scores are in `tasks/gta.py`); `accuracy`, a quick check on any rows;
 - branching error: how far the condition IDs a model's reasoning cites are from the gold paths' (paper §5.6);
 - Policy Referral: a judge scores how accurately the reasoning cites the policy, 0-10 (paper used an LLM judge;
   `RuleJudge` checks each cited condition against the policy deterministically);
@@ -44,17 +45,22 @@ def score_rows(rows, completions: list[str], method: str = "", setting: str = "n
 
 
 def evaluate_accuracy(model, processor, data_dir, setting: str = "no_policy", method: str = "", limit=None,
-                      max_new_tokens: int = 256, batch_size: int = 8, progress: bool = False) -> list[dict]:
+                      max_new_tokens: int = 256, batch_size: int = 8, progress: bool = False,
+                      task=None) -> list[dict]:
     """Held-out accuracy in one setting: 'no_policy' (MPI), 'in_context' (policy in the prompt) or 'override'
-    (a new tree under the old name in the prompt). Returns the per-example rows (see `summarize`)."""
+    (a new tree under the old name in the prompt). Greedy completions, scored by the task (`task`, else the one
+    that built `data_dir`: ClevrPolicy with `score_rows` below, GTAPolicy by its tool-call scores). Returns the
+    per-example rows (the task's `summarize` groups them)."""
     from .data import load_kit_data, spread
+    from .tasks import get_task, task_of
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     ds = load_kit_data(data_dir, "eval")[setting]
     ds = spread(ds, limit)  # evenly spaced: every policy, not the first one's rows
+    task = get_task(task) if task is not None else task_of(data_dir)
     completions = generate_completions(model, processor, ds, max_new_tokens, batch_size, progress)
-    return score_rows(ds, completions, method, setting)
+    return task.score_rows(ds, completions, method, setting)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -66,6 +72,28 @@ def summarize(rows: list[dict]) -> list[dict]:
              "accuracy": round(100 * sum(ok) / len(ok), 2),
              "interval_95": wilson_percent(sum(map(bool, ok)), len(ok))}
             for (m, s, d, v), ok in groups.items()]
+
+
+def answer(model, processor, rows, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+    """Greedy completions for rows of a no-policy dataset (eval `no_policy`, cot/qa `test`): image + query only."""
+    was_training = model.training
+    model.eval()
+    try:
+        return generate_completions(model, processor, rows, max_new_tokens, batch_size)
+    finally:
+        model.train(was_training)  # a model that was training stays in training mode
+
+
+def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:
+    """Exact-match accuracy of the boxed answer (paper Eq. 4) on any ClevrPolicy rows (notebook 05: the cot test
+    split), as a fraction with n and its 95% Wilson interval, the completions, and the majority-case share (what
+    always answering the commonest case would score)."""
+    texts = answer(model, processor, rows, max_new_tokens)
+    gold = [rows[i]["case"] for i in range(len(rows))]
+    hits = [parse_answer(t) == g for t, g in zip(texts, gold)]
+    majority = Counter(gold).most_common(1)[0][1] / max(len(gold), 1)
+    return {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits),
+            "interval_95": wilson_interval(sum(hits), len(hits)), "majority": majority, "completions": texts}
 
 
 # ------------------------------------------------------------------------------------------ branching error

@@ -88,34 +88,4 @@ def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, 
     return train_stage(trainer, name, out, processor, info, resume=resume)
 
 
-# ----------------------------------------------------------------------------------------------- answering
-
-def answer(model, processor, rows, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
-    """Greedy completions for rows of a no-policy dataset (eval `no_policy`, cot/qa `test`): image + query only."""
-    from .evaluate import generate_completions
-
-    was_training = model.training
-    model.eval()
-    try:
-        return generate_completions(model, processor, rows, max_new_tokens, batch_size)
-    finally:
-        model.train(was_training)  # a model that was training stays in training mode
-
-
-def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:
-    """Exact-match accuracy of the boxed answer (paper Eq. 4) on `rows` (a fraction, with n and its 95% Wilson
-    interval), the completions and the majority-case share (what always answering the commonest case would score)."""
-    from collections import Counter
-
-    from .stats import wilson_interval
-    from .rewards import parse_answer
-
-    texts = answer(model, processor, rows, max_new_tokens)
-    gold = [rows[i]["case"] for i in range(len(rows))]
-    hits = [parse_answer(t) == g for t, g in zip(texts, gold)]
-    majority = Counter(gold).most_common(1)[0][1] / max(len(gold), 1)
-    return {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits),
-            "interval_95": wilson_interval(sum(hits), len(hits)), "majority": majority, "completions": texts}
-
-
-__all__ = ["run_sft", "sft_trainer", "check_sft", "PAPER_DEFAULTS", "answer", "accuracy"]
+__all__ = ["run_sft", "sft_trainer", "check_sft", "PAPER_DEFAULTS"]

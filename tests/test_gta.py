@@ -12,8 +12,8 @@ from mpi_kit.data import DataError, load_kit_data
 from mpi_kit.gta_data import TASKS, build_gta_datasets, generate_instances, load_gta, override_instances
 from mpi_kit.gta_policy import (BASE_POLICY, DEFAULT_OVERRIDE, RULES, TOOLS, GTAPolicy, PolicyError, UserProfile,
                                 rule_leaves, tool_version)
-from mpi_kit.gta_rewards import (arg_score, gta_format_reward, gta_reward, parse_call, safe_eval, score_call,
-                                 score_rows, summarize)
+from mpi_kit.gta_rewards import arg_score, gta_format_reward, gta_reward, parse_call, safe_eval, score_call
+from mpi_kit.tasks.gta import score_rows, summarize
 
 P = UserProfile
 MATH = {"math_image": True}
@@ -523,3 +523,17 @@ def test_gta_pipeline_end_to_end(gta_small, tmp_path, capsys):
     c = get_task("gta").context_check(model, processor, out / "GTA" / "data")
     assert c["beyond_trained_context"] and c["in_context_prompt_tokens"] > 1000
     assert "beyond the 1000 positions" in capsys.readouterr().err
+
+
+def test_evaluate_accuracy_scores_gta_data_as_gta(gta_small, tmp_path):
+    """One evaluation entry point: `evaluate_accuracy` asks the task that built the folder how to score."""
+    from mpi_kit.evaluate import evaluate_accuracy
+    from mpi_kit.tasks import get_task
+    from mpi_kit.tiny import load_tiny
+
+    root, base = gta_small
+    build_gta_datasets(out=str(tmp_path / "ev"), num_instances=10, seed=0, kinds=("eval",))
+    model, processor = load_tiny(base)
+    rows = evaluate_accuracy(model, processor, tmp_path / "ev", "no_policy", method="m", limit=2, max_new_tokens=4)
+    assert len(rows) == 2 and {"tool", "args", "overall", "pred"} <= set(rows[0]) and "depth" not in rows[0]
+    assert get_task("gta").summarize(rows)[0]["n"] == 2

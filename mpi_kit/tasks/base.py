@@ -76,6 +76,14 @@ class Task:
         return tuple(f.__name__ for f in self.reward_funcs)
 
     # ---------------------------------------------------------------- evaluation
+    def score_rows(self, rows, completions, method: str = "", setting: str = "no_policy") -> list[dict]:
+        """One tidy dict per (row, completion): gold, the parsed answer, its scores (`evaluate_accuracy` calls it)."""
+        raise NotImplementedError
+
+    def summarize(self, rows: list[dict]) -> list[dict]:
+        """`score_rows`' dicts grouped per (method, setting, ...) into the task's numbers, each with its n."""
+        raise NotImplementedError
+
     def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
         """Every evaluation of one trained model on one row, as tidy numbers for results.json."""
         raise NotImplementedError

@@ -59,13 +59,24 @@ class ClevrPolicyTask(Task):
         return answer is not None and gold is not None and answer == str(gold).strip()
 
     # ---------------------------------------------------------------- evaluation
+    def score_rows(self, rows, completions, method: str = "", setting: str = "no_policy") -> list[dict]:
+        from ..evaluate import score_rows
+
+        return score_rows(rows, completions, method, setting)
+
+    def summarize(self, rows: list[dict]) -> list[dict]:
+        from ..evaluate import summarize
+
+        return summarize(rows)
+
     def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
         """Accuracy with no policy (In-Context: with it), branching error and referral on the main rows; the
         secondary evaluations (policy back in context, override, perception) each with its own n and interval."""
         from ..data import load_policies
         from ..evaluate import branching_error, evaluate_accuracy, perception, referral_scores, summarize
 
-        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method)
+        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method,
+                  task=self)
         rows = evaluate_accuracy(model, processor, data_dir, "in_context" if method == "In-Context" else "no_policy",
                                  **kw)
         main = summarize(rows)[0]

@@ -8,13 +8,39 @@ Data: `mpi_kit.gta_data` (generated instances, or GTA's own files with `gta_root
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
-from ..gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS, parse_call
+from ..gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS, parse_call, score_call
+from ..rewards import completion_text
 from .base import Row, Task
 
 NEW_TOKENS = 256  # the longest GTA reverse CoT + call is ~250 tiny-tokenizer tokens
+
+
+def score_rows(rows, completions: list[str], method: str = "", setting: str = "no_policy") -> list[dict]:
+    """One tidy row per example: gold and predicted tool names, tool/args/overall scores, why, the cited rules."""
+    out = []
+    for r, c in zip(rows, completions):
+        s = score_call(c, r["answer"])
+        call, _ = parse_call(c)
+        out.append({"method": method, "setting": setting, "id": r["id"], "tool_type": r["tool"],
+                    "gold": json.loads(r["answer"])["name"], "pred": call["name"] if call else None,
+                    "tool": s.tool, "args": s.args, "overall": s.overall, "reason": s.reason,
+                    "gold_rules": list(r["path"]),
+                    "cited": re.findall(r"Rule ([A-Za-z]+\.\d)", completion_text(c)), "completion": c})
+    return out
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Tool Acc, Arg Score and Overall (%) per (method, setting), as the paper reports them."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["setting"]), []).append(r)
+    return [{"method": m, "setting": s, "n": len(g),
+             **{k: round(100 * sum(r[k] for r in g) / len(g), 2) for k in ("tool", "args", "overall")}}
+            for (m, s), g in groups.items()]
 
 
 class GTAPolicyTask(Task):
@@ -53,16 +79,22 @@ class GTAPolicyTask(Task):
             return False
 
     # ---------------------------------------------------------------- evaluation
+    def score_rows(self, rows, completions, method: str = "", setting: str = "no_policy") -> list[dict]:
+        return score_rows(rows, completions, method, setting)
+
+    def summarize(self, rows: list[dict]) -> list[dict]:
+        return summarize(rows)
+
     def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
         """Tool Acc, Arg Score and Overall (%) with no policy (In-Context: with it), under the override and, for
         trained methods, with the policy back in context; forgetting as for ClevrPolicy."""
-        from ..evaluate import perception
-        from ..gta_rewards import evaluate_gta, summarize
+        from ..evaluate import evaluate_accuracy, perception
 
-        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method)
+        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method,
+                  task=self)
 
         def scores(setting: str) -> tuple[list, dict]:
-            rows = evaluate_gta(model, processor, data_dir, setting, **kw)
+            rows = evaluate_accuracy(model, processor, data_dir, setting, **kw)
             return rows, {k: summarize(rows)[0][k] for k in ("tool", "args", "overall")}
 
         rows, main = scores("in_context" if method == "In-Context" else "no_policy")
