@@ -1,6 +1,6 @@
 import json, sys, time, torch
 torch.set_num_threads(1)
-import mpi_kit.pretrain as P
+import pretrain_tiny as P
 from mpi_kit.tiny import load_tiny
 path, out, n_perc, n_pol = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 depths = tuple(int(d) for d in sys.argv[5].split(",") if d)

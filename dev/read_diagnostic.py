@@ -16,7 +16,7 @@ import random
 import sys
 import time
 import torch
-from mpi_kit.pretrain import set_threads
+from pretrain_tiny import set_threads
 from mpi_kit.tiny import load_tiny, IMAGE_SIZE
 from mpi_kit.scenes import sample_scene, render_scene, ATTRIBUTES
 from mpi_kit.data import assistant
@@ -56,7 +56,7 @@ def ans(s, c):
     return "Yes" if s.has(color=c) else "No"
 ORACLE = {}
 if "oracle" in variant:
-    from mpi_kit.pretrain import VALUES
+    from pretrain_tiny import VALUES
     g = torch.Generator().manual_seed(1)
     if "word" in variant:
         E = model.get_input_embeddings().weight.detach()
@@ -84,7 +84,7 @@ def mk(exs):
     scenes = [x[0] for x in pend]
     b = collate(exs)
     if "attn" in variant:
-        from mpi_kit.pretrain import cell_targets, VALUES
+        from pretrain_tiny import cell_targets, VALUES
         ids = b["input_ids"]
         tgt = torch.zeros_like(ids, dtype=torch.float)
         qpos = []
@@ -99,7 +99,7 @@ def mk(exs):
                 tgt[i, (ids[i] == 3).nonzero()[0]] = 1
         b["_q"] = torch.tensor(qpos); b["_tgt"] = tgt
     if "oracle" in variant:
-        from mpi_kit.pretrain import cell_targets
+        from pretrain_tiny import cell_targets
         b["_t"] = torch.cat([cell_targets(x) for x in scenes])
     return b
 evb = mk(ev)

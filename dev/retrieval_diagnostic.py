@@ -13,14 +13,14 @@ of layer 0 to attend to the colour word; SCALE=k scales the visual tokens.
 Results (2026-11-28, 1 thread, lr 1e-3): onehop 0.70-0.76 after 1,500 steps (0.58 at 400); onehop SCALE=0.05
 0.62 at 350; qfirst 0.55 at 400; twohop ATTN=1 0.45 at 300 (the retrieve head cannot know the colour);
 **onehop ATTN=0 0.97 at step 75**; **twohop GATHER=1 ATTN=1 0.88-0.96 from step 225 to 399**. That is `taught retrieval` in
-`mpi_kit.pretrain`.
+`scripts/pretrain_tiny.py`.
 """
 import os
 import random
 import sys
 import time
 import torch
-from mpi_kit.pretrain import set_threads
+from pretrain_tiny import set_threads
 from mpi_kit.tiny import load_tiny, IMAGE_SIZE
 from mpi_kit.scenes import sample_scene, render_scene, ATTRIBUTES
 set_threads(1)
@@ -49,7 +49,7 @@ def ex(key):
 ATTN = os.environ.get("ATTN")
 if ATTN:
     model.set_attn_implementation("eager")
-from mpi_kit.pretrain import cell_targets, VALUES
+from pretrain_tiny import cell_targets, VALUES
 def batch(exs):
     b = proc(text=[e[0] for e in exs], images=[e[1] for e in exs], return_tensors="pt", padding=True)
     if ATTN:

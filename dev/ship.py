@@ -3,11 +3,11 @@
 perception + N = 2, 4: the same examples and batches as one `pretrain --eval` run), merge, write the card."""
 import json, subprocess, sys
 from pathlib import Path
-import mpi_kit.pretrain as P
+import pretrain_tiny as P
 from transformers import AutoTokenizer
 
 out = Path("assets/tiny-vlm")
-subprocess.run([sys.executable, "-m", "mpi_kit.pretrain", "--work", "runs/pt13", "--out", str(out), "--threads", "1",
+subprocess.run([sys.executable, "scripts/pretrain_tiny.py", "--work", "runs/pt13", "--out", str(out), "--threads", "1",
                 "--no-card"], check=True)
 a = subprocess.Popen([sys.executable, "dev/ship_part.py", "1", "6", "runs/part_a.json"])
 b = subprocess.Popen([sys.executable, "dev/ship_part.py", "400", "2,4", "runs/part_b.json"])

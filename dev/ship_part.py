@@ -1,6 +1,6 @@
 import json, sys, time, torch
 torch.set_num_threads(1)
-import mpi_kit.pretrain as P
+import pretrain_tiny as P
 from mpi_kit.tiny import load_tiny
 m, proc = load_tiny("assets/tiny-vlm")
 n_perc, depths, dest = int(sys.argv[1]), tuple(int(d) for d in sys.argv[2].split(",") if d), sys.argv[3]

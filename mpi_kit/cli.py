@@ -82,7 +82,7 @@ def cmd_demo(args) -> int:
         from .report import data_report
 
         print(f"no tiny model at {TINY_MODEL_DIR}; building data and a data report only "
-              f"(train it with `python -m mpi_kit.pretrain`)", file=sys.stderr)
+              f"(train it with `python scripts/pretrain_tiny.py`)", file=sys.stderr)
         build_datasets(DataConfig(out=str(Path(args.out) / "data"), num_policies=4, num_scenes=200, depth=4,
                                   seed=args.seed))
         print(f"report: {data_report(Path(args.out) / 'data')}")

@@ -6,8 +6,8 @@
 - branching error: how far the condition IDs a model's reasoning cites are from the gold paths' (paper §5.6);
 - Policy Referral: a judge scores how accurately the reasoning cites the policy, 0-10 (paper used an LLM judge;
   `RuleJudge` checks each cited condition against the policy deterministically);
-- forgetting: the base model's general abilities (on `tiny`, its perception and counting questions) before and
-  after internalization;
+- general abilities (`general_abilities`: perception, and following a policy in context at each N with per-step
+  CoT accuracy; the tiny model's card) and forgetting: those abilities before and after internalization;
 - efficiency: prompt tokens and prefill time with and without the policy (paper Fig. 6).
 """
 from __future__ import annotations
@@ -48,19 +48,20 @@ def evaluate_accuracy(model, processor, data_dir, setting: str = "no_policy", me
                       max_new_tokens: int = 256, batch_size: int = 8, progress: bool = False,
                       task=None) -> list[dict]:
     """Held-out accuracy in one setting: 'no_policy' (MPI), 'in_context' (policy in the prompt) or 'override'
-    (a new tree under the old name in the prompt). Greedy completions, scored by the task (`task`, else the one
-    that built `data_dir`: ClevrPolicy with `score_rows` below, GTAPolicy by its tool-call scores). Returns the
-    per-example rows (the task's `summarize` groups them)."""
-    from .data import load_kit_data, spread
-    from .tasks import get_task, task_of
+    (a new tree under the old name in the prompt). Greedy completions, scored by `task` (a `mpi_kit.tasks` Task,
+    e.g. `task_of(data_dir)`; None: ClevrPolicy's `score_rows` below). Returns the per-example rows (the task's
+    `summarize` groups them)."""
+    from .data import DataError, load_kit_data, spread
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     ds = load_kit_data(data_dir, "eval")[setting]
     ds = spread(ds, limit)  # evenly spaced: every policy, not the first one's rows
-    task = get_task(task) if task is not None else task_of(data_dir)
+    if task is None and "case" not in ds.column_names:
+        raise DataError(f"{data_dir} is not ClevrPolicy data (its eval rows have no 'case'); pass the task that "
+                        f"built it: evaluate_accuracy(..., task=mpi_kit.tasks.task_of({str(data_dir)!r}))")
     completions = generate_completions(model, processor, ds, max_new_tokens, batch_size, progress)
-    return task.score_rows(ds, completions, method, setting)
+    return (task.score_rows if task is not None else score_rows)(ds, completions, method, setting)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -163,13 +164,56 @@ def referral_scores(rows: list[dict], policies: dict[str, Policy], judge: Referr
 
 # -------------------------------------------------------------------------------------------- forgetting
 
+def general_abilities(model, processor, n_perception: int = 400, n_policy: int = 200, depths=(2, 4, 6),
+                      progress: bool = True) -> dict:
+    """Held-out accuracy: existence, counting (exact), captions (exact), in-context policy following at each N,
+    each with its n and 95% Wilson interval; and per-step CoT accuracy at each N (`cot_steps`).
+
+    Scenes and policies come from the `eval/` keys, which training never uses. Threads are the caller's."""
+    from tqdm.auto import tqdm
+
+    from .abilities import STEP_PARTS, cot_steps, majority_share, make_example
+
+    res: dict = {"n": {}, "interval_95": {}}
+    tokens, seconds = 0, 0.0
+    jobs = [(t, None, n_perception, 8) for t in ("exist", "count")]
+    jobs += [("describe", None, max(1, n_perception // 4), 80)]
+    jobs += [("policy", d, n_policy, 48 + 32 * d) for d in depths]
+    for task, depth, n, max_new in tqdm(jobs, desc="evaluate", disable=not progress):
+        ex = [make_example(task, f"eval/{i}", depth) for i in range(n)]
+        st: dict = {}
+        outs = generate_completions(model, processor, ex, max_new, batch_size=16 if depth is None else 8, stats=st)
+        nt, s = st.get("tokens", 0), st.get("seconds", 0.0)
+        tokens, seconds = tokens + nt, seconds + s
+        if task == "policy":
+            key = f"in_context_N{depth}"
+            ok = [parse_answer(o) == e["answer"] for o, e in zip(outs, ex)]  # as the RL reward parses
+            steps = {k: [0, 0] for k in STEP_PARTS}
+            for o, e in zip(outs, ex):
+                for k, (right, reached) in cot_steps(o, e["completion"][0]["content"][0]["text"]).items():
+                    steps[k][0] += right
+                    steps[k][1] += reached
+            res.setdefault("cot_steps", {})[f"N{depth}"] = steps
+            res[f"{key}_majority"] = majority_share(ex)
+        else:
+            key = task
+            ok = [o.strip() == e["answer"] for o, e in zip(outs, ex)]
+            res[f"{task}_majority"] = majority_share(ex)
+        res[key] = sum(ok) / n
+        res["n"][key] = n
+        res["interval_95"][key] = [round(x, 4) for x in wilson_interval(sum(ok), n)]
+    res["perception"] = (res["exist"] + res["count"]) / 2
+    res["generation_tokens_per_s"] = tokens / seconds
+    return res
+
+
 def forgetting(before, after, n_perception: int = 40) -> list[dict]:
     """General abilities of `before` and `after` (each a (model, processor) pair), one row per task: existence
     and counting questions on fresh held-out scenes (the tiny model's pretraining tasks, never in the policy
     data) and their mean, `perception`, in %. `change` < 0 is forgetting."""
-    from .pretrain import evaluate as general
 
-    res = [general(m, p, n_perception=n_perception, n_policy=0, depths=(), progress=False) for m, p in (before, after)]
+    res = [general_abilities(m, p, n_perception=n_perception, n_policy=0, depths=(), progress=False)
+           for m, p in (before, after)]
     return [{"task": t, "n": n_perception, "before": round(100 * b[t], 2), "after": round(100 * a[t], 2),
              "change": round(100 * (a[t] - b[t]), 2),
              "majority": round(100 * b[f"{t}_majority"], 2) if f"{t}_majority" in b else None}
@@ -179,9 +223,8 @@ def forgetting(before, after, n_perception: int = 40) -> list[dict]:
 def perception(model, processor, n: int = 40) -> tuple[float, int, list[float]]:
     """A trained model's base abilities on n existence + n counting questions: accuracy (%), its n (2n) and its
     95% interval; what the pipeline records as "perception" for every method (forgetting, paper §5.5)."""
-    from .pretrain import evaluate as general
 
-    g = general(model, processor, n_perception=n, n_policy=0, depths=(), progress=False)
+    g = general_abilities(model, processor, n_perception=n, n_policy=0, depths=(), progress=False)
     return round(100 * g["perception"], 2), 2 * n, wilson_percent(round(g["perception"] * 2 * n), 2 * n)
 
 

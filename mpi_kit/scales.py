@@ -175,7 +175,7 @@ def _pipeline(s: _Sum, depth, num_policies, num_scenes, methods, cpt_steps, sft_
         settings = ["in_context", "override"] + ([] if m == "In-Context" else ["no_policy"])
         for setting in settings:
             s.generate(f"N={depth} {m} eval {setting}", n, base + (t["policy"] if setting != "no_policy" else 0), new)
-        if perception:  # pretrain.evaluate: existence + counting (8 new tokens), captions (80), batch 16
+        if perception:  # evaluate.general_abilities: existence + counting (8 new tokens), captions (80), batch 16
             k = eval_limit or 40
             s.generate(f"N={depth} {m} perception", 2 * k, s.img + 20 + s.tmpl, 8, 16)
             s.generate(f"N={depth} {m} captions", max(1, k // 4), s.img + 20 + s.tmpl, 80, 16)

@@ -1,9 +1,10 @@
 """The tiny base VLM: a few-million-parameter Qwen2.5-VL built from a config, with a tokenizer trained here.
 
 Nothing is downloaded. `build_tiny(texts)` trains a byte-level BPE tokenizer on our own generated text, sizes
-the image processor for the tiny scene renders (144x96 px -> 54 image tokens with patch 8, merge 2) and builds a
+the image processor for the tiny scene renders (96x64 px -> 24 image tokens with patch 8, merge 2) and builds a
 randomly initialised `Qwen2_5_VLForConditionalGeneration`; `save_tiny` writes a standard checkpoint that loads
-back through `AutoProcessor` / `AutoModelForImageTextToText`. `mpi_kit.pretrain` teaches it to see and to read.
+back through `AutoProcessor` / `AutoModelForImageTextToText`. `scripts/pretrain_tiny.py` teaches it to see, to
+read and to follow a policy in context.
 """
 from __future__ import annotations
 

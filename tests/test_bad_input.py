@@ -144,7 +144,7 @@ def test_accuracy_reward_wants_one_case_per_completion():
 
 def test_general_evaluation_with_a_tiny_limit():
     """`pipeline --eval-limit 2` died after training: the caption task got 2 // 4 = 0 examples."""
-    from mpi_kit.pretrain import evaluate
+    from mpi_kit.evaluate import general_abilities as evaluate
     from mpi_kit.tiny import build_tiny
 
     from conftest import SMALL

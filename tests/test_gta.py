@@ -526,14 +526,18 @@ def test_gta_pipeline_end_to_end(gta_small, tmp_path, capsys):
 
 
 def test_evaluate_accuracy_scores_gta_data_as_gta(gta_small, tmp_path):
-    """One evaluation entry point: `evaluate_accuracy` asks the task that built the folder how to score."""
+    """One evaluation entry point: `evaluate_accuracy` scores as the task it is given (the one that built it)."""
+    from mpi_kit.data import DataError
     from mpi_kit.evaluate import evaluate_accuracy
-    from mpi_kit.tasks import get_task
+    from mpi_kit.tasks import get_task, task_of
     from mpi_kit.tiny import load_tiny
 
     root, base = gta_small
     build_gta_datasets(out=str(tmp_path / "ev"), num_instances=10, seed=0, kinds=("eval",))
     model, processor = load_tiny(base)
-    rows = evaluate_accuracy(model, processor, tmp_path / "ev", "no_policy", method="m", limit=2, max_new_tokens=4)
+    with pytest.raises(DataError, match="not ClevrPolicy data.*task_of"):  # no task: ClevrPolicy's scoring refuses
+        evaluate_accuracy(model, processor, tmp_path / "ev", "no_policy", limit=2, max_new_tokens=4)
+    rows = evaluate_accuracy(model, processor, tmp_path / "ev", "no_policy", method="m", limit=2, max_new_tokens=4,
+                             task=task_of(tmp_path / "ev"))
     assert len(rows) == 2 and {"tool", "args", "overall", "pred"} <= set(rows[0]) and "depth" not in rows[0]
     assert get_task("gta").summarize(rows)[0]["n"] == 2

@@ -6,16 +6,20 @@ import random
 import re
 from pathlib import Path
 
+import sys
+
 import pytest
 import torch
 
-from mpi_kit import pretrain as pt
-from mpi_kit import tiny
+from mpi_kit import abilities, tiny
 from mpi_kit.generation import generate_completions
 from mpi_kit.models import count_parameters
 from mpi_kit.rewards import parse_answer
 from mpi_kit.policy import sample_policy
 from mpi_kit.scenes import sample_scene
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import pretrain_tiny as pt  # noqa: E402  (the tiny model's training: scripts/pretrain_tiny.py)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny-vlm"
 
@@ -40,7 +44,7 @@ def saved(fresh, tmp_path_factory):
 @pytest.fixture(scope="session")
 def shipped():
     if not (SHIPPED / "model.safetensors").exists():
-        pytest.skip("assets/tiny-vlm is not built; run python -m mpi_kit.pretrain")
+        pytest.skip("assets/tiny-vlm is not built; run python scripts/pretrain_tiny.py")
     return tiny.load_tiny(SHIPPED)
 
 
@@ -100,7 +104,7 @@ def test_shipped_model_follows_a_policy_in_context(shipped):
     ex = [pt.make_example("policy", f"test-shipped/{i}", 2) for i in range(24)]
     outs = generate_completions(model, processor, ex, max_new_tokens=112, batch_size=8)
     acc = sum(parse_answer(o) == e["answer"] for o, e in zip(outs, ex)) / len(ex)
-    assert acc >= 0.75 and acc > 2 * pt.majority_share(ex), (acc, outs[:2])
+    assert acc >= 0.75 and acc > 2 * abilities.majority_share(ex), (acc, outs[:2])
     assert "Held-out accuracy" in (SHIPPED / "README.md").read_text()
 
 
@@ -344,7 +348,7 @@ def test_card_numbers_come_from_the_evaluation(tmp_path):
     tiny.save_tiny(model, processor, tmp_path)
     res = pt.evaluate(model, processor, n_perception=8, n_policy=4, depths=(2,), progress=False)
     assert set(res["interval_95"]) == {"exist", "count", "describe", "in_context_N2"}
-    assert set(res["cot_steps"]["N2"]) == set(pt.STEP_PARTS)
+    assert set(res["cot_steps"]["N2"]) == set(abilities.STEP_PARTS)
     cfg = pt.PretrainConfig()
     info = {"config": {**vars(cfg), "follow": cfg.follow}, "seconds": {"init": 1.0, "follow2": 2.0},
             "params": count_parameters(model), "threads": 1}

@@ -10,6 +10,10 @@ on a plateau where it ignores the image). Stage "follow": it learns to follow a 
 text + image + query -> gold CoT + boxed case, N = 2, 4, 6), with perception replay and taught retrieval.
 Every scene is drawn from a "PRETRAIN/<task>/..." seed and every policy from the "base/<stage>/..." seed family,
 never the policies that the kit later internalizes (`mpi_kit.data` draws those from "policies/<seed>/...").
+The examples are `mpi_kit.abilities`'; the card's numbers are `mpi_kit.evaluate.general_abilities`'.
+
+    python scripts/pretrain_tiny.py --out assets/tiny-vlm      # train (resumable), evaluate, write the card
+    python scripts/pretrain_tiny.py --eval assets/tiny-vlm     # re-measure the card's numbers
 """
 from __future__ import annotations
 
@@ -27,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpi_kit.data import assistant, policy_parts, query_text, user_prompt
-from mpi_kit.policy import ATTR_ORDER, sample_policy
+from mpi_kit.abilities import PLURAL, STEP_PARTS, make_example
+from mpi_kit.evaluate import general_abilities as evaluate
 from mpi_kit.scenes import ATTRIBUTES, Scene, render_scene, sample_scene
 from mpi_kit.tiny import IMAGE_SIZE, MERGE, PATCH
 
@@ -81,72 +85,6 @@ class DenseProbe(nn.Module):
         if targets is not None:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, targets.reshape(logits.shape))
         return {"loss": loss, "logits": logits}
-
-
-# ------------------------------------------------------------------------------------------- text examples
-
-
-TASKS = ("describe", "exist", "count", "policy")
-PLURAL = {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", "object": "objects"}
-
-
-def subject_words(subject: dict) -> tuple[str, str]:
-    """('small cyan metal', 'cube'): the policy's word order (size, color, material, shape)."""
-    adj = " ".join(subject[a] for a in ATTR_ORDER[:3] if a in subject)
-    return adj, subject.get("shape", "object")
-
-
-def random_subject(rng: random.Random, scene: Scene, want_yes: bool | None) -> dict:
-    """1-3 attribute values; with want_yes, drawn from an object in the scene (yes) or absent from it (no)."""
-    k = rng.choice((1, 1, 2, 2, 3))
-    for _ in range(30):
-        if want_yes:
-            o = rng.choice(scene.objects)
-            subject = {a: getattr(o, a) for a in rng.sample(list(ATTRIBUTES), k)}
-        else:
-            subject = {a: rng.choice(ATTRIBUTES[a]) for a in rng.sample(list(ATTRIBUTES), k)}
-        if want_yes is None or scene.has(**subject) == want_yes:
-            return subject
-    return subject
-
-
-def describe_answer(scene: Scene) -> str:
-    n = len(scene.objects)
-    return f"There are {n} objects: {scene.describe()}."
-
-
-def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE_SIZE, variant: str = "T") -> dict:
-    """One prompt/completion example (TRL's conversational format + `images`), fully determined by `key`.
-
-    Tasks: describe (caption left to right), exist (yes/no on 1-3 attribute values), count (0-10), and
-    policy (a fresh policy of `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT +
-    boxed case as the completion)."""
-    rng = random.Random(f"PRETRAIN/{task}/{depth}/{key}")
-    scene = sample_scene(rng, scene_id=f"pt-{task}-{key}")
-    image = render_scene(scene, image_size)
-    if task == "policy":
-        seed = f"base/{key}/{depth}" + ("" if variant == "T" else f"/{variant}")
-        policy = sample_policy(depth, random.Random(seed), variant=variant)
-        parts, pimgs = policy_parts(policy)
-        return {"prompt": user_prompt(query_text(policy.name), parts),
-                "completion": assistant(policy.gold_cot(scene)), "images": pimgs + [image],
-                "task": f"policy{depth}{'' if variant == 'T' else variant}", "answer": policy.evaluate(scene)[0], "scene": scene}
-    if task == "describe":
-        q, a = "Describe the image.", describe_answer(scene)
-    else:
-        subject = random_subject(rng, scene, rng.random() < 0.5 if task == "exist" else rng.random() < 0.8)
-        adj, noun = subject_words(subject)
-        if task == "exist":
-            phrase = f"{adj} {noun}".strip()
-            q = f"Is there {'an' if phrase[0] in 'aeiou' else 'a'} {phrase} in the image?"
-            a = "Yes" if scene.has(**subject) else "No"
-        elif task == "count":
-            q = f"How many {(adj + ' ') if adj else ''}{PLURAL[noun]} are in the image?"
-            a = str(scene.count(**subject))
-        else:
-            raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    return {"prompt": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": q}]}],
-            "completion": assistant(a), "images": [image], "task": task, "answer": a, "scene": scene}
 
 
 # ---------------------------------------------------------------------------------------- taught retrieval
@@ -619,81 +557,6 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
     return info
 
 
-# ------------------------------------------------------------------------------------------------ evaluation
-
-def majority_share(examples: list[dict]) -> float:
-    """Accuracy of always giving the most common gold answer: the floor a model must beat to show it sees."""
-    from collections import Counter
-    return Counter(e["answer"] for e in examples).most_common(1)[0][1] / len(examples)
-
-
-COT_STEP = re.compile(r"Condition ([\d.]+): (Is there [^?(]*?)(?: \(that is, [^)]*\))?\? (Yes|No), "
-                      r"(?:go to Condition ([\d.]+)|the response is (Case \d+))\.")
-STEP_PARTS = ("question", "yes_no", "go_to", "case")
-
-
-def cot_steps(output: str, gold: str) -> dict[str, list[int]]:
-    """Where in-context following breaks, step by step: for each gold CoT step the model reached (same condition
-    id), was the question copied, the yes/no right, the go-to id or the case id right? Counting stops at the first
-    wrong part, since what follows it answers another condition. Returns {part: [right, reached]}."""
-    out = {k: [0, 0] for k in STEP_PARTS}
-    for g, o in zip(COT_STEP.findall(gold), COT_STEP.findall(output)):
-        if g[0] != o[0]:
-            break
-        checks = [("question", g[1] == o[1]), ("yes_no", g[2] == o[2])]
-        checks.append(("go_to", g[3] == o[3]) if g[3] else ("case", g[4] == o[4]))
-        for part, ok in checks:
-            out[part][0] += ok
-            out[part][1] += 1
-            if not ok:
-                return out
-    return out
-
-
-def evaluate(model, processor, n_perception: int = 400, n_policy: int = 200, depths=(2, 4, 6),
-             progress: bool = True) -> dict:
-    """Held-out accuracy: existence, counting (exact), captions (exact), in-context policy following at each N,
-    each with its n and 95% Wilson interval; and per-step CoT accuracy at each N (`cot_steps`).
-
-    Scenes and policies come from the `eval/` keys, which training never uses. Threads are the caller's."""
-    from tqdm.auto import tqdm
-
-    from mpi_kit.generation import generate_completions
-    from mpi_kit.rewards import parse_answer
-    from mpi_kit.stats import wilson_interval
-
-    res: dict = {"n": {}, "interval_95": {}}
-    tokens, seconds = 0, 0.0
-    jobs = [(t, None, n_perception, 8) for t in ("exist", "count")] + [("describe", None, max(1, n_perception // 4), 80)]
-    jobs += [("policy", d, n_policy, 48 + 32 * d) for d in depths]
-    for task, depth, n, max_new in tqdm(jobs, desc="evaluate", disable=not progress):
-        ex = [make_example(task, f"eval/{i}", depth) for i in range(n)]
-        st: dict = {}
-        outs = generate_completions(model, processor, ex, max_new, batch_size=16 if depth is None else 8, stats=st)
-        nt, s = st.get("tokens", 0), st.get("seconds", 0.0)
-        tokens, seconds = tokens + nt, seconds + s
-        if task == "policy":
-            key = f"in_context_N{depth}"
-            ok = [parse_answer(o) == e["answer"] for o, e in zip(outs, ex)]  # as the RL reward parses
-            steps = {k: [0, 0] for k in STEP_PARTS}
-            for o, e in zip(outs, ex):
-                for k, (right, reached) in cot_steps(o, e["completion"][0]["content"][0]["text"]).items():
-                    steps[k][0] += right
-                    steps[k][1] += reached
-            res.setdefault("cot_steps", {})[f"N{depth}"] = steps
-            res[f"{key}_majority"] = majority_share(ex)
-        else:
-            key = task
-            ok = [o.strip() == e["answer"] for o, e in zip(outs, ex)]
-            res[f"{task}_majority"] = majority_share(ex)
-        res[key] = sum(ok) / n
-        res["n"][key] = n
-        res["interval_95"][key] = [round(x, 4) for x in wilson_interval(sum(ok), n)]
-    res["perception"] = (res["exist"] + res["count"]) / 2
-    res["generation_tokens_per_s"] = tokens / seconds
-    return res
-
-
 # ------------------------------------------------------------------------------------------------ model card
 
 def _pct(x: float) -> str:
@@ -754,7 +617,7 @@ tags: [qwen2_5_vl, tiny, clevr, mpi-kit]
 # tiny-vlm: the mpi-kit base model
 
 A {p['total'] / 1e6:.2f}M-parameter **Qwen2.5-VL-architecture** model trained from scratch by
-`python -m mpi_kit.pretrain` on 2 CPU cores, standing in for an instruct VLM so that all of TriMPI runs offline.
+`python scripts/pretrain_tiny.py` on 2 CPU cores, standing in for an instruct VLM so that all of TriMPI runs offline.
 It loads like any checkpoint: `AutoProcessor.from_pretrained(path)`, `AutoModelForImageTextToText.from_pretrained(path)`.
 
 - Language model: 4 layers x 256 (4 heads, 2 KV heads, MLP 768), context 4,096; {p['language'] / 1e6:.2f}M parameters (tied embeddings).
@@ -811,8 +674,8 @@ Greedy generation speed on this CPU ({info.get('threads', 2)} thread(s), fp32, b
 ## Reproduce
 
 ```
-python -m mpi_kit.pretrain --out assets/tiny-vlm      # pretrain (resumes from runs/pretrain), then evaluate + card
-python -m mpi_kit.pretrain --eval assets/tiny-vlm     # re-measure this card's accuracies from the shipped weights
+python scripts/pretrain_tiny.py --out assets/tiny-vlm      # pretrain (resumes from runs/pretrain), then evaluate + card
+python scripts/pretrain_tiny.py --eval assets/tiny-vlm     # re-measure this card's accuracies from the shipped weights
 ```
 """
     path = out / "README.md"
@@ -824,7 +687,7 @@ python -m mpi_kit.pretrain --eval assets/tiny-vlm     # re-measure this card's a
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m mpi_kit.pretrain", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python scripts/pretrain_tiny.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=PretrainConfig.out, help="where to save the model and its card")
     ap.add_argument("--work", default=PretrainConfig.work, help="checkpoint folder (training resumes from it)")
     ap.add_argument("--seed", type=int, default=0)
