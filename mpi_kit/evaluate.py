@@ -91,7 +91,7 @@ def accuracy(model, processor, rows, max_new_tokens: int = 128) -> dict:
     always answering the commonest case would score)."""
     texts = answer(model, processor, rows, max_new_tokens)
     gold = [rows[i]["case"] for i in range(len(rows))]
-    hits = [parse_answer(t) == g for t, g in zip(texts, gold)]
+    hits = [r["correct"] for r in score_rows(rows, texts)]  # scored as every ClevrPolicy evaluation scores
     majority = Counter(gold).most_common(1)[0][1] / max(len(gold), 1)
     return {"accuracy": sum(hits) / max(len(hits), 1), "n": len(hits),
             "interval_95": wilson_interval(sum(hits), len(hits)), "majority": majority, "completions": texts}

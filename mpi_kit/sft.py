@@ -23,7 +23,6 @@ PAPER_DEFAULTS = {"lora": True, "r": 8, "learning_rate": 1e-4, "cot_epochs": 5, 
                   "batch": "16x4"}
 
 
-
 def check_sft(ds, stage: str) -> None:
     """Columns, non-empty, image counts; and no policy document in the prompt (SFT data never shows the policy)."""
     check_rows(ds, stage)
