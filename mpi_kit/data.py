@@ -14,6 +14,7 @@ import contextlib
 
 import io
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -282,8 +283,9 @@ def writable_dir(out: Path) -> Path:
         raise DataError(f"--out {out} is a file; pass a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("")
-        (out / ".write-test").unlink()
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks of a DDP run probe at once
+        probe.write_text("")
+        probe.unlink()
     except OSError as e:
         raise DataError(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
     return out

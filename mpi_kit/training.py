@@ -284,7 +284,7 @@ def open_run(out, settings: dict, resume: bool = True) -> dict | None:
         raise StageError(f"--out {out} is a file; pass a folder for the run (it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: the ranks of a DDP run check at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:
