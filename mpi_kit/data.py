@@ -276,18 +276,19 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
     return summary
 
 
-def writable_dir(out: Path) -> Path:
-    """Create `out` if needed and check it can be written, before any work: a DataError says what is wrong."""
+def writable_dir(out: Path, error: type[Exception] = DataError, hint: str = "pass a folder") -> Path:
+    """Create `out` if needed and check it can be written, before any work: `error` says what is wrong. The probe
+    file is the process's own, so the ranks of a DDP run can check one folder at once."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; pass a folder")
+        raise error(f"--out {out} is a file; {hint}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks of a DDP run probe at once
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise DataError(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
+        raise error(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
     return out
 
 

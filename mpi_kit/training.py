@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .data import DataError, require_columns
+from .data import DataError, require_columns, writable_dir
 from .models import (VISION_RE, as_recipe, count_parameters, load_model, peak_memory, require_backend, resolve_device,
                      resolve_precision,
                      unsloth_mode)
@@ -279,16 +279,7 @@ def open_run(out, settings: dict, resume: bool = True) -> dict | None:
     stage finished with the same settings (it is reused as it is, nothing retrains); None when there is nothing
     yet, or an unfinished run of the same settings to resume. Another run's folder is refused, naming the
     difference and the way out; so is an `out` that is a file or cannot be written."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise StageError(f"--out {out} is a file; pass a folder for the run (it is created if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: the ranks of a DDP run check at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise StageError(f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to") from None
+    out = writable_dir(out, StageError, "pass a folder for the run (it is created if missing)")
     saved_file, summary_file = out / RUN_FILE, out / "summary.json"
     started = saved_file.exists() or summary_file.exists() or any(out.glob("checkpoint-*"))
     if not started or not resume:
