@@ -44,18 +44,19 @@ def describe_answer(scene: Scene) -> str:
     return f"There are {n} objects: {scene.describe()}."
 
 
-def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE_SIZE, variant: str = "T") -> dict:
+def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE_SIZE, variant: str = "T",
+                 case_pool: int | None = None) -> dict:
     """One prompt/completion example (TRL's conversational format + `images`), fully determined by `key`.
 
     Tasks: describe (caption left to right), exist (yes/no on 1-3 attribute values), count (0-10), and
     policy (a fresh policy of `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT +
-    boxed case as the completion)."""
+    boxed case as the completion; with `case_pool`, its case numbers are drawn from 0..case_pool-1)."""
     rng = random.Random(f"PRETRAIN/{task}/{depth}/{key}")
     scene = sample_scene(rng, scene_id=f"pt-{task}-{key}")
     image = render_scene(scene, image_size)
     if task == "policy":
         seed = f"base/{key}/{depth}" + ("" if variant == "T" else f"/{variant}")
-        policy = sample_policy(depth, random.Random(seed), variant=variant)
+        policy = sample_policy(depth, random.Random(seed), variant=variant, case_pool=case_pool)
         parts, pimgs = policy_parts(policy)
         return {"prompt": user_prompt(query_text(policy.name), parts),
                 "completion": assistant(policy.gold_cot(scene)), "images": pimgs + [image],

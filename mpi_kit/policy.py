@@ -314,7 +314,7 @@ def _reference_pool() -> list[Scene]:
 
 def sample_policy(depth: int, rng: random.Random | int, name: str | None = None, variant: str = "T",
                   num_images: int = 3, taken: set[str] | None = None, max_tries: int = 50,
-                  balance: tuple[float, float] | None = (0.25, 0.75)) -> Policy:
+                  balance: tuple[float, float] | None = (0.25, 0.75), case_pool: int | None = None) -> Policy:
     """Sample a decision tree of `depth` levels with a unique case for every leaf.
 
     Each node draws an attribute type and value. On a yes edge the child may not draw its parent's type (the
@@ -324,6 +324,8 @@ def sample_policy(depth: int, rng: random.Random | int, name: str | None = None,
     With `balance`, a draw is preferred when the share of reference scenes reaching the node that answer
     yes lies in that range ("a small object?" is almost always yes), so that outcomes are not dominated by
     one case; the most balanced feasible draw is kept otherwise.
+    Cases are numbered 0..k-1 in random order; with `case_pool`, k distinct numbers are drawn from 0..case_pool-1
+    instead (base pretraining uses it so that short policies also name the cases only deep ones otherwise have).
     """
     if not 1 <= depth <= MAX_DEPTH:
         raise PolicyError(f"depth must be from 1 to {MAX_DEPTH}, got {depth} (the paper uses N = 2, 4, 6; a depth-12 "
@@ -367,8 +369,14 @@ def sample_policy(depth: int, rng: random.Random | int, name: str | None = None,
         return cid
 
     build("1", 0, {}, None, [], _reference_pool() if balance else [])
-    numbers = list(range(len(leaves)))
-    rng.shuffle(numbers)
+    if case_pool is not None and case_pool < len(leaves):
+        raise PolicyError(f"case_pool={case_pool} is smaller than the tree's {len(leaves)} cases; "
+                          f"pass at least {len(leaves)} (2^depth always suffices) or None")
+    if case_pool is None:
+        numbers = list(range(len(leaves)))
+        rng.shuffle(numbers)
+    else:
+        numbers = rng.sample(range(case_pool), len(leaves))
     case_of = {leaf: f"Case {k}" for leaf, k in zip(leaves, numbers)}
     for node in raw:
         node["yes"] = case_of.get(node["yes"], node["yes"])

@@ -311,16 +311,19 @@ def dense_batch(stage_key: str, i: int, batch_size: int, image_processor, image_
             "targets": torch.cat([cell_targets(s, image_size) for s in scenes])}
 
 
-def mixed_batch(stage_key: str, i: int, mix: dict[str, float], sizes: dict[str, int]) -> list[dict]:
-    """One batch. A "policy<N>" draw gives `sizes[policy<N>]` policy examples (long prompts, small batches);
-    any other draw gives a batch of `sizes["perception"]` perception examples whose tasks are drawn per example
-    from the perception part of `mix` (mixed tasks in a batch teach the model to read the question)."""
+def mixed_batch(stage_key: str, i: int, mix: dict[str, float], sizes: dict[str, int],
+                case_pool: int | None = None) -> list[dict]:
+    """One batch. A "policy<N>" draw gives `sizes[policy<N>]` policy examples (long prompts, small batches;
+    their case numbers drawn from 0..case_pool-1 when given); any other draw gives a batch of
+    `sizes["perception"]` perception examples whose tasks are drawn per example from the perception part of
+    `mix` (mixed tasks in a batch teach the model to read the question)."""
     rng = random.Random(f"PRETRAIN/{stage_key}/{i}")
     task = rng.choices(list(mix), weights=list(mix.values()))[0]
     if task.startswith("policy"):  # "policy4" (-T) or "policy4M" (-M: attribute values shown as images)
         depth, variant = int(task[6:].rstrip("M")), "M" if task.endswith("M") else "T"
         size = sizes.get(task, sizes[f"policy{depth}"])
-        return [make_example("policy", f"{stage_key}/{i}/{j}", depth, variant=variant) for j in range(size)]
+        return [make_example("policy", f"{stage_key}/{i}/{j}", depth, variant=variant, case_pool=case_pool)
+                for j in range(size)]
     percept = {k: v for k, v in mix.items() if not k.startswith("policy")}
     tasks = rng.choices(list(percept), weights=list(percept.values()), k=sizes["perception"])
     return [make_example(t, f"{stage_key}/{i}/{j}") for j, t in enumerate(tasks)]
@@ -342,6 +345,11 @@ FOLLOW = (
     # N = 6 ids (levels 5-6) are tokens that occur only in N = 6 policies: a second piece gives them more examples.
     {"name": "follow6b", "steps": 800, "lr": 3e-4,
      "mix": {"policy2": 0.05, "policy4": 0.12, "policy6": 0.5, "describe": 0.01, "exist": 0.12, "count": 0.2}},
+    # Case numbers above 15 occur only in N = 6 policies, and the copy of those tokens never formed (teacher-forced,
+    # follow6b copies cases 0-15 and misses 16-63 at every depth). Here every policy draws its case numbers from
+    # 0..63, so the cheap N = 2 and N = 4 batches copy all 64 case tokens.
+    {"name": "follow6c", "steps": 1800, "lr": 3e-4, "case_pool": 64,
+     "mix": {"policy2": 0.25, "policy4": 0.15, "policy6": 0.3, "describe": 0.01, "exist": 0.11, "count": 0.18}},
 )
 
 
@@ -515,14 +523,14 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
 
     # stages 2-3 (read, follow): answers only, vision tower frozen, loss on the completion
     collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
-    pieces = [("read", cfg.read_steps, cfg.read_lr, cfg.read_mix)]
-    pieces += [(f["name"], f["steps"], f["lr"], f["mix"]) for f in cfg.follow]
-    for stage, steps, lr, mix in pieces:
+    pieces = [("read", cfg.read_steps, cfg.read_lr, cfg.read_mix, None)]
+    pieces += [(f["name"], f["steps"], f["lr"], f["mix"], f.get("case_pool")) for f in cfg.follow]
+    for stage, steps, lr, mix, case_pool in pieces:
         if done(stage):
             continue
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
-        data = Batches(steps, lambda i, stage=stage, mix=mix: mixed_batch(stage, i, mix, cfg.sizes))
+        data = Batches(steps, lambda i, stage=stage, mix=mix, pool=case_pool: mixed_batch(stage, i, mix, cfg.sizes, pool))
 
         def collate_taught(examples):
             batch = collate([{k: e[k] for k in ("prompt", "completion", "images")} for e in examples])
@@ -594,11 +602,14 @@ def _limits(res: dict) -> str:
 def _follow_rows(cfg: dict, sec: dict) -> str:
     copying = (", taught copying (PREV/SECT/LINE/COPY heads + the COPY head's direct-logit loss)"
                if cfg.get("taught_copying") else "")
-    return "\n".join(
-        f"| {f['name']} | language model (vision frozen, taught retrieval on every condition{copying}): policy in "
-        f"context + image + query -> gold CoT + boxed case, with perception replay: "
-        f"{', '.join(f'{k} {v:.0%}' for k, v in f['mix'].items())} | {f['steps']} batches | {f['lr']} | "
-        f"{sec.get(f['name'], 0):.0f} s |" for f in cfg["follow"])
+
+    def row(f):
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in f["mix"].items())
+        pool = f"; case numbers drawn from 0..{f['case_pool'] - 1}" if f.get("case_pool") else ""
+        return (f"| {f['name']} | language model (vision frozen, taught retrieval on every condition{copying}): policy "
+                f"in context + image + query -> gold CoT + boxed case, with perception replay: {mix}{pool} | "
+                f"{f['steps']} batches | {f['lr']} | {sec.get(f['name'], 0):.0f} s |")
+    return "\n".join(row(f) for f in cfg["follow"])
 
 
 def write_card(out, info: dict, res: dict) -> Path:

@@ -138,3 +138,21 @@ def test_names_unique_and_override_keeps_name():
     assert new.name == ps[0].name and new.depth == ps[0].depth
     assert new.to_dict()["conditions"] != ps[0].to_dict()["conditions"]
     assert any(new.evaluate(sample_scene(i))[0] != ps[0].evaluate(sample_scene(i))[0] for i in range(50))
+
+
+def test_case_pool_names_cases_from_the_wider_range_and_keeps_the_tree():
+    """Base pretraining draws case numbers from 0..63 so short policies also name the cases of deep ones."""
+    seen = set()
+    for seed in range(40):
+        plain, wide = sample_policy(2, seed), sample_policy(2, seed, case_pool=64)
+        strip = lambda p: [(c.id, c.attribute, c.value, c.yes.startswith("Case"), c.no.startswith("Case"))
+                           for c in p.conditions.values()]
+        assert strip(plain) == strip(wide)  # the same tree, only the outcomes renamed
+        nums = [int(c.split()[1]) for c in wide.cases]
+        assert len(set(nums)) == len(nums) == len(plain.cases) and all(0 <= k < 64 for k in nums)
+        seen.update(nums)
+        s = sample_scene(seed)
+        assert wide.gold_cot(s).endswith("\\boxed{" + wide.evaluate(s)[0] + "}")
+    assert max(seen) >= 16  # cases an N = 2 tree never names without the pool
+    with pytest.raises(PolicyError, match="case_pool=3 is smaller"):
+        sample_policy(2, 0, case_pool=3)
