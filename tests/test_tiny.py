@@ -208,9 +208,8 @@ def test_taught_retrieval_trains_the_two_heads(fresh):
 
 def test_pretrain_command_runs_every_stage_and_resumes(tmp_path):
     """`pretrain` end to end at toy size: every stage (the follow curriculum's pieces with -T and -M policies and
-    a case pool),
-    taught retrieval and copying on, a standard checkpoint out (sdpa attention, not the eager attention used for
-    training), and a second call that finds every stage done."""
+    a case pool), taught retrieval and copying on, a standard checkpoint out (sdpa attention, not the eager
+    attention used for training), and a second call that finds every stage done."""
     follow = [{"name": "follow2", "steps": 2, "lr": 1e-3, "mix": {"policy2": 0.5, "policy2M": 0.5}},
               {"name": "follow4", "steps": 1, "lr": 1e-3, "case_pool": 64, "mix": {"policy4": 1.0}}]
     cfg = pt.PretrainConfig(out=str(tmp_path / "out"), work=str(tmp_path / "work"), tokenizer_policies=2,
