@@ -18,15 +18,11 @@ from mpi_kit.tiny import load_tiny
 
 
 def renumber(ex, rng):
-    text = ex["completion"][0]["content"][0]["text"]
-    prompt_text = " ".join(c["text"] for m in ex["prompt"] for c in m["content"] if c.get("text"))
-    old = sorted({int(k) for k in re.findall(r"Case (\d+)", prompt_text + text)})
+    parts = [c for m in ex["prompt"] + ex["completion"] for c in m["content"] if c.get("text")]
+    old = sorted({int(k) for c in parts for k in re.findall(r"Case (\d+)", c["text"])})
     new = dict(zip(old, rng.sample(range(64), len(old))))
-    sub = lambda s: re.sub(r"Case (\d+)", lambda m: f"Case {new[int(m[1])]}", s)  # noqa: E731
-    for m in ex["prompt"] + ex["completion"]:
-        for c in m["content"]:
-            if c.get("text"):
-                c["text"] = sub(c["text"])
+    for c in parts:
+        c["text"] = re.sub(r"Case (\d+)", lambda m: f"Case {new[int(m[1])]}", c["text"])
     return ex
 
 

@@ -369,12 +369,12 @@ def sample_policy(depth: int, rng: random.Random | int, name: str | None = None,
         return cid
 
     build("1", 0, {}, None, [], _reference_pool() if balance else [])
-    if case_pool is not None and case_pool < len(leaves):
-        raise PolicyError(f"case_pool={case_pool} is smaller than the tree's {len(leaves)} cases; "
-                          f"pass at least {len(leaves)} (2^depth always suffices) or None")
     if case_pool is None:
         numbers = list(range(len(leaves)))
         rng.shuffle(numbers)
+    elif case_pool < len(leaves):
+        raise PolicyError(f"case_pool={case_pool} is smaller than the tree's {len(leaves)} cases; "
+                          f"pass at least {len(leaves)} (2^depth always suffices) or None")
     else:
         numbers = rng.sample(range(case_pool), len(leaves))
     case_of = {leaf: f"Case {k}" for leaf, k in zip(leaves, numbers)}

@@ -523,14 +523,14 @@ def pretrain(cfg: PretrainConfig | None = None) -> dict:
 
     # stages 2-3 (read, follow): answers only, vision tower frozen, loss on the completion
     collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
-    pieces = [("read", cfg.read_steps, cfg.read_lr, cfg.read_mix, None)]
-    pieces += [(f["name"], f["steps"], f["lr"], f["mix"], f.get("case_pool")) for f in cfg.follow]
-    for stage, steps, lr, mix, case_pool in pieces:
+    pieces = [{"name": "read", "steps": cfg.read_steps, "lr": cfg.read_lr, "mix": cfg.read_mix}, *cfg.follow]
+    for piece in pieces:
+        stage, steps, lr = piece["name"], piece["steps"], piece["lr"]
         if done(stage):
             continue
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
-        data = Batches(steps, lambda i, stage=stage, mix=mix, pool=case_pool: mixed_batch(stage, i, mix, cfg.sizes, pool))
+        data = Batches(steps, lambda i, f=piece: mixed_batch(f["name"], i, f["mix"], cfg.sizes, f.get("case_pool")))
 
         def collate_taught(examples):
             batch = collate([{k: e[k] for k in ("prompt", "completion", "images")} for e in examples])
