@@ -15,7 +15,7 @@ from .policy import ATTR_ORDER, sample_policy
 from .scenes import ATTRIBUTES, Scene, render_scene, sample_scene
 from .tiny import IMAGE_SIZE
 
-TASKS = ("describe", "exist", "count", "policy")
+TASKS = ("describe", "exist", "count", "count_balanced", "policy")
 PLURAL = {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", "object": "objects"}
 
 
@@ -48,9 +48,17 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
                  case_pool: int | None = None) -> dict:
     """One prompt/completion example (TRL's conversational format + `images`), fully determined by `key`.
 
-    Tasks: describe (caption left to right), exist (yes/no on 1-3 attribute values), count (0-10), and
-    policy (a fresh policy of `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT +
+    Tasks: describe (caption left to right), exist (yes/no on 1-3 attribute values), count (0-10),
+    count_balanced (a count question whose answer is drawn evenly from 0..7: plain count questions ask about an
+    object in the scene, so most answers are 0 or 1 and large counts go untaught), and policy (a fresh policy of `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT +
     boxed case as the completion; with `case_pool`, its case numbers are drawn from 0..case_pool-1)."""
+    if task == "count_balanced":  # the first count example under KEY/w<m> whose answer is the one drawn
+        want = random.Random(f"countw/{key}").randint(0, 7)
+        for m in range(400):
+            example = make_example("count", f"{key}/w{m}", image_size=image_size)
+            if int(example["answer"]) == want:
+                break
+        return example  # after 400 misses (rare, large counts): the last one tried
     rng = random.Random(f"PRETRAIN/{task}/{depth}/{key}")
     scene = sample_scene(rng, scene_id=f"pt-{task}-{key}")
     image = render_scene(scene, image_size)
