@@ -4,8 +4,8 @@ resumes from the last one, which holds MODEL's weights. Usage:
     python dev/extra_piece.py WORK PIECE_JSON [--model assets/tiny-vlm] [--threads 1]
 PIECE_JSON: '{"name": "follow6d", "steps": 500, "lr": 2e-4, "case_pool": 64, "mix": {"policy6": 0.3, ...}}'
 (the 2026-12-03 vision trial also unfroze the vision tower, a one-line change to pretrain_tiny.py not kept: dev/LOG)
-A mix may name "countw": counting questions whose gold count is drawn uniformly from 0..7 (the card's counting
-questions are mostly 0 or 1: their subjects come from one object of the scene), found by trying sub-keys."""
+follow6e/6f were trained this way (their mix said "countw" for what is now `make_example("count_balanced", ...)`,
+the same examples; dev/LOG 2026-12-04)."""
 import argparse, json, shutil, sys, time
 from pathlib import Path
 
@@ -18,23 +18,6 @@ ap.add_argument("--model", default="assets/tiny-vlm"); ap.add_argument("--thread
 ap.add_argument("--n-perception", type=int, default=400); ap.add_argument("--n-policy", type=int, default=200)
 a = ap.parse_args()
 pt.THREADS = a.threads
-_make = pt.make_example
-
-
-def make_example(task, key, *args, **kw):
-    """`pt.make_example`, plus "countw": the first count example under KEY/w<m> whose answer is the target."""
-    if task != "countw":
-        return _make(task, key, *args, **kw)
-    import random
-    want = random.Random(f"countw/{key}").randint(0, 7)
-    for m in range(400):
-        e = _make("count", f"{key}/w{m}")
-        if int(e["answer"]) == want:
-            return e
-    return e
-
-
-pt.make_example = make_example
 piece = json.loads(a.piece)
 work = Path(a.work)
 stages = ["init", "see", "read", *(f["name"] for f in pt.FOLLOW)]
