@@ -50,8 +50,9 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
 
     Tasks: describe (caption left to right), exist (yes/no on 1-3 attribute values), count (0-10),
     count_balanced (a count question whose answer is drawn evenly from 0..7: plain count questions ask about an
-    object in the scene, so most answers are 0 or 1 and large counts go untaught), and policy (a fresh policy of `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT +
-    boxed case as the completion; with `case_pool`, its case numbers are drawn from 0..case_pool-1)."""
+    object in the scene, so most answers are 0 or 1 and large counts go untaught), and policy (a fresh policy of
+    `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT + boxed case as the
+    completion; with `case_pool`, its case numbers are drawn from 0..case_pool-1)."""
     if task == "count_balanced":  # the first count example under KEY/w<m> whose answer is the one drawn
         want = random.Random(f"countw/{key}").randint(0, 7)
         for m in range(400):
