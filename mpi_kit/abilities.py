@@ -54,7 +54,7 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
     `depth` and `variant`, -T text or -M with policy images, in the prompt; gold CoT + boxed case as the
     completion; with `case_pool`, its case numbers are drawn from 0..case_pool-1)."""
     if task == "count_balanced":  # the first count example under KEY/w<m> whose answer is the one drawn
-        want = random.Random(f"countw/{key}").randint(0, 7)
+        want = random.Random(f"countw/{key}").randint(0, 7)  # the trial's seed name: follow6e/6f's examples
         for m in range(400):
             example = make_example("count", f"{key}/w{m}", image_size=image_size)
             if int(example["answer"]) == want:
@@ -71,6 +71,7 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
                 "completion": assistant(policy.gold_cot(scene)), "images": pimgs + [image],
                 "task": f"policy{depth}{'' if variant == 'T' else variant}", "answer": policy.evaluate(scene)[0],
                 "scene": scene}
+    subject = None  # exist / count: the attribute values the question names
     if task == "describe":
         q, a = "Describe the image.", describe_answer(scene)
     else:
@@ -86,7 +87,8 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
         else:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     return {"prompt": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": q}]}],
-            "completion": assistant(a), "images": [image], "task": task, "answer": a, "scene": scene}
+            "completion": assistant(a), "images": [image], "task": task, "answer": a, "scene": scene,
+            "subject": subject}
 
 
 # ------------------------------------------------------------------------------------ scoring what was made

@@ -151,18 +151,8 @@ def test_balanced_counts_spread_the_answers():
     large = lambda c: sum(v for k, v in c.items() if k >= 4)  # noqa: E731
     assert large(plain) < 0.15 * 120 and large(balanced) > 0.4 * 120, (plain, balanced)
     assert set(balanced) >= set(range(7)) and max(balanced) <= 10
-    assert all(e["task"] == "count" and e["answer"] == str(e["scene"].count(**_subject(e))) for e in ex)
+    assert all(e["task"] == "count" and e["answer"] == str(e["scene"].count(**e["subject"])) for e in ex)
     assert ex[3]["images"][0].tobytes() == pt.make_example("count_balanced", "b/3")["images"][0].tobytes()
-
-
-def _subject(e) -> dict:
-    """The attribute values a count question names ("How many large metal cubes ..." -> size, material, shape)."""
-    from mpi_kit.abilities import PLURAL
-    from mpi_kit.scenes import ATTRIBUTES
-    value = {v: k for k, vs in ATTRIBUTES.items() for v in vs}
-    shape = {p: s for s, p in PLURAL.items() if s != "object"}
-    words = e["prompt"][0]["content"][1]["text"].removeprefix("How many ").removesuffix(" are in the image?").split()
-    return {("shape" if w in shape else value[w]): shape.get(w, w) for w in words if w in shape or w in value}
 
 
 def _collated(processor, examples):
