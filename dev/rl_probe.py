@@ -13,7 +13,13 @@ ap = argparse.ArgumentParser()
 ap.add_argument("data"); ap.add_argument("init"); ap.add_argument("out"); ap.add_argument("steps", type=int)
 ap.add_argument("--poro", action="store_true"); ap.add_argument("--set", nargs="*", default=[])
 ap.add_argument("--algo", default="grpo", choices=["grpo", "dapo"])
+ap.add_argument("--trl", nargs="*", default=[], help="GRPOConfig fields the recipe lacks, e.g. top_entropy_quantile=0.2")
 a = ap.parse_args()
+if a.trl:  # wrap GRPOConfig so these reach TRL untouched (probe only; not recipe fields)
+    import trl
+    extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.trl)}
+    _Cfg = trl.GRPOConfig
+    trl.GRPOConfig = lambda **kw: _Cfg(**{**kw, **extra})
 over = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
 over.setdefault(f"{a.algo}.max_completion_length", 120)
 t = time.time()
@@ -26,7 +32,7 @@ for setting in ("no_policy", "in_context"):
     res[setting] = (summarize(rows)[0]["accuracy"], summarize(rows)[0]["interval_95"])
 ro = rollout_steps(Path(a.out))
 k = max(1, len(ro) // 4)
-print(json.dumps({"steps": a.steps, "algo": a.algo, "poro": a.poro, "set": a.set, "train_s": round(tt), **res,
+print(json.dumps({"steps": a.steps, "algo": a.algo, "poro": a.poro, "set": a.set, "trl": a.trl, "train_s": round(tt), **res,
                   "zero_std_first": round(sum(x["frac_zero_std"] for x in ro[:k]) / k, 2),
                   "rescued_first": round(sum(x["frac_rescued"] for x in ro[:k]) / k, 2),
                   "reward_np_first_last": [ro[0]["reward_no_policy"], ro[-1]["reward_no_policy"]]}))

@@ -12,6 +12,7 @@ from collections import Counter
 
 from .data import assistant, policy_parts, query_text, user_prompt
 from .policy import ATTR_ORDER, sample_policy
+from .rewards import parse_answer
 from .scenes import ATTRIBUTES, Scene, render_scene, sample_scene
 from .tiny import IMAGE_SIZE
 
@@ -121,5 +122,18 @@ def cot_steps(output: str, gold: str) -> dict[str, list[int]]:
     return out
 
 
+def breaks_at(output: str, gold: str) -> str | None:
+    """Where a chain of thought first goes wrong against the gold one: a STEP_PARTS name ('question': a condition
+    of the policy not recalled; 'yes_no': the scene misread; 'go_to' / 'case': the tree's structure not recalled),
+    'other' (every step reached was right, yet the answer is not: a chain cut short or a wrong boxed answer), or
+    None when the output reached every gold step and got each one right."""
+    steps = cot_steps(output, gold)
+    wrong = next((p for p in STEP_PARTS if steps[p][0] < steps[p][1]), None)
+    if wrong:
+        return wrong
+    reached = sum(steps[p][1] for p in ("go_to", "case"))
+    return None if reached == len(COT_STEP.findall(gold)) and parse_answer(output) == parse_answer(gold) else "other"
+
+
 __all__ = ["TASKS", "PLURAL", "STEP_PARTS", "make_example", "subject_words", "random_subject", "describe_answer",
-           "majority_share", "cot_steps"]
+           "majority_share", "cot_steps", "breaks_at"]

@@ -21,7 +21,7 @@ import torch
 
 from .policy import Policy
 from .generation import generate_completions  # noqa: F401 (re-exported: what every evaluation generates with)
-from .rewards import parse_answer
+from .rewards import completion_text, parse_answer
 from .stats import wilson_interval, wilson_percent  # noqa: F401 (re-exported: the intervals of every accuracy)
 
 SETTINGS = {"no_policy": "no_policy", "in_context": "in_context", "override": "override"}
@@ -33,15 +33,32 @@ _STEP = re.compile(r"Condition (\d+(?:\.\d+)*): (.*?\?) (Yes|No), (?:go to Condi
 # -------------------------------------------------------------------------------------------------- accuracy
 
 def score_rows(rows, completions: list[str], method: str = "", setting: str = "no_policy") -> list[dict]:
-    """One tidy row per example: gold, parsed answer, correct, cited condition IDs."""
+    """One tidy row per example: gold, parsed answer, correct, cited condition IDs, and where a wrong chain of
+    thought first broke against the gold one (`abilities.breaks_at`; None when right)."""
+    from .abilities import breaks_at
+
     out = []
     for r, c in zip(rows, completions):
         parsed = parse_answer(c)
+        ok = parsed == r["case"]
+        gold_cot = completion_text(r["completion"]) if "completion" in r else ""
         out.append({"method": method, "setting": setting, "depth": r["depth"], "variant": r["variant"],
                     "policy": r["policy_name"], "scene_id": r["scene_id"], "gold": r["case"],
-                    "gold_path": list(r["path"]), "parsed": parsed, "correct": parsed == r["case"],
+                    "gold_path": list(r["path"]), "parsed": parsed, "correct": ok,
+                    "breaks_at": None if ok or not gold_cot else breaks_at(c, gold_cot) or "other",
                     "cited": cited_conditions(c), "completion": c})
     return out
+
+
+ERROR_PARTS = ("question", "yes_no", "go_to", "case", "other")
+
+
+def error_parts(rows: list[dict]) -> dict[str, int]:
+    """How many wrong answers broke first at each part of the chain (ERROR_PARTS), over `rows` from `score_rows`:
+    'question' means the policy was not recalled, 'yes_no' that the scene was misread, 'go_to' / 'case' that the
+    tree's structure was not recalled; zero parts left out."""
+    counts = {p: sum(r.get("breaks_at") == p for r in rows if not r["correct"]) for p in ERROR_PARTS}
+    return {p: k for p, k in counts.items() if k}
 
 
 def evaluate_accuracy(model, processor, data_dir, setting: str = "no_policy", method: str = "", limit=None,

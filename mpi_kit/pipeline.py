@@ -232,12 +232,13 @@ def table(results: dict) -> str:
 
 
 def rollout_steps(stage_dir: Path) -> list[dict]:
-    """Per RL step, from the stage's rollout log: the share of groups with zero reward variance (no signal), the
-    share PolicyRollout rescued (no correct no-policy completion, a correct policy-aware one) and each half's
-    mean reward."""
+    """Per RL step, from the stage's rollout log: the share of groups with zero reward variance (no signal) and of
+    solved ones (every completion right), the share PolicyRollout rescued (no correct no-policy completion, a
+    correct policy-aware one), and each half's mean reward and accuracy."""
     from .rollout_log import load_rollouts, step_stats
 
-    cols = ("step", "groups", "frac_zero_std", "frac_rescued", "reward_no_policy", "reward_policy_aware")
+    cols = ("step", "groups", "frac_zero_std", "frac_solved", "frac_rescued", "reward_no_policy",
+            "reward_policy_aware", "acc_no_policy", "acc_policy_aware")
     stats = step_stats(load_rollouts(stage_dir))
     return [{c: (None if v != v else round(float(v), 4)) for c, v in zip(cols, r)}  # NaN -> None (no such half)
             for r in stats[list(cols)].itertuples(index=False)]

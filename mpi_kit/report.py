@@ -141,6 +141,9 @@ def rollout_figure(results: dict):
         pct = lambda k: [None if x[k] is None else 100 * x[k] for x in r["rollouts"]]  # noqa: E731
         fig.add_trace(go.Scatter(x=steps, y=pct("frac_zero_std"), name=f"{name}: zero variance", mode="lines+markers",
                                  line=dict(dash="dot")), row=1, col=1)
+        if all("frac_solved" in x for x in r["rollouts"]):
+            fig.add_trace(go.Scatter(x=steps, y=pct("frac_solved"), name=f"{name}: solved", mode="lines+markers",
+                                     line=dict(dash="dashdot")), row=1, col=1)
         if "PoRo" in r["method"]:
             fig.add_trace(go.Scatter(x=steps, y=pct("frac_rescued"), name=f"{name}: rescued by PoRo",
                                      mode="lines+markers"), row=1, col=1)
@@ -150,8 +153,9 @@ def rollout_figure(results: dict):
                 fig.add_trace(go.Scatter(x=steps, y=ys, name=f"{name}: {half.replace('_', '-')} half",
                                          mode="lines+markers", line=dict(dash=dash)), row=1, col=2)
     sub = ("Zero variance: every completion of a prompt got the same reward, so its advantages are 0 and it teaches "
-           "nothing. Rescued: no no-policy completion was right but a policy-aware one was, so the pooled group "
-           "still has a signal, trained on the no-policy prompt.")
+           "nothing; solved: zero variance because every completion was right. Rescued: no no-policy completion was "
+           "right but a policy-aware one was, so the pooled group still has a signal, trained on the no-policy "
+           "prompt.")
     fig.update_layout(title=dict(text="PolicyRollout made visible: what the RL groups saw",
                                  subtitle=dict(text=_wrap(sub))), height=480, margin=dict(t=120))
     fig.update_yaxes(range=[0, 100], row=1, col=1)
@@ -307,7 +311,8 @@ def clevr_table(results: dict) -> str:
     return ("\n".join(lines) + f"\n(ours: accuracy % with no policy in context, In-Context has it; [95% Wilson "
             f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" +
             ("\nbeyond the intervals: " + "; ".join(notes) if notes else
-             "\nno two methods differ beyond their 95% intervals at this n") + rl_groups_note(results))
+             "\nno two methods differ beyond their 95% intervals at this n") + rl_groups_note(results) +
+            errors_note(results))
 
 
 def markdown_table(results: dict) -> str:
@@ -334,8 +339,10 @@ def markdown_table(results: dict) -> str:
 
 
 def rl_groups_note(results: dict) -> str:
-    """One line per RL method: over its first quarter of steps, the share of groups with zero reward variance (no
-    learning signal) and, for PoRo, the share it rescued (no-policy half all wrong, policy-aware half right)."""
+    """What the RL groups saw, one line per RL method over its first quarter of steps: the share with zero reward
+    variance (no learning signal), how many of those were solved (every completion right: nothing left to learn)
+    and, for PoRo, the share it rescued (no-policy half all wrong, policy-aware half right), with the reason when
+    a share leaves RL little to work with."""
     out = []
     for key, r in results["methods"].items():
         ro = r.get("rollouts") or []
@@ -343,13 +350,39 @@ def rl_groups_note(results: dict) -> str:
             continue
         first = ro[:max(1, len(ro) // 4)]
         groups = sum(x["groups"] or 0 for x in first) or 1
-        share = lambda k: 100 * sum((x[k] or 0) * (x["groups"] or 0) for x in first) / groups  # noqa: E731
-        line = (f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups "
-                f"zero-variance")
+        share = lambda k: 100 * sum((x.get(k) or 0) * (x["groups"] or 0) for x in first) / groups  # noqa: E731
+        line = f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups "
+        line += "zero-variance"
+        solved = share("frac_solved") if "frac_solved" in first[0] else None
+        if solved is not None:
+            line += f" ({solved:.0f}% solved, every completion right)"
         if "PoRo" in r["method"]:
             line += f", {share('frac_rescued'):.0f}% rescued by PolicyRollout"
+            acc = [x.get("acc_no_policy") for x in first if x.get("acc_no_policy") is not None]
+            if share("frac_rescued") < 20 and acc:
+                line += (f" (a group is rescued only when its no-policy half is all wrong; that half was right "
+                         f"{100 * sum(acc) / len(acc):.0f}% of the time)")
+        if solved is not None and solved >= 50:
+            line += ": the model RL starts from already answers most prompts, so RL has little left to learn"
         out.append(line)
     return ("\nRL groups: " + "; ".join(out)) if out else ""
+
+
+PART_WORDS = {"question": "question (policy not recalled)", "yes_no": "yes/no (scene misread)",
+              "go_to": "go-to id", "case": "case id", "other": "other"}
+
+
+def errors_note(results: dict) -> str:
+    """Where each method's wrong answers first broke in the chain of thought (`evaluate.error_parts`): a question
+    of the policy not recalled, the scene misread, or the tree's go-to / case ids not recalled."""
+    out = []
+    for key, r in results["methods"].items():
+        e = r.get("errors")
+        if e is None:
+            continue
+        parts = ", ".join(f"{PART_WORDS.get(p, p)} {k}" for p, k in e.items())
+        out.append(f"{key}: {sum(e.values())} of {r['n']} wrong" + (f" ({parts})" if parts else ""))
+    return ("\nwhere the wrong answers broke first: " + "; ".join(out)) if out else ""
 
 
 def gta_table(results: dict) -> str:

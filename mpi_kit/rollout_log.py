@@ -166,8 +166,9 @@ def filter_groups(df: pd.DataFrame, table: pd.DataFrame | None = None, **filters
 
 
 def step_stats(df: pd.DataFrame) -> pd.DataFrame:
-    """Per step: reward mean/std, fraction of zero-std groups, format and accuracy rewards, reward and
-    accuracy of each half, truncation and length; what TRL logs as batch means, recomputed from the groups."""
+    """Per step: reward mean/std, fraction of zero-std groups and of solved ones (every completion right), format
+    and accuracy rewards, reward and accuracy of each half, truncation and length; what TRL logs as batch means,
+    recomputed from the groups."""
     groups = group_table(df)
     rows = []
     for step, d in df.groupby("step"):
@@ -177,6 +178,7 @@ def step_stats(df: pd.DataFrame) -> pd.DataFrame:
             "step": int(step), "groups": len(gs), "completions": len(d),
             "reward_mean": d["reward"].mean(), "reward_std": d["reward"].std(ddof=0),
             "frac_zero_std": gs["zero_std"].mean(),
+            "frac_solved": (gs["wrong"] == 0).mean(),  # every completion right: zero variance, nothing to learn
             **{c.removesuffix("_reward"): d[c].mean() for c in REWARD_COLUMNS if c in d},
             "reward_no_policy": src[NO_POLICY]["reward"].mean() if len(src[NO_POLICY]) else float("nan"),
             "reward_policy_aware": src[POLICY_AWARE]["reward"].mean() if len(src[POLICY_AWARE]) else float("nan"),

@@ -2,8 +2,8 @@
 import pytest
 
 from mpi_kit.data import build_datasets, load_kit_data, load_policies
-from mpi_kit.evaluate import (RuleJudge, branching_error, cited_conditions, referral_scores, score_rows,
-                              summarize)
+from mpi_kit.evaluate import (RuleJudge, branching_error, cited_conditions, error_parts, referral_scores,
+                              score_rows, summarize)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,23 @@ def test_case0_stub_scores_the_share_of_case0(data):
     share = 100 * sum(r["case"] == "Case 0" for r in ds) / len(ds)
     assert summarize(rows)[0]["accuracy"] == pytest.approx(share, abs=0.01)
     assert branching_error(rows) == 100.0  # cites nothing the gold paths cite
+
+
+def test_error_parts_name_where_each_wrong_chain_broke(data):
+    """Gold chains broken on purpose in one place each: the tally names that place (the policy's question, the
+    scene's yes/no, the case id, or a chain cut short), and right answers count nowhere."""
+    ds = load_kit_data(data, "eval")["no_policy"]
+    gold = [gold_completion(r) for r in ds]
+    first_case = lambda t: t[t.index("the response is Case ") + len("the response is "):t.index(".</think>")]  # noqa: E731
+    wrong_box = lambda t: t[:t.index("\\boxed{")] + "\\boxed{Case 99}"  # noqa: E731
+    broken = [wrong_box(gold[0].replace("Is there a ", "Is there a big ", 1)),  # a question misremembered
+              wrong_box(gold[1].replace("? Yes, ", "? @@, ", 1).replace("? No, ", "? Yes, ", 1).replace("@@", "No")),
+              gold[2].replace(first_case(gold[2]), "Case 99"),  # the case id (step and box) wrong
+              "<think>Condition 1:</think>\\boxed{Case 99}"] + gold[4:]
+    rows = score_rows(ds, broken)
+    assert error_parts(rows) == {"question": 1, "yes_no": 1, "case": 1, "other": 1}
+    assert [r["breaks_at"] for r in rows[:4]] == ["question", "yes_no", "case", "other"]
+    assert all(r["breaks_at"] is None for r in rows[4:])
 
 
 def test_branching_error_of_a_wrong_branch(data):

@@ -92,6 +92,30 @@ def test_table_reports_each_rl_methods_early_groups():
     text = table(res)
     assert "N4/CoT SFT + GRPO: first 2 RL steps, 75% of 4 groups zero-variance" in text
     assert "N4/TriMPI w/ PoRo-GRPO: first 1 RL steps, 0% of 1 groups zero-variance, 100% rescued" in text
+    assert "little left to learn" not in text and "where the wrong answers" not in text  # no such data: no claim
+
+
+def test_table_says_why_rl_had_little_to_work_with():
+    """An SFT model that already answers its RL prompts: GRPO's zero-variance groups are solved ones, and PoRo
+    rescues nothing because its no-policy half is right; the table says so, and where the wrong answers broke."""
+    from mpi_kit.paper import paper_table
+    from mpi_kit.pipeline import table
+
+    solved = {"step": 1, "groups": 4, "frac_zero_std": 1.0, "frac_solved": 0.75, "frac_rescued": 0.0,
+              "acc_no_policy": 0.95}
+    res = {"paper": paper_table(), "methods": {
+        "N4/CoT SFT": {"method": "CoT SFT", "depth": 4, "accuracy": 97.0, "n": 200, "interval_95": [93.6, 98.6],
+                       "errors": {"yes_no": 4, "case": 2}},
+        "N4/CoT SFT + GRPO": {"method": "CoT SFT + GRPO", "depth": 4, "accuracy": 97.0, "n": 200,
+                              "interval_95": [93.6, 98.6], "rollouts": [solved] * 4},
+        "N4/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 4, "accuracy": 94.0, "n": 200,
+                                   "interval_95": [89.8, 96.5], "rollouts": [solved] * 4}}}
+    text = table(res)
+    assert "100% of 4 groups zero-variance (75% solved, every completion right)" in text
+    assert "0% rescued by PolicyRollout (a group is rescued only when its no-policy half is all wrong; that half " \
+           "was right 95% of the time)" in text
+    assert text.count("little left to learn") == 2
+    assert "N4/CoT SFT: 6 of 200 wrong (yes/no (scene misread) 4, case id 2)" in text
 
 
 def test_report_on_empty_metrics_explains_itself(tmp_path):
@@ -145,6 +169,8 @@ def test_rescued_groups_counted_on_a_hand_built_rollout_log(tmp_path):
     steps = rollout_steps(tmp_path / "run")
     assert [s["frac_rescued"] for s in steps] == [0.5, 0.0]
     assert [s["frac_zero_std"] for s in steps] == [0.0, 0.5]
+    assert [s["frac_solved"] for s in steps] == [0.0, 0.0]  # step 2's zero-variance group is all wrong, not solved
+    assert [s["acc_no_policy"] for s in steps] == [0.25, 0.5]
     assert steps[0]["reward_policy_aware"] < steps[0]["reward_no_policy"] + 1  # both halves reported
     fig = rollout_figure({"methods": {"N2/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 2,
                                                                  "rollouts": steps}}})

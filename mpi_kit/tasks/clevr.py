@@ -73,7 +73,8 @@ class ClevrPolicyTask(Task):
         """Accuracy with no policy (In-Context: with it), branching error and referral on the main rows; the
         secondary evaluations (policy back in context, override, perception) each with its own n and interval."""
         from ..data import load_policies
-        from ..evaluate import branching_error, evaluate_accuracy, perception, referral_scores, summarize
+        from ..evaluate import (branching_error, error_parts, evaluate_accuracy, perception, referral_scores,
+                                summarize)
 
         kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method,
                   task=self)
@@ -81,6 +82,7 @@ class ClevrPolicyTask(Task):
                                  **kw)
         main = summarize(rows)[0]
         res = {"accuracy": main["accuracy"], "n": len(rows), "interval_95": main["interval_95"],
+               "errors": error_parts(rows),  # where the wrong chains broke first: what the model gets wrong
                "branching_error": branching_error(rows),
                "referral": referral_scores(rows[:100], load_policies(data_dir))}
         res["ns"], res["intervals"] = {}, {}
