@@ -163,6 +163,33 @@ def rollout_figure(results: dict):
     return fig
 
 
+def errors_figure(results: dict):
+    """Where the wrong answers broke, per method and N: stacked bars of the first wrong part of each wrong chain
+    of thought (`evaluate.error_parts`). A policy error (question, go-to, case) is what internalization can still
+    fix; a misread scene (yes/no) is the base model's perception. None when no method recorded them."""
+    import plotly.graph_objects as go
+
+    rows = [(k, r) for k, r in results["methods"].items() if r.get("errors") is not None]
+    if not rows:
+        return None
+    from .evaluate import ERROR_PARTS
+
+    fig = go.Figure()
+    for part in ERROR_PARTS:
+        fig.add_trace(go.Bar(name=PART_WORDS[part], x=[k for k, _ in rows],
+                             y=[r["errors"].get(part, 0) for _, r in rows]))
+    if not any(sum(r["errors"].values()) for _, r in rows):
+        fig.add_annotation(text="No wrong answers: every method got every question right.", x=0.5, y=0.5,
+                           xref="paper", yref="paper", showarrow=False, font=dict(size=14), bgcolor="#fff8e0")
+    ns = sorted({r["n"] for _, r in rows})
+    sub = ("Each wrong answer counted once, at the first part of its chain of thought that differs from the gold one: "
+           "a question or a go-to / case id is the policy not recalled; a yes/no is the scene misread. "
+           f"n = {'/'.join(map(str, ns))} questions per bar.")
+    fig.update_layout(title=dict(text="Where the wrong answers broke", subtitle=dict(text=_wrap(sub))),
+                      barmode="stack", yaxis_title="wrong answers", height=440, margin=dict(t=110))
+    return fig
+
+
 def _wrap(text: str, width: int = 110) -> str:
     import textwrap
 
@@ -218,9 +245,9 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
     out = Path(out)
     paper = results["paper"]
     figs = comparison_figures(results)
-    ro = rollout_figure(results)
-    if ro is not None:
-        figs.append(ro)
+    for extra in (errors_figure(results), rollout_figure(results)):
+        if extra is not None:
+            figs.append(extra)
     eff = [dict(e, N=int(n)) for n, es in results.get("efficiency", {}).items() for e in es]
     if eff:
         figs.append(efficiency_figure(eff, paper.get("efficiency")))

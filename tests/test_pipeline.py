@@ -116,6 +116,14 @@ def test_table_says_why_rl_had_little_to_work_with():
            "was right 95% of the time)" in text
     assert text.count("little left to learn") == 2
     assert "N4/CoT SFT: 6 of 200 wrong (yes/no (scene misread) 4, case id 2)" in text
+    from mpi_kit.report import errors_figure
+    fig = errors_figure(res)
+    assert [t.name for t in fig.data][:2] == ["question (policy not recalled)", "yes/no (scene misread)"]
+    assert list(fig.data[1].x) == ["N4/CoT SFT"] and list(fig.data[1].y) == [4] and list(fig.data[3].y) == [2]
+    res["methods"]["N4/CoT SFT"]["errors"] = {}
+    assert "No wrong answers" in errors_figure(res).layout.annotations[0].text
+    del res["methods"]["N4/CoT SFT"]["errors"]
+    assert errors_figure(res) is None  # no method recorded them: no chart
 
 
 def test_report_on_empty_metrics_explains_itself(tmp_path):
