@@ -146,6 +146,23 @@ class StageSettings(_Section):
 
 
 @dataclass
+class SFTSettings(StageSettings):
+    """CoT / Direct SFT: a stage's hyperparameters, and how many of its rows see the policy (policy replay)."""
+
+    NOT_TRL = ("policy_replay",)
+    policy_replay: float = field(default=0.0, metadata={
+        "help": "Share of CoT SFT rows shown with the policy in the prompt (the same scene and CoT, from the VM-CPT "
+                "rows), in [0, 1). 0 = the paper's CoT SFT, which never shows the policy. A small model trained "
+                "only without its policy unlearns reading one, and PolicyRollout's policy-aware half then has "
+                "nothing to rescue with; replay keeps the reading at the cost of slower internalization (README, "
+                "'Where PolicyRollout does help'). Not a TRL argument; CoT SFT only."})
+
+    def validate(self):
+        super().validate()
+        _check(0.0 <= self.policy_replay < 1.0, f"policy_replay: must be in [0, 1), got {self.policy_replay}")
+
+
+@dataclass
 class RLSettings(StageSettings):
     """GRPO / DAPO, in TRL GRPOTrainer's names. PolicyRollout doubles the group: G no-policy + G policy-aware."""
 
@@ -231,8 +248,8 @@ class Recipe(_Section):
                 "would fit, when nothing does. 0 = off: the stage fields are used as written."})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings (language model only)."})
     vm_cpt: StageSettings = field(default_factory=StageSettings, metadata={"help": "Stage 1, VM-CPT."})
-    sft_cot: StageSettings = field(default_factory=StageSettings, metadata={"help": "Stage 2, CoT SFT."})
-    sft_direct: StageSettings = field(default_factory=StageSettings, metadata={"help": "Baseline Direct SFT."})
+    sft_cot: SFTSettings = field(default_factory=SFTSettings, metadata={"help": "Stage 2, CoT SFT."})
+    sft_direct: SFTSettings = field(default_factory=SFTSettings, metadata={"help": "Baseline Direct SFT."})
     grpo: RLSettings = field(default_factory=RLSettings, metadata={"help": "Stage 3 with GRPO (optionally PoRo)."})
     dapo: RLSettings = field(default_factory=lambda: RLSettings(loss_type="dapo", epsilon_high=0.28, beta=0.0,
                                                                 dynamic_sampling_retries=20),
@@ -306,8 +323,8 @@ def _tiny() -> Recipe:
         # 30 steps (~2 s each: the policy is in every sequence); 30 before a 240-step SFT left its accuracy unchanged
         vm_cpt=StageSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=30, **small),
         # 480 steps: at N = 4 (4 policies x 208 scenes) 80 steps give 15.5% with no policy, 240 give 77%, 480 93.5%
-        sft_cot=StageSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=480, **small),
-        sft_direct=StageSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=480, **small),
+        sft_cot=SFTSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=480, **small),
+        sft_direct=SFTSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=480, **small),
         # temperature 0.7: sampled at 1.0, the tiny model's CoTs fall apart (demo, N=4: 0 of 64 rollouts well-formed)
         # 24 steps at 1e-5: RL that barely moves the SFT model (higher rates: see the docstring)
         grpo=RLSettings(learning_rate=1e-5, max_steps=24, per_device_train_batch_size=8, num_generations=4,
@@ -335,8 +352,8 @@ def _qwen(name: str, model: str, batch: int, accum: int, max_pixels: int, min_pi
         min_pixels=min_pixels, max_pixels=max_pixels, render_size=[480, 320],
         lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.05),
         vm_cpt=StageSettings(learning_rate=1e-4, num_train_epochs=5, **stage),
-        sft_cot=StageSettings(learning_rate=1e-4, num_train_epochs=5, **stage),
-        sft_direct=StageSettings(learning_rate=1e-4, num_train_epochs=2, **stage),
+        sft_cot=SFTSettings(learning_rate=1e-4, num_train_epochs=5, **stage),
+        sft_direct=SFTSettings(learning_rate=1e-4, num_train_epochs=2, **stage),
         grpo=RLSettings(loss_type="grpo", epsilon=0.2, epsilon_high=0.3, beta=0.01, **rl),
         dapo=RLSettings(loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0, dynamic_sampling_retries=20, **rl),
     )

@@ -33,6 +33,26 @@ def check_sft(ds, stage: str) -> None:
                             f"Use the cot or qa datasets (VM-CPT data goes to `mpi-kit cpt`)")
 
 
+def replay_policy(cot, vmcpt, share: float):
+    """CoT SFT rows with a `share` of them replaced by their VM-CPT twins: the same id, scene and CoT, with the
+    policy in the prompt, so the model keeps reading its policy while it learns to answer without it. Which rows
+    is fixed by `share` alone (same share, same rows); loss stays on the completion."""
+    import random
+
+    import datasets
+
+    cols = ["prompt", "completion", "images"]
+    twin = {r: i for i, r in enumerate(vmcpt["id"])}
+    missing = [r for r in cot["id"] if r not in twin]
+    if missing:
+        raise DataError(f"policy_replay: {len(missing)} CoT rows (e.g. {missing[0]!r}) have no VM-CPT row with the "
+                        f"same id; build both kinds from one `mpi-kit data` run (--kinds cot vmcpt)")
+    rng = random.Random(f"replay/{share}")
+    rows = [vmcpt[twin[r["id"]]] if rng.random() < share else r for r in cot.select_columns(cols + ["id"])]
+    return datasets.Dataset.from_list([{k: r[k] for k in cols} for r in rows],
+                                      features=cot.select_columns(cols).features)
+
+
 def _trainer_class():
     from trl import SFTTrainer
 
@@ -60,6 +80,12 @@ def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot",
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     check_sft(ds, stage)
+    replay = getattr(recipe, section).policy_replay
+    if replay and dataset is None:
+        if mode != "cot":
+            raise DataError(f"{stage}: policy_replay is for CoT SFT (its rows have VM-CPT twins with the policy); "
+                            f"set sft_direct.policy_replay=0")
+        ds = replay_policy(ds, load_kit_data(data_dir, "vmcpt")["train"], replay)
     ds = ds.select_columns(["prompt", "completion", "images"])
     model, processor = load_stage_model(recipe, init)
     frozen = 0 if train_vision else freeze_vision(model)
@@ -87,4 +113,4 @@ def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, 
     return train_stage(trainer, name, out, processor, info, resume=resume)
 
 
-__all__ = ["run_sft", "sft_trainer", "check_sft", "PAPER_DEFAULTS"]
+__all__ = ["run_sft", "sft_trainer", "check_sft", "replay_policy", "PAPER_DEFAULTS"]

@@ -182,6 +182,27 @@ def test_cli_runs_under_accelerate_with_two_processes(data, base, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad inputs
 
+def test_policy_replay_shows_a_share_of_cot_rows_with_their_policy(data, base):
+    """sft_cot.policy_replay: that share of CoT SFT rows become their VM-CPT twins (policy in the prompt, the same
+    CoT to learn), the same rows every time; 0 leaves the paper's CoT SFT; Direct SFT and shares >= 1 are refused."""
+    from mpi_kit.recipes import RecipeError
+
+    cot = load_kit_data(data["T"], "cot")["train"]
+    trainer, _, _ = _run(sft_trainer, data["T"], None, "cot", model=base, **{"sft_cot.policy_replay": 0.5})
+    ds = trainer.train_dataset
+    shown = ["# Condition" in _texts(r["prompt"]) for r in ds]
+    assert 0 < sum(shown) < len(ds) == len(cot)
+    assert [_texts(r["completion"]) for r in ds] == [_texts(r["completion"]) for r in cot]  # same CoTs, same order
+    again, _, _ = _run(sft_trainer, data["T"], None, "cot", model=base, **{"sft_cot.policy_replay": 0.5})
+    assert ["# Condition" in _texts(r["prompt"]) for r in again.train_dataset] == shown
+    plain, _, _ = _run(sft_trainer, data["T"], None, "cot", model=base)
+    assert not any("# Condition" in _texts(r["prompt"]) for r in plain.train_dataset)
+    with pytest.raises(DataError, match="policy_replay is for CoT SFT"):
+        _run(sft_trainer, data["T"], None, "direct", model=base, **{"sft_direct.policy_replay": 0.5})
+    with pytest.raises(RecipeError, match=r"policy_replay: must be in \[0, 1\)"):
+        _run(sft_trainer, data["T"], None, "cot", model=base, **{"sft_cot.policy_replay": 1.0})
+
+
 def test_bad_inputs_get_clear_errors(data, base, tmp_path):
     vm = load_kit_data(data["T"], "vmcpt")["train"]
     with pytest.raises(DataError, match=r"lacks column\(s\) \['images'\]"):
