@@ -312,8 +312,9 @@ class Recipe(_Section):
 def _tiny() -> Recipe:
     """The shipped tiny model on the CPU: fp32, full fine-tune, steps sized by measurement (`make demo`, dev/LOG.md).
 
-    CoT SFT gets the steps it needs to internalize four N = 4 policies; RL keeps a low learning rate: on this model
-    the higher rates tried (full fine-tune 5e-5, LoRA 2e-4 and 5e-4) made GRPO worse, and none made it better.
+    CoT SFT gets the steps it needs to internalize four N = 4 policies, which leaves RL nothing to fix; RL keeps a
+    low learning rate for its few steps. PolicyRollout pays off on this model only from an SFT that still reads
+    its policy (`sft_cot.policy_replay`) and with hundreds of steps at a higher rate (README: where it helps).
     """
     small = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, warmup_ratio=0.0)
     return Recipe(
