@@ -8,7 +8,8 @@ prediction's, missing optional ones filled with their defaults) of a per-type sc
   expression    both sides evaluated by an AST walker over numbers and + - * / ** % ( ), never Python `eval`
   IoU           bbox
 Overall = 0.5 x Tool Acc + 0.5 x Arg Score. Bad JSON, unknown tools and wrong argument types score 0 with a
-reason; nothing here raises, whatever the completion.
+reason; nothing here raises, whatever the completion, and every score is a finite float in [0, 1]. Parsing is
+string search, linear in the completion's length (a backtracking regex on model output can hang a training step).
 """
 from __future__ import annotations
 
@@ -17,17 +18,19 @@ import json
 import math
 import operator
 import re
+import reprlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 from .gta_policy import TOOL_NAMES, TOOLS
-from .rewards import REWARD_WEIGHTS, completion_text
+from .rewards import REWARD_WEIGHTS, after_think, completion_text, one_gold_each
 
 EXACT = ("image", "position", "color", "k", "top1")
 TEXT = ("attribute", "text", "query", "command", "annotation", "keywords", "instruction")
-_THINK = re.compile(r"\s*<think>(?:(?!</?think>).)*</think>\s*", re.DOTALL)
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_short = _REPR.repr  # values quoted in reasons: short, and never raising
 
 
 @dataclass
@@ -49,21 +52,18 @@ def parse_call(completion) -> tuple[dict | None, str]:
         text = completion_text(completion)
         if "</think>" in text:
             text = text.rsplit("</think>", 1)[1]
-        text = text.strip()
-        fence = _FENCE.match(text)
-        if fence:
-            text = fence.group(1)
+        text = _unfence(text.strip())
         if not text:
             return None, "no JSON tool call after the reasoning"
         try:
             call = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON, nested too deeply, an integer of thousands of digits
             start, end = text.find("{"), text.rfind("}")
             if start < 0 or end <= start:
                 return None, "the answer is not JSON"
             try:
                 call = json.loads(text[start:end + 1])
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):
                 return None, "the answer is not valid JSON"
         if not isinstance(call, dict):
             return None, f"the answer is a JSON {type(call).__name__}, not an object"
@@ -76,14 +76,19 @@ def parse_call(completion) -> tuple[dict | None, str]:
         return None, f"unreadable completion ({type(e).__name__})"
 
 
+def _unfence(text: str) -> str:
+    """The inside of a ```json ... ``` (or ``` ... ```) fence wrapping the whole text, else the text itself."""
+    if len(text) >= 6 and text.startswith("```") and text.endswith("```"):
+        inner = text[3:-3]
+        return (inner[4:] if inner.startswith("json") else inner).strip()
+    return text
+
+
 def format_ok(completion) -> bool:
     """`<think>reasoning</think>` then one JSON object and nothing else."""
     try:
-        text = completion_text(completion)
-        m = _THINK.match(text)
-        if not m:
-            return False
-        call = json.loads(text[m.end():].strip())
+        rest = after_think(completion_text(completion))
+        call = None if rest is None else json.loads(rest.strip())
         return isinstance(call, dict) and isinstance(call.get("name"), str)
     except Exception:
         return False
@@ -144,25 +149,36 @@ def token_f1(pred: str, gold: str) -> float:
 def parse_bbox(value) -> tuple[float, float, float, float]:
     """(x1, y1, x2, y2) from "(x1, y1, x2, y2)" or a list of four numbers; ValueError otherwise."""
     if isinstance(value, str):
-        nums = [float(x) for x in _NUM.findall(value)]
+        nums = _NUM.findall(value)
     elif isinstance(value, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                    for x in value):
-        nums = [float(x) for x in value]
+        nums = value
     else:
         raise ValueError(f"a bbox must be a string '(x1, y1, x2, y2)', got {type(value).__name__}")
-    if len(nums) != 4 or not all(math.isfinite(x) for x in nums):
+    if len(nums) != 4:
         raise ValueError(f"a bbox needs 4 numbers, got {len(nums)}")
-    return tuple(nums)
+    try:
+        box = tuple(float(x) for x in nums)
+    except OverflowError:
+        raise ValueError("a bbox coordinate is too large for a float") from None
+    if not all(math.isfinite(x) for x in box):
+        raise ValueError("a bbox needs 4 finite numbers")
+    return box
 
 
 def iou(a, b) -> float:
+    """Intersection over union of two boxes (x1, y1, x2, y2), corners in any order. IoU does not change with scale,
+    so both boxes are first scaled into [-1, 1]: huge coordinates cannot overflow an area to inf or NaN."""
+    scale = max(abs(x) for x in (*a, *b)) or 1.0
+    a, b = [x / scale for x in a], [x / scale for x in b]
     ax1, ay1, ax2, ay2 = min(a[0], a[2]), min(a[1], a[3]), max(a[0], a[2]), max(a[1], a[3])
     bx1, by1, bx2, by2 = min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])
     inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    if union <= 0:
+    if not union > 0:
         return float(a == b)
-    return inter / union
+    score = inter / union
+    return min(score, 1.0) if score >= 0 else 0.0
 
 
 def _norm(value):
@@ -170,7 +186,17 @@ def _norm(value):
 
 
 def arg_score(name: str, pred, gold) -> tuple[float, str]:
-    """(score in [0, 1], reason when it is not 1) for one argument, by its type (see the module docstring)."""
+    """(score in [0, 1], reason when it is not 1) for one argument, by its type (see the module docstring).
+    Any value is accepted: one that cannot be compared scores 0 with the reason."""
+    try:
+        score, why = _arg_score(name, pred, gold)
+        score = float(score)
+    except Exception as e:
+        return 0.0, f"{_short(name)}: {type(e).__name__}: {_short(str(e))}"
+    return (score, why) if 0.0 <= score <= 1.0 else (0.0, f"{_short(name)}: score {score} is not in [0, 1]")
+
+
+def _arg_score(name, pred, gold) -> tuple[float, str]:
     try:
         if name == "bbox":
             if gold is None or pred is None:
@@ -190,7 +216,7 @@ def arg_score(name: str, pred, gold) -> tuple[float, str]:
         if name in ("k", "top1"):
             want = bool if name == "top1" else int
             if type(pred) is not want:
-                return 0.0, f"{name} must be a JSON {'boolean' if want is bool else 'integer'}, got {pred!r}"
+                return 0.0, f"{name} must be a JSON {'boolean' if want is bool else 'integer'}, got {_short(pred)}"
             return float(pred == gold), ""
         return float(_norm(pred) == _norm(gold)), ""
     except (ValueError, TypeError) as e:
@@ -206,7 +232,7 @@ def score_call(pred, gold) -> CallScore:
             return CallScore(reason=why)
         name, args = call.get("name"), call.get("arguments", {})
         if not isinstance(name, str) or name not in TOOL_NAMES:
-            return CallScore(reason=f"unknown tool {name!r}")
+            return CallScore(reason=f"unknown tool {_short(name)}")
         if not isinstance(args, dict):
             return CallScore(reason='"arguments" is not a JSON object')
         tool = float(name == gold["name"])
@@ -229,24 +255,21 @@ def score_call(pred, gold) -> CallScore:
         reason = "; ".join([x for x in [reason] + reasons if x])
         return CallScore(tool, args_score, 0.5 * tool + 0.5 * args_score, reason, per)
     except Exception as e:  # a malformed gold or an exotic value: 0, with the reason, never an exception
-        return CallScore(reason=f"cannot score ({type(e).__name__}: {e})")
+        return CallScore(reason=f"cannot score ({type(e).__name__}: {_short(str(e))})")
 
 
 # ------------------------------------------------------------------------------------------- TRL rewards
 
-def _golds(answer, n):
-    return list(answer) if isinstance(answer, (list, tuple)) else [answer] * n
-
-
 def gta_reward(completions, answer=None, **kwargs) -> list[float]:
-    """Overall = 0.5 x tool + 0.5 x argument score of each completion against the `answer` column (gold JSON)."""
-    return [score_call(c, g).overall if g is not None else 0.0 for c, g in zip(completions, _golds(answer,
-                                                                                                     len(completions)))]
+    """Overall = 0.5 x tool + 0.5 x argument score of each completion against the `answer` column (gold JSON):
+    one gold per completion, or one for all; a count that does not match raises a ValueError naming both."""
+    completions, golds = one_gold_each("gta_reward", completions, answer, "answer", "answers")
+    return [score_call(c, g).overall if g is not None else 0.0 for c, g in zip(completions, golds)]
 
 
 def gta_format_reward(completions, **kwargs) -> list[float]:
     """1.0 for `<think>reasoning</think>` followed by one JSON tool call, 0.0 otherwise."""
-    return [1.0 if format_ok(c) else 0.0 for c in completions]
+    return [1.0 if format_ok(c) else 0.0 for c in one_gold_each("gta_format_reward", completions, None, "", "")[0]]
 
 
 GTA_REWARD_FUNCS = (gta_format_reward, gta_reward)
