@@ -8,7 +8,10 @@ highlight and a bright rim for metal.
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,19 @@ BACKGROUND = (196, 196, 192)
 
 class SceneError(ValueError):
     """A scene graph or scene file that does not fit the CLEVR ontology."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 60, 60
+
+
+def short_repr(value) -> str:
+    """repr() cut to a readable length and nesting, for quoting user input in an error message."""
+    return _REPR.repr(value)
+
+
+def _finite(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def check_attribute(attribute: str, value: str | None = None) -> None:
@@ -63,8 +79,9 @@ class SceneObject:
             check_attribute(attribute, value)
         for k in ("x", "y"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise SceneError(f"object position {k} is {v!r}; it must be a number (a fraction of the image)")
+            if not _finite(v):  # NaN or Infinity would be written out as invalid JSON
+                raise SceneError(f"object position {k} is {short_repr(v)}; it must be a finite number (a fraction of "
+                                 f"the image)")
 
     def matches(self, **attrs: str) -> bool:
         """True if this object has every given attribute value, e.g. matches(color="cyan", size="small")."""
@@ -104,13 +121,22 @@ class Scene:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
+        """A scene from its to_dict() form; raises SceneError saying what is wrong."""
+        if not isinstance(d, dict) or not isinstance(d.get("objects"), list):
+            raise SceneError("a scene dict needs an 'objects' list")
         try:
             objects = tuple(SceneObject(**o) for o in d["objects"])
         except TypeError as e:
             raise SceneError(f"bad scene object ({e}); each object needs shape, color, size, material, x, y") from e
-        except KeyError as e:
-            raise SceneError("a scene dict needs an 'objects' list") from e
-        return cls(objects, d.get("scene_id", ""), d.get("image_path"), d.get("aspect", CLEVR_SIZE[0] / CLEVR_SIZE[1]))
+        scene_id, image_path = d.get("scene_id", ""), d.get("image_path")
+        if not isinstance(scene_id, str) or not isinstance(image_path, (str, type(None))):
+            raise SceneError(f"scene_id must be a string and image_path a string or null; got {short_repr(scene_id)} "
+                             f"and {short_repr(image_path)}")
+        aspect = d.get("aspect", CLEVR_SIZE[0] / CLEVR_SIZE[1])
+        if not _finite(aspect) or aspect <= 0:
+            raise SceneError(f"scene {scene_id!r}: aspect is {short_repr(aspect)}; it must be a positive finite "
+                             f"number (width / height)")
+        return cls(objects, scene_id, image_path, aspect)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -257,7 +283,9 @@ def attribute_crop(attribute: str, value: str, size: int = 48, seed: int = 0) ->
 def load_clevr_scenes(root: str | Path, split: str = "val", limit: int | None = None,
                       require_images: bool = True) -> list[Scene]:
     """Load real CLEVR scene graphs from `root` (the CLEVR_v1.0 folder: scenes/CLEVR_{split}_scenes.json and
-    images/{split}/) into our Scene type. Positions come from CLEVR's pixel_coords (on its 480x320 frames)."""
+    images/{split}/) into our Scene type. Positions come from CLEVR's pixel_coords (on its 480x320 frames).
+    A scene's id is its image path under images/{split}/ without the suffix ('a/x.png' -> 'a/x'), and its image
+    must lie inside `root`: absolute paths and links that lead out of it are refused."""
     root = Path(root)
     path = root / "scenes" / f"CLEVR_{split}_scenes.json"
     if not path.exists():
@@ -266,28 +294,64 @@ def load_clevr_scenes(root: str | Path, split: str = "val", limit: int | None = 
     try:
         data = json.loads(path.read_text())
         raw_scenes = data["scenes"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise SceneError(f"{path} is nested too deeply to be a CLEVR scene file (expected {{'scenes': [...]}})") \
+            from None
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or text that is not UTF-8
         raise SceneError(f"{path} is not a CLEVR scene file (expected {{'scenes': [...]}}): {e}") from None
     if not isinstance(raw_scenes, list):
         raise SceneError(f"{path}: 'scenes' is a {type(raw_scenes).__name__}; a CLEVR scene file holds a list of "
                          f"scenes ({{'scenes': [{{'image_filename': ..., 'objects': [...]}}, ...]}})")
-    scenes = []
-    for s in raw_scenes[:limit]:
+    images, inside = root / "images" / split, root.resolve()
+    scenes, first_use = [], {}  # scene id -> (its scene number, its image_filename)
+    for i, s in enumerate(raw_scenes[:limit]):
+        where = f"{path}: scene {i}"
+        name = s.get("image_filename") if isinstance(s, dict) else None
+        if not isinstance(name, str) or not name:
+            index = "nor 'image_index'" if not isinstance(s, dict) or "image_index" not in s else \
+                f"its 'image_index' is {short_repr(s['image_index'])}"
+            raise SceneError(f"{where} has no 'image_filename' ({index}); each CLEVR scene names its image file "
+                             f"under {images}, such as CLEVR_{split}_000000.png")
+        image_path = images / name
         try:
-            image_path = root / "images" / split / s["image_filename"]
-            if require_images and not image_path.exists():
-                raise FileNotFoundError(f"CLEVR image {image_path} is missing (scene {s['image_index']}); put the "
-                                        f"CLEVR_v1.0 images in {root / 'images' / split}, or build without "
-                                        f"--clevr-root to render the scenes instead")
-            objects = []
-            for o in s["objects"]:
-                px, py = o["pixel_coords"][:2]
-                objects.append(SceneObject(o["shape"], o["color"], o["size"], o["material"],
-                                           round(px / CLEVR_SIZE[0], 4), round(py / CLEVR_SIZE[1], 4)))
-        except KeyError as e:
-            raise SceneError(f"{path}: scene {s.get('image_index', '?')} lacks field {e}") from e
-        except (SceneError, TypeError, AttributeError) as e:
-            where = s.get("image_index", "?") if isinstance(s, dict) else "?"
-            raise SceneError(f"{path}: scene {where}: {e}") from None
-        scenes.append(Scene(tuple(objects), scene_id=Path(s["image_filename"]).stem, image_path=str(image_path)))
+            outside = not image_path.resolve().is_relative_to(inside)
+        except (OSError, RuntimeError, ValueError) as e:  # a link loop, a NUL in the name
+            raise SceneError(f"{where}: image {short_repr(name)} cannot be resolved ({e})") from None
+        if outside:
+            raise SceneError(f"{where}: image {image_path} is outside the CLEVR folder {root}; keep the images "
+                             f"in {images} (absolute paths and links that lead out of it are refused)")
+        if require_images and not image_path.is_file():
+            raise FileNotFoundError(f"CLEVR image {image_path} is missing (scene {i}); put the CLEVR_v1.0 images "
+                                    f"in {images}, or build without --clevr-root to render the scenes instead")
+        scene_id = Path(os.path.relpath(image_path, images)).with_suffix("").as_posix()
+        if scene_id in first_use:
+            j, other = first_use[scene_id]
+            both = f"both use image {name}" if other == name else f"({other} and {name}) both get id {scene_id!r}"
+            raise SceneError(f"{path}: scenes {j} and {i} {both}; each scene needs its own image (remove the "
+                             f"repeated scene or rename its image)")
+        first_use[scene_id] = (i, name)
+        if not isinstance(s.get("objects"), list):
+            raise SceneError(f"{where}: 'objects' must be a list of objects with shape, color, size, material and "
+                             f"pixel_coords; got {short_repr(s.get('objects'))}")
+        objects = []
+        for k, o in enumerate(s["objects"]):
+            try:
+                objects.append(_clevr_object(o))
+            except SceneError as e:
+                raise SceneError(f"{where}: {e} (object {k})") from None
+        scenes.append(Scene(tuple(objects), scene_id=scene_id, image_path=str(image_path)))
     return scenes
+
+
+def _clevr_object(o) -> SceneObject:
+    """One CLEVR object: its attributes, and its pixel_coords as fractions of CLEVR's 480x320 frame."""
+    fields = ("shape", "color", "size", "material", "pixel_coords")
+    if not isinstance(o, dict) or not all(k in o for k in fields):
+        raise SceneError(f"an object needs {', '.join(fields)}; got {short_repr(o)}")
+    xy = o["pixel_coords"]
+    if not isinstance(xy, list) or len(xy) < 2:
+        raise SceneError(f"pixel_coords {short_repr(xy)} must hold x and y in pixels, like CLEVR's [240, 160, 11.2]")
+    if not (_finite(xy[0]) and _finite(xy[1])):
+        raise SceneError(f"pixel_coords {short_repr(xy)}: x and y must be finite numbers")
+    return SceneObject(o["shape"], o["color"], o["size"], o["material"],
+                       round(xy[0] / CLEVR_SIZE[0], 4), round(xy[1] / CLEVR_SIZE[1], 4))
