@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .scenes import ATTRIBUTES, Scene, SceneError, attribute_crop
+from .scenes import ATTRIBUTES, Scene, SceneError, attribute_crop, check_attribute, short_repr
 
 ATTR_ORDER = ("size", "color", "material", "shape")  # word order of a subject: "small cyan metal cube"
 INSTRUCTION = ("You are a visual assistant that follows Policy {name}. Look at the image and start at "
@@ -80,9 +80,13 @@ class Policy:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Policy":
-        """Build and validate a policy from its JSON form; raises PolicyError saying what is wrong."""
+        """Build and validate a policy from its JSON form; raises PolicyError saying what is wrong.
+
+        Each step is linear in the policy's size, and the size is checked against the depth before the tree
+        is walked, so a huge or deep policy is refused quickly."""
         if not isinstance(d, dict):
-            raise PolicyError(f"a policy must be a JSON object, got {type(d).__name__}")
+            raise PolicyError(f"a policy must be a JSON object like {{\"name\": ..., \"conditions\": [...], "
+                              f"\"cases\": [...]}}, got a {type(d).__name__}; save each policy in its own file")
         for key in ("name", "conditions", "cases"):
             if key not in d:
                 raise PolicyError(f"policy is missing {key!r}; a policy needs name, conditions and cases")
@@ -91,33 +95,42 @@ class Policy:
             raise PolicyError("policy has no name; give it a unique name such as 'L4-Surinu'")
         if not isinstance(d["conditions"], list) or not isinstance(d["cases"], list):
             raise PolicyError(f"policy {name}: 'conditions' and 'cases' must be lists")
-        depth = d.get("depth", 0)
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:
-            raise PolicyError(f"policy {name}: depth must be a whole number from 1 to {MAX_DEPTH}, got {depth!r}")
+        depth = d.get("depth")  # None: taken from the tree
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int)
+                                  or not 1 <= depth <= MAX_DEPTH):
+            raise PolicyError(f"policy {name}: depth must be a whole number from 1 to {MAX_DEPTH}, got "
+                              f"{short_repr(depth)}")
+        _check_fields(name, d)
         conds: dict[str, Condition] = {}
         for i, c in enumerate(d["conditions"]):
             if not isinstance(c, dict):
                 raise PolicyError(f"policy {name}: condition #{i} must be an object with id, attribute, value, "
-                                  f"yes and no; got {c!r}")
+                                  f"yes and no; got {short_repr(c)}")
             missing = [k for k in ("id", "attribute", "value", "yes", "no") if k not in c]
             if missing:
-                cid = c.get("id", f"#{i}")
+                cid = short_repr(c.get("id", f"#{i}"))
                 raise PolicyError(f"policy {name}: condition {cid} is missing {', '.join(missing)}; a decision "
                                   f"node needs both a 'yes' and a 'no' child")
             empty = [k for k in ("id", "attribute", "value", "yes", "no") if not isinstance(c[k], str) or not c[k]]
             if empty:
-                raise PolicyError(f"policy {name}: condition {c.get('id', f'#{i}')!r} has {', '.join(empty)} "
-                                  f"{'set to ' + ', '.join(repr(c[k]) for k in empty)}; each must be a non-empty "
-                                  f"string (a 'yes'/'no' names a condition id or a case such as 'Case 3')")
+                raise PolicyError(f"policy {name}: condition {short_repr(c['id'])} has {', '.join(empty)} set to "
+                                  f"{', '.join(short_repr(c[k]) for k in empty)}; each must be a non-empty string "
+                                  f"(a 'yes'/'no' names a condition id or a case such as 'Case 3')")
             if c["id"] in conds:
                 raise PolicyError(f"policy {name}: duplicate condition id {c['id']!r}; ids must be unique")
             try:
-                from .scenes import check_attribute
                 check_attribute(c["attribute"], c["value"])
             except SceneError as e:
                 raise PolicyError(f"policy {name}, condition {c['id']}: {e}") from None
             conds[c["id"]] = Condition(c["id"], c["attribute"], c["value"], c["yes"], c["no"])
-        p = cls(name=name, depth=depth, conditions=conds, cases=list(d["cases"]),
+        levels = depth or MAX_DEPTH  # sizes before the tree is walked: a depth-N tree has 2^N - 1 conditions
+        for what, n, most in (("conditions", len(d["conditions"]), 2 ** levels - 1),
+                              ("cases", len(d["cases"]), 2 ** levels)):
+            if n > most:
+                tree = f"a depth-{depth} tree" if depth else f"a policy of at most {MAX_DEPTH} levels"
+                raise PolicyError(f"policy {name} has {n} {what}; {tree} has at most {most}. Declare the "
+                                  f"tree's real 'depth' (at most {MAX_DEPTH}) or split the policy")
+        p = cls(name=name, depth=depth or 0, conditions=conds, cases=list(d["cases"]),
                 root=d.get("root", "1"), instruction=d.get("instruction", INSTRUCTION),
                 variant=d.get("variant", "T"), image_values=[tuple(v) for v in d.get("image_values", [])])
         p._link()
@@ -125,41 +138,52 @@ class Policy:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "Policy":
+        """A policy from JSON text (it starts with '{' or '[') or from a .json file."""
         s = str(text_or_path)
-        if not s.lstrip().startswith("{"):
+        if isinstance(text_or_path, Path) or not s.lstrip().startswith(("{", "[")):
             path = Path(s)
-            if not path.exists():
-                raise PolicyError(f"no policy file at {path}")
-            if path.is_dir():
-                raise PolicyError(f"{path} is a folder; pass a policy .json file (a data folder keeps them in "
-                                  f"policies/)")
             try:
                 s = path.read_text()
+            except FileNotFoundError:
+                raise PolicyError(f"no policy file at {path}") from None
+            except IsADirectoryError:
+                raise PolicyError(f"{path} is a folder; pass a policy .json file (a data folder keeps them in "
+                                  f"policies/)") from None
             except UnicodeDecodeError:
                 raise PolicyError(f"{path} is not a text file; a policy is a JSON file (see Policy.to_json)") from None
+            except OSError as e:
+                raise PolicyError(f"cannot read a policy file at {short_repr(str(path))}: {e.strerror}") from None
         try:
             d = json.loads(s)
-        except json.JSONDecodeError as e:
+        except RecursionError:
+            raise PolicyError("policy JSON is nested too deeply to be a policy: a policy is one object whose "
+                              "'conditions' is a flat list of objects (see Policy.to_json)") from None
+        except ValueError as e:  # json.JSONDecodeError, or a number beyond Python's digit limit
             raise PolicyError(f"policy JSON does not parse: {e}") from None
         return cls.from_dict(d)
 
     def _link(self) -> None:
-        """Check the tree (known targets, cases, no cycles, every node used once) and derive the subjects."""
+        """Check the tree (known targets, cases, no cycles, every node used once, its depth) and derive the
+        subjects. One pass over the nodes; `parent` is walked only to word a repeat as a cycle."""
         if self.root not in self.conditions:
-            raise PolicyError(f"policy {self.name}: root condition {self.root!r} is not defined")
-        if len(set(self.cases)) != len(self.cases):
-            raise PolicyError(f"policy {self.name}: duplicate cases in {self.cases}")
-        seen: set[str] = set()
-        used_cases: list[str] = []
-        stack = [(self.root, {}, None, ())]  # (id, inherited subject, parent attribute if via yes, ancestors)
+            raise PolicyError(f"policy {self.name}: root condition {short_repr(self.root)} is not defined")
+        cases = set(self.cases)
+        parent: dict[str, str | None] = {}
+        used_cases: set[str] = set()
+        deepest = 0
+        stack = [(self.root, {}, None, 1, None)]  # (id, inherited subject, parent attribute if via yes, level, parent)
         while stack:
-            cid, inherited, parent_attr, ancestors = stack.pop()
-            if cid in ancestors:
-                raise PolicyError(f"policy {self.name}: cycle: condition {cid} leads back to itself")
-            if cid in seen:
+            cid, inherited, parent_attr, level, up = stack.pop()
+            if cid in parent:
+                ancestors = up
+                while ancestors is not None and ancestors != cid:
+                    ancestors = parent[ancestors]
+                if ancestors == cid:
+                    raise PolicyError(f"policy {self.name}: cycle: condition {cid} leads back to itself")
                 raise PolicyError(f"policy {self.name}: condition {cid} is reached from two places; "
                                   f"a policy is a tree")
-            seen.add(cid)
+            parent[cid] = up
+            deepest = max(deepest, level)
             c = self.conditions[cid]
             if parent_attr == c.attribute:
                 raise PolicyError(f"policy {self.name}: condition {cid} is on a yes edge and tests "
@@ -169,20 +193,29 @@ class Policy:
             for edge, target in (("yes", c.yes), ("no", c.no)):
                 if target in self.conditions:
                     stack.append((target, c.subject if edge == "yes" else {},
-                                  c.attribute if edge == "yes" else None, ancestors + (cid,)))
-                elif target in self.cases:
-                    used_cases.append(target)
+                                  c.attribute if edge == "yes" else None, level + 1, cid))
+                elif target in cases:
+                    if target in used_cases:
+                        raise PolicyError(f"policy {self.name}: outcome {target} is used by two leaves; each "
+                                          f"leaf is a unique case")
+                    used_cases.add(target)
                 elif target.startswith("Case"):
                     raise PolicyError(f"policy {self.name}: condition {cid} leads to unknown case {target!r}; "
                                       f"declare it in 'cases'")
                 else:
                     raise PolicyError(f"policy {self.name}: condition {cid} leads to {target!r}, which is "
                                       f"neither a condition id nor a case")
-        unused = [c for c in self.conditions if c not in seen]
+        unused = [c for c in self.conditions if c not in parent]
         if unused:
-            raise PolicyError(f"policy {self.name}: conditions {unused} are not reachable from {self.root}")
-        if len(set(used_cases)) != len(used_cases):
-            raise PolicyError(f"policy {self.name}: an outcome is used by two leaves; each leaf is a unique case")
+            raise PolicyError(f"policy {self.name}: conditions {short_repr(unused)} are not reachable from "
+                              f"{self.root}")
+        if not self.depth and deepest > MAX_DEPTH:
+            raise PolicyError(f"policy {self.name}: its tree is {deepest} conditions deep; a policy has at most "
+                              f"{MAX_DEPTH} levels")
+        if self.depth and deepest != self.depth:
+            raise PolicyError(f"policy {self.name} declares depth {self.depth} but its tree is {deepest} "
+                              f"conditions deep; set 'depth' to {deepest}")
+        self.depth = self.depth or deepest
 
     # ------------------------------------------------------------------ text
     def subject_text(self, subject: dict, images: dict | None = None) -> str:
@@ -221,7 +254,8 @@ class Policy:
         """The policy document as parts: strings and (for -M) PIL policy images, in reading order."""
         variant = variant or self.variant
         images = {tuple(v): i + 1 for i, v in enumerate(self.image_values)} if variant == "M" else {}
-        parts: list = [f"Policy: {self.name}\n\n{self.instruction.format(name=self.name)}\n"]
+        instruction = self.instruction.replace("{name}", self.name)  # not str.format: braces in it stay text
+        parts: list = [f"Policy: {self.name}\n\n{instruction}\n"]
         if images:
             parts.append("\n# Policy Images\n")
             for (a, v), k in images.items():
@@ -259,6 +293,29 @@ class Policy:
             to = f"go to Condition {nxt}" if nxt in self.conditions else f"the response is {nxt}"
             steps.append(f"Condition {cid}: {q} {'Yes' if yes else 'No'}, {to}.")
         return "<think>" + " ".join(steps) + "</think>\\boxed{" + case + "}"
+
+
+def _check_fields(name: str, d: dict) -> None:
+    """The fields around the tree: cases, root, instruction, variant and the -M image values."""
+    cases = d["cases"]
+    if not all(isinstance(c, str) and c for c in cases) or len(set(cases)) != len(cases):
+        raise PolicyError(f"policy {name}: cases must be non-empty strings such as 'Case 3', each once; got "
+                          f"{short_repr(cases)}")
+    for key, default, kind in (("root", "1", "a condition id"), ("instruction", INSTRUCTION, "a string")):
+        if not isinstance(d.get(key, default), str):
+            raise PolicyError(f"policy {name}: {key!r} must be {kind}, got {short_repr(d[key])}")
+    if d.get("variant", "T") not in ("T", "M"):
+        raise PolicyError(f"policy {name}: variant must be 'T' or 'M' (text or multimodal), got "
+                          f"{short_repr(d['variant'])}")
+    values = d.get("image_values", [])
+    if not isinstance(values, list) or not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in values):
+        raise PolicyError(f"policy {name}: image_values must be a list of [attribute, value] pairs, got "
+                          f"{short_repr(values)}")
+    for a, v in values:
+        try:
+            check_attribute(a, v)
+        except SceneError as e:
+            raise PolicyError(f"policy {name}, image_values: {e}") from None
 
 
 def _merge_text(parts: list) -> list:

@@ -3,12 +3,92 @@ a silently wrong result: huge or deep policies are refused before the tree is bu
 stay verbatim, and CLEVR scenes get unique ids, finite positions and images inside the CLEVR root only."""
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from mpi_kit.policy import Policy, PolicyError, sample_policy
 from mpi_kit.scenes import Scene, SceneError, load_clevr_scenes
+
+ATTRS = [("color", "red"), ("size", "small"), ("material", "metal"), ("shape", "cube")]
+
+
+def _chain(n: int, depth: int | None = 2) -> dict:
+    """A policy whose conditions form one chain of `n` along no edges (a tree n conditions deep)."""
+    conds = [{"id": f"c{i}", "attribute": ATTRS[i % 4][0], "value": ATTRS[i % 4][1], "yes": f"Case {i}",
+              "no": f"c{i + 1}" if i + 1 < n else f"Case {n}"} for i in range(n)]
+    d = {"name": "L2-Chain", "root": "c0", "cases": [f"Case {k}" for k in range(n + 1)], "conditions": conds}
+    return d if depth is None else {**d, "depth": depth}
+
+
+def _hand() -> dict:
+    return {"name": "L2-Hand", "depth": 2, "cases": ["Case 0", "Case 1", "Case 2", "Case 3"], "conditions": [
+        {"id": "1", "attribute": "color", "value": "cyan", "yes": "1.1", "no": "1.2"},
+        {"id": "1.1", "attribute": "size", "value": "small", "yes": "Case 2", "no": "Case 0"},
+        {"id": "1.2", "attribute": "material", "value": "metal", "yes": "Case 3", "no": "Case 1"}]}
+
+
+# ------------------------------------------------------------------------------------------------- policies
+
+def test_a_huge_policy_is_refused_before_its_tree_is_built():
+    text = json.dumps(_chain(110_000))  # ~10 MB declaring depth 2
+    start = time.perf_counter()
+    with pytest.raises(PolicyError, match=r"110000 conditions; a depth-2 tree has at most 3"):
+        Policy.from_json(text)
+    assert time.perf_counter() - start < 2
+
+
+def test_declared_depth_must_match_the_tree():
+    with pytest.raises(PolicyError, match=r"declares depth 3 but its tree is 2 conditions deep; set 'depth' to 2"):
+        Policy.from_dict({**_hand(), "depth": 3})
+    with pytest.raises(PolicyError, match=r"declares depth 4 but its tree is 5 conditions deep; set 'depth' to 5"):
+        Policy.from_dict(_chain(5, depth=4))
+    assert Policy.from_dict({k: v for k, v in _hand().items() if k != "depth"}).depth == 2  # inferred
+    with pytest.raises(PolicyError, match=r"its tree is 9 conditions deep; a policy has at most 8 levels"):
+        Policy.from_dict(_chain(9, depth=None))
+
+
+def test_deep_or_misshapen_policy_json_is_refused():
+    for n in (1_000, 100_000):
+        with pytest.raises(PolicyError, match="nested too deeply"):
+            Policy.from_json('{"name": "x", "conditions": ' + "[" * n + "]" * n + ', "cases": []}')
+    with pytest.raises(PolicyError, match=r"1000 conditions; a policy of at most 8 levels has at most 255"):
+        Policy.from_dict(_chain(1_000, depth=None))
+    with pytest.raises(PolicyError, match=r"must be a JSON object .* got a list"):
+        Policy.from_json(json.dumps([_hand()]))
+    with pytest.raises(PolicyError, match="does not parse"):
+        Policy.from_json('{"name": ' + "1" * 5_000 + "}")  # beyond Python's int digit limit
+    d = _hand()
+    d["conditions"][0] = [[[[[[[[[[["deep"]]]]]]]]]]]
+    with pytest.raises(PolicyError, match="condition #0 must be an object") as e:
+        Policy.from_dict(d)
+    assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("cases", ["Case 0", 1, "Case 2", "Case 3"], "cases must be non-empty strings"),
+    ("cases", [["Case 0"]], "cases must be non-empty strings"),
+    ("root", ["1"], "'root' must be a condition id"),
+    ("instruction", None, "'instruction' must be a string"),
+    ("variant", "X", "variant must be 'T' or 'M'"),
+    ("image_values", [["color"]], "image_values must be"),
+    ("image_values", [["color", "mauve"]], "unknown color 'mauve'"),
+])
+def test_misshapen_policy_fields(key, value, message):
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_dict({**_hand(), key: value})
+
+
+def test_braces_in_a_policy_text_stay_verbatim():
+    text = r"Reply as \boxed{Case 3}; {0} and {name!r} and a lone { are text. Policy {name}."
+    p = Policy.from_dict({**_hand(), "instruction": text})
+    assert r"Reply as \boxed{Case 3}; {0} and {name!r} and a lone { are text. Policy L2-Hand." in p.text()
+    assert "You are a visual assistant that follows Policy L2-Hand." in Policy.from_dict(_hand()).text()
+    sampled = sample_policy(2, 0)
+    assert Policy.from_json(sampled.to_json()).text() == sampled.text()
+
 
 # ------------------------------------------------------------------------------------------------ CLEVR
 
