@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 
 import json
+import math
 import random
+import reprlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -286,15 +288,88 @@ def generate_instances(n: int, seed: int = 0, image_size=(96, 64), prefix: str =
 
 # ------------------------------------------------------------------------------------------- GTA loader
 
-def _text(content) -> str:
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_clip = _REPR.repr  # a value quoted in an error message: short, even for a huge or deeply nested one
+MAX_DEPTH = 20  # how deeply a turn's content may nest lists of parts
+
+
+def _text(content, where: str, depth: int = 0) -> str:
+    """A turn's content as text: a string, {"type", "content"}, or a list of those."""
+    if depth > MAX_DEPTH:
+        raise DataError(f"{where}: a turn's content nests more than {MAX_DEPTH} levels deep; GTA's content is a "
+                        f"string, {{'type': 'text', 'content': ...}} or a list of those")
     if isinstance(content, str):
         return content
     if isinstance(content, dict):
         kind, value = content.get("type", "text"), content.get("content", "")
         return str(value) if kind == "text" else f"<{kind}: {value}>"
     if isinstance(content, list):
-        return " ".join(_text(c) for c in content)
+        return " ".join(_text(c, where, depth + 1) for c in content)
     return "" if content is None else str(content)
+
+
+def _read_json(path: Path):
+    """The parsed dataset.json; a DataError saying why when it cannot be read or is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:  # a folder, no permission
+        raise DataError(f"cannot read {path} ({e.strerror or e}); pass the folder holding GTA's dataset.json "
+                        f"file, or that file") from None
+    except (ValueError, RecursionError) as e:  # bad or truncated JSON, not UTF-8 text, nested too deeply
+        raise DataError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); download and unzip "
+                        f"gta_dataset.zip again") from None
+
+
+def _image(p: Path, where: str, image_size, missing_images: str) -> Image.Image:
+    """The image at `p` shrunk to fit `image_size` (grey when missing and missing_images='blank')."""
+    if p.is_dir():
+        raise DataError(f"{where}: image {p} is a folder, not an image file; a file's 'path' names one image, "
+                        f"e.g. image/image_1.jpg")
+    if not p.exists():
+        if missing_images != "blank":
+            raise DataError(f"{where}: image {p} is missing; unzip the GTA images next to dataset.json "
+                            f"or pass missing_images='blank'")
+        return Image.new("RGB", tuple(image_size), (128, 128, 128))
+    try:
+        with Image.open(p) as im:
+            img = im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # not an image, truncated, unreadable
+        raise DataError(f"{where}: {p} is not a readable image ({e}); replace it with the file from "
+                        f"gta_dataset.zip") from None
+    img.thumbnail(tuple(image_size))
+    return img
+
+
+def _arguments(fn: dict, where: str) -> dict:
+    """A call's arguments, a JSON object (or its JSON text) of strings, numbers, booleans and nulls, as in GTA."""
+    name, args = fn["name"], fn.get("arguments")
+    if args is None or args == "":
+        return {}
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except (ValueError, RecursionError):
+            raise DataError(f"{where}: arguments of {name} are not JSON: {_clip(args)}") from None
+    if not isinstance(args, dict):
+        raise DataError(f"{where}: arguments of {name} must be a JSON object like {{\"image\": "
+                        f"\"image/image_1.jpg\"}}, got {type(args).__name__} {_clip(args)}")
+    for k, v in args.items():
+        if v is not None and not isinstance(v, (str, int, float)):
+            raise DataError(f"{where}: argument {k!r} of {name} must be a string, number, boolean or null, got "
+                            f"{type(v).__name__} {_clip(v)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise DataError(f"{where}: argument {k!r} of {name} must be a finite number, got {v}")
+    return dict(args)
+
+
+def _list(item: dict, key: str, where: str, what: str) -> list:
+    """item[key], which must be there and be a list of `what`."""
+    if key not in item:
+        raise DataError(f"{where}: missing '{key}' ({what})")
+    if not isinstance(item[key], list):
+        raise DataError(f"{where}: '{key}' must be a list ({what}), got {type(item[key]).__name__}")
+    return item[key]
 
 
 def load_gta(root: str | Path, seed: int = 0, image_size=(480, 320), missing_images: str = "error") -> list[Instance]:
@@ -305,70 +380,64 @@ def load_gta(root: str | Path, seed: int = 0, image_size=(480, 320), missing_ima
     assistant{"tool_calls": [{"function": {"name", "arguments"}}]}, tool{"name", "content"}, ..., assistant],
     "gt_answer": ...}. A user profile is synthesized per query (seeded by its id); GTA's unversioned tool names
     get the version the rules give that user. Images are shrunk to fit `image_size`; `missing_images="blank"`
-    puts a grey image where a file is missing instead of failing."""
+    puts a grey image where a file is missing instead of failing. Anything malformed is a DataError naming the
+    query and what is wrong."""
     root = Path(root)
     path = root if root.suffix == ".json" else root / "dataset.json"
     if not path.exists():
         raise DataError(f"no GTA dataset at {path}; download gta_dataset.zip from the GTA release "
                         f"(github.com/open-compass/GTA) and unzip it, then pass the folder holding dataset.json")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
+    data = _read_json(path)
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
     if items is None:
         raise DataError(f"{path}: expected an object of queries keyed by id (GTA's format), got {type(data).__name__}")
     out = []
     for qid, item in items:
         where = f"{path.name}, query {qid}"
-        if not isinstance(item, dict) or not isinstance(item.get("dialogs"), list):
-            raise DataError(f"{where}: missing 'dialogs' (a list of user/assistant/tool turns)")
-        files = item.get("files")
-        if not isinstance(files, list):
-            raise DataError(f"{where}: missing 'files' (the query's images, [{{'type': 'image', 'path': ...}}])")
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: must be an object with 'files' and 'dialogs', got {type(item).__name__} "
+                            f"{_clip(item)}")
+        dialogs = _list(item, "dialogs", where, "a list of user/assistant/tool turns")
+        files = _list(item, "files", where, "the query's images, [{'type': 'image', 'path': ...}]")
         names, images = [], []
         for f in files:
             if not isinstance(f, dict) or "path" not in f:
-                raise DataError(f"{where}: a file entry without 'path': {f!r}")
+                raise DataError(f"{where}: a file entry without 'path': {_clip(f)}")
             if f.get("type", "image") != "image":
                 continue
+            if not isinstance(f["path"], str) or not f["path"]:
+                raise DataError(f"{where}: a file path must be a non-empty string like 'image/image_1.jpg', got "
+                                f"{_clip(f['path'])}")
             names.append(f["path"])
-            p = path.parent / f["path"]
-            if p.exists():
-                img = Image.open(p).convert("RGB")
-                img.thumbnail(tuple(image_size))
-            elif missing_images == "blank":
-                img = Image.new("RGB", tuple(image_size), (128, 128, 128))
-            else:
-                raise DataError(f"{where}: image {p} is missing; unzip the GTA images next to dataset.json "
-                                f"or pass missing_images='blank'")
-            images.append(img)
-        users = [d for d in item["dialogs"] if isinstance(d, dict) and d.get("role") == "user"]
+            images.append(_image(path.parent / f["path"], where, image_size, missing_images))
+        for d in dialogs:
+            if not isinstance(d, dict):
+                raise DataError(f"{where}: a dialog turn is not an object: {_clip(d)}")
+        users = [d for d in dialogs if d.get("role") == "user"]
         if not users:
             raise DataError(f"{where}: the dialogs have no user turn holding the query")
-        query = _text(users[0].get("content"))
+        query = _text(users[0].get("content"), where)
         profile = sample_profile(random.Random(f"gta-profile/{seed}/{qid}"))
         history: list[Step] = []
         pending: list[Step] = []
         step = 0
-        for d in item["dialogs"]:
-            if not isinstance(d, dict):
-                raise DataError(f"{where}: a dialog turn is not an object: {d!r}")
-            if d.get("role") == "assistant" and d.get("tool_calls"):
-                for call in d["tool_calls"]:
+        for d in dialogs:
+            calls = d.get("tool_calls")
+            if d.get("role") == "assistant" and calls:
+                if not isinstance(calls, list):
+                    raise DataError(f"{where}: 'tool_calls' must be a list of {{'function': {{'name': ..., "
+                                    f"'arguments': {{...}}}}}}, got {type(calls).__name__} {_clip(calls)}")
+                for call in calls:
                     fn = call.get("function", call) if isinstance(call, dict) else None
                     if not isinstance(fn, dict) or "name" not in fn:
-                        raise DataError(f"{where}: a tool call without function.name: {call!r}")
+                        raise DataError(f"{where}: a tool call without function.name: {_clip(call)}")
+                    if not isinstance(fn["name"], str):
+                        raise DataError(f"{where}: a tool name must be a string, got {_clip(fn['name'])}")
                     try:
                         ttype = tool_type(fn["name"].split("_v")[0])
                     except PolicyError as e:
                         raise DataError(f"{where}: {e}") from None
-                    args = fn.get("arguments") or {}
-                    if isinstance(args, str):
-                        try:
-                            args = json.loads(args)
-                        except json.JSONDecodeError:
-                            raise DataError(f"{where}: arguments of {fn['name']} are not JSON: {args!r}") from None
+                    args = _arguments(fn, where)
                     context = {"math_image": True} if ttype == "MathOCR" else {}
                     ttype = "OCR" if ttype == "MathOCR" else ttype
                     out.append(Instance(f"gta{qid}/{step}", query, profile, names, images, ttype, dict(args),
@@ -377,7 +446,7 @@ def load_gta(root: str | Path, seed: int = 0, image_size=(480, 320), missing_ima
                     pending.append(Step(ttype, dict(args), "", context))
                     step += 1
             elif d.get("role") == "tool":
-                result = _text(d.get("content"))
+                result = _text(d.get("content"), where)
                 if pending:
                     s = pending.pop(0)
                     s.result = result
