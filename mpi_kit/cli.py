@@ -171,13 +171,14 @@ STAGE_KEYWORDS = ("init", "max_steps", "save_steps", "limit", "progress")
 
 
 def _run_stage(args, run) -> int:
+    from .folders import StateError
     from .models import BackendUnavailableError
     from .recipes import RecipeError
     from .training import StageError
 
     try:
         summary = run()
-    except (RecipeError, StageError, BackendUnavailableError) as e:
+    except (RecipeError, StageError, StateError, BackendUnavailableError) as e:
         print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: one report, from the main process
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
+    from .folders import StateError
     from .models import BackendUnavailableError
     from .policy import PolicyError
     from .recipes import RecipeError
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (DataError, PolicyError, SceneError, FileNotFoundError, BackendUnavailableError, RecipeError,
-            StageError) as e:
+            StageError, StateError) as e:
         print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -20,8 +20,8 @@ from .models import vision_token_ids
 from .progress import quiet_stage, watch_stage
 from .stages import STAGES
 from .timing import stage_facts
-from .training import (ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, open_run, run_settings,
-                       stage_recipe, train_stage, trainer_kwargs)
+from .training import (ResumeFix, StageError, check_rows, freeze_vision, load_stage_model, run_settings,
+                       run_stage_in, stage_recipe, trainer_kwargs)
 
 STAGE = STAGES["vm_cpt"]  # name, dataset kind and recipe section (mpi_kit.stages)
 
@@ -123,11 +123,8 @@ def run_cpt(recipe="tiny", data_dir=None, out="runs/vm_cpt", *, resume=True, **k
     """Run VM-CPT into `out` (resuming from its last checkpoint) and return the summary written to summary.json.
     Keywords: init, max_steps, limit (rows), save_steps, callbacks, progress, train_vision, and recipe overrides
     such as `**{"vm_cpt.learning_rate": 1e-4}`."""
-    done = open_run(out, run_settings(STAGE.name, recipe, data_dir, **kw), resume)
-    if done is not None:
-        return done  # finished before with these settings: reused as it is
-    trainer, processor, info = cpt_trainer(recipe, data_dir, out, **kw)
-    return train_stage(trainer, STAGE.name, out, processor, info, resume=resume)
+    return run_stage_in(out, STAGE.name, run_settings(STAGE.name, recipe, data_dir, **kw),
+                        lambda: cpt_trainer(recipe, data_dir, out, **kw), resume)
 
 
 # ------------------------------------------------------------------------------------------- looking at it

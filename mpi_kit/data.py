@@ -23,11 +23,14 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
+from .folders import claim, finish_manifest, lock, read_json, start_manifest, write_json
 from .policy import Policy, PolicyError, override_policy, sample_policies
 from .progress import library_bars_off
 from .scenes import Scene, load_clevr_scenes, sample_scenes, scene_image
 
 KINDS = ("qa", "cot", "vmcpt", "rl", "eval")
+BUILD = "clevr-data"  # the manifest's name for what build_datasets writes (`mpi_kit.folders`)
+MAX_SCENES = 100_000  # a bound with a message: rows are built in memory (the paper uses 2,000 scenes)
 QUERY = "According to Policy: {name}, what should be the response for the given image?"
 OVERRIDE_INTRO = "Suppose we have an updated Policy: {name} as follows:\n"
 OVERRIDE_QUERY = "According to the updated Policy: {name}, what should be the response for the given image?"
@@ -122,6 +125,9 @@ class DataConfig:
             raise DataError(f"num_policies must be >= 1, got {self.num_policies}")
         if self.num_scenes < 2:
             raise DataError(f"num_scenes must be >= 2 (train and test), got {self.num_scenes}")
+        if self.num_scenes > MAX_SCENES:
+            raise DataError(f"num_scenes must be at most {MAX_SCENES:,} (every row is built in memory; the paper uses "
+                            f"2,000), got {self.num_scenes:,}; build several folders with different --seed instead")
         if not 0 < self.test_fraction < 1:
             raise DataError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         unknown = set(self.kinds) - set(KINDS)
@@ -204,13 +210,23 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
     writable_dir(out)
     config = {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "image_size": list(cfg.image_size),
               "kinds": list(cfg.kinds)}
-    previous = out / "summary.json"
-    if previous.exists():
-        saved = json.loads(previous.read_text())
-        if saved.get("config") == config:  # built before with these settings: nothing to redo
-            return {**saved, "seconds": 0.0, "reused": True}
-    _clear_build(out)  # another build lived here: none of its files may survive into this one
+    with lock(out, "a data build"):
+        previous = out / "summary.json"
+        if previous.exists():
+            saved = read_json(previous, f"Delete {previous} and rerun to rebuild the data there.")
+            if saved.get("config") == config:  # built before with these settings: nothing to redo
+                return {**saved, "seconds": 0.0, "reused": True}
+        # another build lived here: only what it wrote is removed, and a folder of other files is refused
+        claim(out, BUILD, legacy=_legacy_build)
+        entries = ("summary.json", "scenes.jsonl", "policies", "overrides", *cfg.kinds)
+        start_manifest(out, BUILD, entries)
+        summary = _build(cfg, out, config, progress, t0)
+        finish_manifest(out, BUILD, entries)
+    return summary
 
+
+def _build(cfg: DataConfig, out: Path, config: dict, progress: bool, t0: float) -> dict:
+    """Write policies, scenes and the datasets into `out` (already claimed), summary.json last."""
     policies = sample_policies(cfg.num_policies, cfg.depth, cfg.seed, cfg.variant, prefix=cfg.policy_prefix)
     if cfg.clevr_root:
         scenes = load_clevr_scenes(cfg.clevr_root, cfg.clevr_split, limit=cfg.num_scenes)
@@ -220,7 +236,7 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
             raise DataError(f"{cfg.clevr_root} has only {len(scenes)} {cfg.clevr_split} scenes but num_scenes is "
                             f"{cfg.num_scenes}; pass --num-scenes {len(scenes)} or fewer")
     else:
-        scenes = sample_scenes(cfg.num_scenes, cfg.seed)
+        scenes = sample_scenes(cfg.num_scenes, cfg.seed, progress=progress)
     train, test = split_scenes(scenes, cfg.test_fraction, cfg.seed)
     images = {s.scene_id: _png(scene_image(s, tuple(cfg.image_size)))
               for s in tqdm(scenes, desc="render scenes", disable=not progress)}
@@ -272,7 +288,7 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
                                     "majority_share": round(max(counts.values()) / len(scenes), 4),
                                     "policy_chars": len(p.text())}
     summary["seconds"] = round(time.time() - t0, 2)
-    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "seconds"}, indent=1))
+    write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "seconds"})  # last: the build is whole
     return summary
 
 
@@ -292,16 +308,16 @@ def writable_dir(out: Path, error: type[Exception] = DataError, hint: str = "pas
     return out
 
 
-def _clear_build(out: Path) -> None:
-    """Remove what a previous `build_datasets` wrote into `out` (and only that), summary first, so a build cut short
-    is never mistaken for a finished one."""
-    import shutil
-
-    (out / "summary.json").unlink(missing_ok=True)
-    (out / "scenes.jsonl").unlink(missing_ok=True)
-    for name in ("policies", "overrides", *KINDS):
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
+def _legacy_build(out: Path) -> list[str] | None:
+    """What a ClevrPolicy build of a kit without manifests wrote into `out`, when its summary.json says it was one."""
+    try:
+        saved = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(saved, dict) and saved.get("task", "clevr") == "clevr" and "config" in saved
+            and "datasets" in saved):
+        return None
+    return ["summary.json", "scenes.jsonl", "policies", "overrides", *saved["datasets"]]
 
 
 # ------------------------------------------------------------------------------------------ loading back

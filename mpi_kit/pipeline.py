@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .folders import StateError, lock, read_json, write_json
 from .paper import METHODS
 
 # a method's chain, one folder per step: step -> (the stage it trains, from `mpi_kit.stages`; the step it starts from)
@@ -103,9 +104,50 @@ def config_record(cfg: PipelineConfig) -> dict:
     return {k: v for k, v in config.items() if k not in others}
 
 
-def _done(stage_dir: Path) -> bool:
-    s = stage_dir / "summary.json"
-    return s.exists() and json.loads(s.read_text()).get("completed", False)
+RUN_FILE = "mpi_pipeline.json"  # the settings a pipeline folder was started with: a rerun with others is refused
+
+
+def pipeline_settings(cfg: PipelineConfig, recipe) -> dict:
+    """What decides a pipeline's results: every configuration field but `out` (data, steps, seed, evaluation sizes,
+    methods, overrides) and the recipe they resolve to."""
+    config = {k: v for k, v in config_record(cfg).items() if k != "out"}
+    return {"config": config, "recipe": recipe.to_dict()}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def open_pipeline(out: Path, settings: dict) -> None:
+    """Check `out` before anything runs: a folder started with other settings is refused, naming each difference,
+    as single stages do. Methods may be added to a finished comparison (each is trained and scored on its own);
+    leaving one out is refused, since results.json would still describe it."""
+    run_file, results_file = out / RUN_FILE, out / "results.json"
+    fix = f"Use a new --out, or delete {out} to start this comparison over."
+    if run_file.exists():
+        saved = read_json(run_file, fix)
+    elif results_file.exists():  # a comparison written before the settings had their own file
+        old = read_json(results_file, fix)
+        saved = {"config": {k: v for k, v in old.get("config", {}).items() if k != "out"},
+                 "recipe": old.get("recipe")}
+    else:
+        write_json(run_file, settings)
+        return
+    was, now = _flat(saved), _flat(settings)
+    dropped = [m for m in was.get("config.methods") or [] if m not in now["config.methods"]]
+    diff = [f"{k}: {json.dumps(was.get(k))} there, {json.dumps(now.get(k))} asked"
+            for k in sorted(set(was) | set(now)) if k != "config.methods" and was.get(k) != now.get(k)]
+    if dropped:
+        diff.append(f"methods: {', '.join(dropped)} there but not asked")
+    if diff:
+        raise StateError(f"--out {out} holds a comparison run with other settings ({'; '.join(diff)}). {fix}")
+    write_json(run_file, settings)  # the methods asked now, a superset of those before
 
 
 def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overrides: dict) -> Path:
@@ -115,9 +157,7 @@ def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overri
     stage, parent = STEPS[name]
     st = STAGES[stage]
     init = run_stage(parent, root, data_dir, cfg, overrides) if parent else None
-    out = root / name
-    if _done(out):
-        return out
+    out = root / name  # a finished stage with the same settings is reused; one with others is refused (open_run)
     common = dict(init=str(init) if init else None, **overrides)
     if st.kind == "sft":
         from .sft import run_sft
@@ -175,9 +215,19 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
     recipe = as_recipe(cfg.recipe, **overrides)
     require_backend(recipe.backend, recipe.device)  # e.g. unsloth without a CUDA GPU: before any folder is made
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder for the comparison")
     out.mkdir(parents=True, exist_ok=True)
+    with lock(out, "a pipeline run"):
+        open_pipeline(out, pipeline_settings(cfg, recipe))
+        return _run(cfg, task, recipe, overrides, out)
+
+
+def _run(cfg: PipelineConfig, task, recipe, overrides: dict, out: Path) -> dict:
+    """The comparison itself, into a checked and locked `out`: every method's stages, evaluations and the report."""
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = read_json(results_path, f"Delete {results_path}: a rerun re-scores every method from its cached "
+                                      f"stages.") if results_path.exists() else {}
     results.update(config=config_record(cfg), recipe=recipe.to_dict(), paper=task.paper_table())
     if task.name != "clevr":
         results["dataset"] = task.name
@@ -206,7 +256,7 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
         res = task.evaluate(method, model, processor, data_dir, cfg)
         res.update(**dict(row.fields), method=method, stage_dir=str(stage_dir) if stage_dir else None)
         if stage_dir is not None:
-            s = json.loads((stage_dir / "summary.json").read_text())
+            s = read_json(stage_dir / "summary.json")
             res["train"] = {"steps": s["steps"], "seconds": s["seconds"]}
             if (stage_dir / "completions").is_dir():  # an RL stage: what its groups saw, step by step
                 res["rollouts"] = rollout_steps(stage_dir)
@@ -214,12 +264,12 @@ def run_pipeline(cfg: PipelineConfig | None = None, **kw) -> dict:
             results["efficiency"][row.efficiency_key] = task.efficiency(model, processor, data_dir)
         res["seconds"] = round(time.time() - t_method, 1)  # its stages still to train + every evaluation
         results["methods"][key] = res
-        results_path.write_text(json.dumps(results, indent=1))  # saved after every method: resumable
+        write_json(results_path, results)  # saved after every method, atomically: resumable
     results["seconds_this_run"] = round(time.time() - t0, 1)
     # every method's own time plus the data builds: the wall time of the whole comparison, across resumed runs
     results["seconds_all_runs"] = round(sum(r.get("seconds", 0) for r in results["methods"].values())
                                         + sum(results.get("data_seconds", {}).values()), 1)
-    results_path.write_text(json.dumps(results, indent=1))
+    write_json(results_path, results)
     results["report"] = str(task.report(out, results))
     return results
 

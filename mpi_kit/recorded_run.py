@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .folders import StateError, claim, finish_manifest, lock, start_manifest, write_json
 from .recipes import ASSETS_DIR
 from .rollout_log import find_data_dir, load_rollouts, run_summary
 
@@ -36,8 +37,31 @@ def pack_run(run_dir, dest, data_dir=None, extra: dict | None = None) -> Path:
     Absolute paths in the summaries are made relative (`portable`)."""
     run_dir, dest = Path(run_dir), Path(dest)
     src_data = find_data_dir(run_dir, data_dir)
-    if dest.exists():
-        shutil.rmtree(dest)
+    if dest.exists() and not dest.is_dir():
+        raise StateError(f"{dest} is a file; pass a folder for the recorded run")
+    if dest.resolve() == run_dir.resolve():
+        raise StateError(f"cannot pack {run_dir} into itself; pass another folder to record into")
+    with lock(dest, "a recorded run"):
+        claim(dest, RECORDED, legacy=_legacy_recording)  # only an earlier recording's own files are replaced
+        start_manifest(dest, RECORDED, ENTRIES)
+        _pack(run_dir, dest, src_data, extra)
+        finish_manifest(dest, RECORDED, ENTRIES)
+    return dest
+
+
+RECORDED = "recorded-run"  # the manifest's name for a packed run (`mpi_kit.folders`)
+ENTRIES = ("completions", "data", "summary.json")
+
+
+def _legacy_recording(dest: Path) -> list[str] | None:
+    """A recording packed before manifests existed: its summary.json says how it was recorded."""
+    try:
+        return list(ENTRIES) if "recorded_with" in json.loads((dest / "summary.json").read_text()) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _pack(run_dir: Path, dest: Path, src_data, extra: dict | None) -> None:
     shutil.copytree(run_dir / "completions", dest / "completions")
     summary = run_summary(run_dir)
     if src_data is not None:
@@ -52,8 +76,7 @@ def pack_run(run_dir, dest, data_dir=None, extra: dict | None = None) -> Path:
             (dest / "data" / "summary.json").write_text(json.dumps(data_summary, indent=1) + "\n")
         summary["data"] = "data"
     summary.update(extra or {})
-    (dest / "summary.json").write_text(json.dumps(portable(summary), indent=1) + "\n")
-    return dest
+    write_json(dest / "summary.json", portable(summary))
 
 
 # N = 4 and a short, gentle CoT SFT: the model half-knows its policies with none in the prompt and still reads them
@@ -75,6 +98,9 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
     from .training import tiny_or_random
 
     o = {**DEMO, **kw}
+    if Path(dest).exists() and not Path(dest).is_dir():
+        raise StateError(f"{dest} is a file; pass a folder for the recorded run")
+    claim(dest, RECORDED, legacy=_legacy_recording, remove=False)  # a folder of other files: refused before any work
     work = Path(work)
     rec = get_recipe(recipe, seed=o["seed"]) if isinstance(recipe, str) else recipe
     data = work / "data"

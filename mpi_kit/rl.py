@@ -319,13 +319,10 @@ def run_rl(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", poli
            resume=True, **kw) -> dict:
     """Run GRPO/DAPO (optionally with PolicyRollout) into `out`, resuming from its last checkpoint; the rollout
     log is `out/completions/completions_*.parquet`. Returns the summary written to summary.json."""
-    from .training import open_run, run_settings, train_stage
+    from .training import run_settings, run_stage_in
 
     name = rl_stage(algo, policy_rollout).name
     if kw.get("num_generations") is not None:
         check_group_size(int(kw["num_generations"]), policy_rollout)
-    done = open_run(out, run_settings(name, recipe, data_dir, **kw), resume)
-    if done is not None:
-        return done  # finished before with these settings: reused as it is
-    trainer, processor, info = rl_trainer(recipe, data_dir, out, algo, policy_rollout, **kw)
-    return train_stage(trainer, name, out, processor, info, resume=resume)
+    return run_stage_in(out, name, run_settings(name, recipe, data_dir, **kw),
+                        lambda: rl_trainer(recipe, data_dir, out, algo, policy_rollout, **kw), resume)

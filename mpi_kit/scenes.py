@@ -173,9 +173,12 @@ def sample_scene(rng: random.Random | int, min_objects: int = 3, max_objects: in
     return Scene(tuple(objects), scene_id=scene_id, aspect=aspect)
 
 
-def sample_scenes(n: int, seed: int, prefix: str = "scene", **kw) -> list[Scene]:
+def sample_scenes(n: int, seed: int, prefix: str = "scene", progress: bool = False, **kw) -> list[Scene]:
     """`n` scenes from one seed; scene i is the same whatever n is (each has its own sub-seed)."""
-    return [sample_scene(random.Random(f"{seed}/{i}"), scene_id=f"{prefix}{i:06d}", **kw) for i in range(n)]
+    from tqdm.auto import tqdm
+
+    return [sample_scene(random.Random(f"{seed}/{i}"), scene_id=f"{prefix}{i:06d}", **kw)
+            for i in tqdm(range(n), desc="sample scenes", disable=not progress)]
 
 
 # ---------------------------------------------------------------------------------------------- rendering

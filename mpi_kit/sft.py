@@ -16,8 +16,8 @@ from .data import DataError, load_kit_data
 from .progress import quiet_stage, watch_stage
 from .stages import sft_stage
 from .timing import stage_facts
-from .training import (ResumeFix, check_rows, freeze_vision, load_stage_model, open_run, run_settings, stage_recipe,
-                       train_stage, trainer_kwargs)
+from .training import (ResumeFix, check_rows, freeze_vision, load_stage_model, run_settings, run_stage_in,
+                       stage_recipe, trainer_kwargs)
 
 PAPER_DEFAULTS = {"lora": True, "r": 8, "learning_rate": 1e-4, "cot_epochs": 5, "direct_epochs": 2,
                   "batch": "16x4"}
@@ -106,11 +106,8 @@ def run_sft(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot", *, 
     """Run CoT (mode="cot") or Direct (mode="direct") SFT into `out`, from the base model or `init` (a VM-CPT
     folder); resumes from `out`'s last checkpoint; returns the summary written to summary.json."""
     name = sft_stage(mode).name
-    done = open_run(out, run_settings(name, recipe, data_dir, init=init, **kw), resume)
-    if done is not None:
-        return done  # finished before with these settings: reused as it is
-    trainer, processor, info = sft_trainer(recipe, data_dir, out, mode, init=init, **kw)
-    return train_stage(trainer, name, out, processor, info, resume=resume)
+    return run_stage_in(out, name, run_settings(name, recipe, data_dir, init=init, **kw),
+                        lambda: sft_trainer(recipe, data_dir, out, mode, init=init, **kw), resume)
 
 
 __all__ = ["run_sft", "sft_trainer", "check_sft", "replay_policy", "PAPER_DEFAULTS"]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .data import DataError, require_columns, writable_dir
+from .folders import StateError, lock, read_json, write_json
 from .models import (VISION_RE, as_recipe, count_parameters, load_model, peak_memory, require_backend, resolve_device,
                      resolve_precision,
                      unsloth_mode)
@@ -69,7 +70,8 @@ def stage_recipe(recipe: "Recipe | str", init: str | None = None, **overrides) -
     if is_adapter_dir(p):
         _check_init_complete(p)
         saved = p / RECIPE_FILE
-        base = json.loads(saved.read_text())["model"] if saved.exists() else recipe.model
+        base = read_json(saved, f"Rerun the stage that wrote {p}.").get("model", recipe.model) if saved.exists() \
+            else recipe.model
         return as_recipe(recipe, model=base)
     if not (p / "config.json").exists():
         raise StageError(f"--init {init}: holds neither a model (config.json) nor a LoRA adapter "
@@ -88,7 +90,8 @@ def _check_init_complete(p: Path) -> None:
                          f"wrote it did not finish saving. Rerun that stage into {p} to finish it.")
     summary = p / "summary.json"
     stage_dir = summary.exists() or any(p.glob("checkpoint-*"))
-    if stage_dir and not (summary.exists() and json.loads(summary.read_text()).get("completed", True)):
+    done = summary.exists() and read_json(summary, f"Rerun that stage into {p} to rewrite it.").get("completed", True)
+    if stage_dir and not done:
         raise StageError(f"--init {p}: that stage has not finished (no completed summary.json). Rerun it into {p} "
                          f"to resume and finish it, then start from it.")
 
@@ -205,8 +208,31 @@ class ResumeFix:
         del loaded
 
 
+def safetensors_problem(f: Path) -> str | None:
+    """Why a .safetensors file is not whole (its header must parse and its tensors must end where the file ends)."""
+    import struct
+
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{f.name} is truncated"
+            n = struct.unpack("<Q", head)[0]
+            if n > f.stat().st_size:
+                return f"{f.name} is truncated"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, RecursionError):
+        return f"{f.name} has an unreadable header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    if f.stat().st_size < 8 + n + max(ends, default=0):
+        return f"{f.name} is truncated"
+    return None
+
+
 def checkpoint_problem(ckpt: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from (a write cut short by a kill or a full disk), or None if it can."""
+    """Why a checkpoint cannot be resumed from (a write cut short by a kill or a full disk), or None if it can: every
+    file it holds must be whole (JSON parses, torch's zip files have their directory, safetensors their tensors)."""
     import zipfile
 
     state = ckpt / "trainer_state.json"
@@ -216,10 +242,21 @@ def checkpoint_problem(ckpt: Path) -> str | None:
         return "trainer_state.json is missing or unreadable"
     if not any((ckpt / w).exists() and (ckpt / w).stat().st_size > 0 for w in WEIGHTS):
         return "no weights"
-    for name in ("optimizer.pt", "scheduler.pt"):
-        f = ckpt / name
-        if f.exists() and not zipfile.is_zipfile(f):  # torch.save writes a zip; a cut one has no directory
-            return f"{name} is truncated"
+    for f in sorted(ckpt.iterdir()):
+        if f.suffix == ".safetensors":
+            problem = safetensors_problem(f)
+        elif f.suffix in (".pt", ".pth", ".bin"):  # torch.save writes a zip; a cut one has no directory
+            problem = None if zipfile.is_zipfile(f) else f"{f.name} is truncated"
+        elif f.suffix == ".json":
+            try:
+                json.loads(f.read_text())
+                problem = None
+            except (OSError, ValueError, RecursionError):
+                problem = f"{f.name} is unreadable"
+        else:
+            problem = None
+        if problem:
+            return problem
     return None
 
 
@@ -283,22 +320,44 @@ def open_run(out, settings: dict, resume: bool = True) -> dict | None:
     saved_file, summary_file = out / RUN_FILE, out / "summary.json"
     started = saved_file.exists() or summary_file.exists() or any(out.glob("checkpoint-*"))
     if not started or not resume:
-        saved_file.write_text(json.dumps(settings, indent=1) + "\n")
+        write_json(saved_file, settings)
         return None
     if not saved_file.exists():
         raise StageError(f"--out {out} already holds a run whose settings were not recorded (made by an older kit, or "
                          f"by hand); use a new --out, or delete {out} to start over")
-    saved = json.loads(saved_file.read_text())
+    saved = read_json(saved_file, f"Use a new --out, or delete {out} to start that run over.")
     diff = [f"{k}: {json.dumps(saved.get(k))} there, {json.dumps(settings.get(k))} asked"
             for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
     if diff:
         raise StageError(f"--out {out} holds a different run ({'; '.join(diff)}). Use a new --out for these settings, "
                          f"or delete {out} to replace that run")
     if summary_file.exists():
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file, f"Delete {summary_file}: the rerun then finishes from the last "
+                                          f"checkpoint.")
         if summary.get("completed"):
             return {**summary, "reused": True}
     return None
+
+
+def finish_from(trainer, ckpt) -> None:
+    """Take a finished run's last checkpoint as its end (weights and trainer state) without training a step more:
+    resuming there would run past `max_steps`."""
+    from transformers import TrainerState
+
+    trainer._load_from_checkpoint(ckpt)
+    trainer.state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+
+
+def run_stage_in(out, stage: str, settings: dict, make_trainer, resume: bool = True) -> dict:
+    """A stage run into `out`, holding the folder's lock: reuse a finished run of the same settings, refuse another
+    run's folder (`open_run`), else build the trainer (`make_trainer()` -> trainer, processor, info) and train."""
+    out = writable_dir(out, StageError, "pass a folder for the run (it is created if missing)")
+    with lock(out, f"a {stage} run"):
+        done = open_run(out, settings, resume)
+        if done is not None:
+            return done  # finished before with these settings: reused as it is
+        trainer, processor, info = make_trainer()
+        return train_stage(trainer, stage, out, processor, info, resume=resume)
 
 
 def _disk_full(e: BaseException, out: Path) -> bool:
@@ -335,7 +394,10 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
     step0 = 0
     if ckpt:
         step0 = json.loads((Path(ckpt) / "trainer_state.json").read_text())["global_step"]
-    trainer.train(resume_from_checkpoint=ckpt)
+    if ckpt and 0 < trainer.args.max_steps <= step0:
+        finish_from(trainer, ckpt)  # it stopped after its last step, before the final save: nothing left to train
+    else:
+        trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.time() - t0
     state = trainer.state
     model = trainer.model
@@ -351,7 +413,7 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
         "final_loss": next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None),
         # the mean logged loss over every step, resumed ones included (result.training_loss covers this call only)
         "train_loss": (sum(h["loss"] for h in state.log_history if "loss" in h) /
-                       max(1, sum("loss" in h for h in state.log_history))) if state.global_step > step0 else None,
+                       max(1, sum("loss" in h for h in state.log_history))) if state.global_step else None,
         "seconds": round(seconds, 2),
         "steps_per_second": round((state.global_step - step0) / seconds, 4) if seconds > 0 else None,
         "peak_memory_gib": round(peak_memory(), 3),
@@ -364,7 +426,7 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
             recipe.to_json(out / RECIPE_FILE)
         if processor is not None:
             processor.save_pretrained(str(out))
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -381,6 +443,6 @@ def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
     return fig
 
 
-__all__ = ["StageError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision", "trainer_kwargs",
-           "train_stage", "open_run", "run_settings", "ResumeFix", "last_checkpoint", "loss_figure", "is_adapter_dir",
-           "tiny_or_random"]
+__all__ = ["StageError", "StateError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision",
+           "trainer_kwargs", "train_stage", "open_run", "run_settings", "run_stage_in", "ResumeFix", "last_checkpoint",
+           "loss_figure", "is_adapter_dir", "tiny_or_random"]

@@ -7,6 +7,7 @@ import torch
 
 from conftest import SMALL
 from mpi_kit.data import build_datasets, load_kit_data
+from mpi_kit.folders import StateError
 from mpi_kit.pipeline import PipelineConfig, run_pipeline, table
 
 
@@ -50,6 +51,17 @@ def test_pipeline_results_and_resume(base, tmp_path):
     assert res2["seconds_all_runs"] == pytest.approx(sum(r["seconds"] for r in res2["methods"].values())
                                                      + res2["data_seconds"]["N2"], abs=0.2)
     assert res2["seconds_this_run"] < res2["seconds_all_runs"]  # the rerun trained only Direct SFT
+    # a rerun with any other setting is refused, naming the difference: results.json only describes what ran
+    results = (tmp_path / "run" / "results.json").read_bytes()
+    cfg2 = {**cfg.__dict__, "methods": ("In-Context", "CoT SFT", "Direct SFT")}
+    for change, named in [({"sft_steps": 2}, "sft_steps: 1 there, 2 asked"), ({"seed": 1}, "seed: 0 there"),
+                          ({"num_policies": 3}, "num_policies"), ({"num_scenes": 10}, "num_scenes"),
+                          ({"eval_limit": 3}, "eval_limit: 2 there, 3 asked"),
+                          ({"methods": ("In-Context", "CoT SFT")}, "Direct SFT there but not asked"),
+                          ({"overrides": {"sft_cot.learning_rate": 0.5}}, "recipe.sft_cot.learning_rate")]:
+        with pytest.raises(StateError, match=named):
+            run_pipeline(PipelineConfig(**{**cfg2, **change}))
+    assert (tmp_path / "run" / "results.json").read_bytes() == results
 
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):
@@ -264,3 +276,12 @@ def test_the_markdown_table_shows_ours_with_intervals_beside_the_paper():
     cell = {d: "-" if paper[d] is None else f"{paper[d]:.1f}" for d in (2, 4)}  # the paper gives no N = 2 row
     assert lines[2] == f"| CoT SFT | 99.5 (97.2-99.9) | {cell[2]} | 93.5 (89.2-96.2) | {cell[4]} |"
     assert len(lines) == 5 and "n = 200" in lines[-1]  # header, rule, one method, blank, the n
+
+
+def test_evaluation_sizes_are_capped_by_the_data_that_exists(base, tmp_path):
+    res = run_pipeline(PipelineConfig(out=str(tmp_path / "big"), depths=(2,), methods=("In-Context",),
+                                      num_policies=2, num_scenes=8, eval_limit=100_000, max_new_tokens=4,
+                                      forgetting=True, model=base))
+    r = res["methods"]["N2/In-Context"]
+    assert r["n"] == 4 and r["ns"]["override"] == 4  # 2 policies x 2 held-out scenes: every row, no more
+    assert r["ns"]["perception"] == 2 * r["n"]  # existence + counting, one question each per held-out row

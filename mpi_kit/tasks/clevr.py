@@ -93,7 +93,7 @@ class ClevrPolicyTask(Task):
             res[key], res["ns"][key], res["intervals"][key] = s["accuracy"], len(srows), s["interval_95"]
         if cfg.forgetting:
             res["perception"], res["ns"]["perception"], res["intervals"]["perception"] = perception(
-                model, processor, cfg.side_limit or cfg.eval_limit or 40)
+                model, processor, min(cfg.side_limit or cfg.eval_limit or 40, len(rows)))
         res["examples"] = [{k: r[k] for k in ("gold", "parsed", "completion")} for r in rows[:3]]
         return res
 

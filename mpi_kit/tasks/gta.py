@@ -103,7 +103,8 @@ class GTAPolicyTask(Task):
             res["policy_in_context"] = scores("in_context")[1]
         res["override"] = scores("override")[1]
         if cfg.forgetting:
-            res["perception"], n, ci = perception(model, processor, cfg.side_limit or cfg.eval_limit or 40)
+            n = min(cfg.side_limit or cfg.eval_limit or 40, len(rows))  # no more than the rows that exist
+            res["perception"], n, ci = perception(model, processor, n)
             res["ns"], res["intervals"] = {"perception": n}, {"perception": ci}
         res["examples"] = [{k: r[k] for k in ("gold", "pred", "overall", "reason", "completion")} for r in rows[:3]]
         return res
