@@ -23,6 +23,7 @@ import datasets
 from PIL import Image, ImageDraw
 
 from .data import FEATURES, DataError, _png, assistant, policy_parts, user_prompt, writable_dir
+from .folders import claim, finish_manifest, lock, start_manifest, write_json
 from .progress import library_bars_off
 from .gta_policy import (BASE_POLICY, DEFAULT_OVERRIDE, GTAPolicy, PolicyError, UserProfile, _cond_text,
                          rule_leaves, sample_profile, tool_type)
@@ -544,6 +545,31 @@ def build_gta_datasets(cfg: GTADataConfig | None = None, progress: bool = False,
     cfg.check()
     t0 = time.time()
     out = writable_dir(Path(cfg.out))
+    with lock(out, "a data build"):
+        claim(out, BUILD, legacy=_legacy_build)  # only an earlier GTA build's own files are replaced
+        entries = ("summary.json", "policy.json", "policy.txt", "instances.jsonl", *cfg.kinds)
+        start_manifest(out, BUILD, entries)
+        summary = _build(cfg, out, t0, progress)
+        finish_manifest(out, BUILD, entries)
+    return summary
+
+
+BUILD = "gta-data"  # the manifest's name for what build_gta_datasets writes (`mpi_kit.folders`)
+
+
+def _legacy_build(out: Path) -> list[str] | None:
+    """What a GTAPolicy build of a kit without manifests wrote into `out`, when its summary.json says it was one."""
+    try:
+        saved = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(saved, dict) and saved.get("task") == "gta" and "datasets" in saved):
+        return None
+    return ["summary.json", "policy.json", "policy.txt", "instances.jsonl", *saved["datasets"]]
+
+
+def _build(cfg: GTADataConfig, out: Path, t0: float, progress: bool) -> dict:
+    """Write the policy, the instances and the datasets into `out` (already claimed), summary.json last."""
     try:
         override = json.loads(cfg.override) if cfg.override else DEFAULT_OVERRIDE
     except json.JSONDecodeError as e:
@@ -595,7 +621,7 @@ def build_gta_datasets(cfg: GTADataConfig | None = None, progress: bool = False,
     summary["tools"] = dict(sorted(tools.items()))
     summary["rules"] = dict(sorted(rules.items()))
     summary["seconds"] = round(time.time() - t0, 2)
-    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "seconds"}, indent=1))
+    write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "seconds"})  # last: the build is whole
     return summary
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import html
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -172,7 +171,9 @@ def _scene_lookup(data_dir):
         policies = load_policies(data_dir)
     except Exception:
         policies = {}
-    cfg = json.loads((Path(data_dir) / "summary.json").read_text()).get("config", {}) \
+    from .folders import read_json
+
+    cfg = read_json(Path(data_dir) / "summary.json", "Rebuild the data into that folder.").get("config", {}) \
         if (Path(data_dir) / "summary.json").exists() else {}
     return scenes, policies, tuple(cfg.get("image_size", (96, 64)))
 

@@ -13,7 +13,9 @@ from .widgets import image_html, tree_figure, walk_html
 def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> Path:
     """Write `out/report.html`: the data summary, each policy's tree, and test scenes with their answers."""
     out = Path(out)
-    summary = json.loads((out / "summary.json").read_text())
+    from .folders import read_json
+
+    summary = read_json(out / "summary.json", f"Rebuild the data with `mpi-kit data --out {out}`.")
     policies = list(load_policies(out).values())
     scenes = load_scenes(out, "test")[:num_scenes]
     parts = [f"<h1>mpi-kit data report</h1><p>{len(policies)} policies, "

@@ -9,7 +9,6 @@ widget (`mpi_kit.inspector`), the pipeline's rollout statistics and `mpi-kit ins
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -100,8 +99,10 @@ def load_rollouts(run_dir, task=None) -> pd.DataFrame:
 
 
 def run_summary(run_dir) -> dict:
+    from .folders import read_json
+
     path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, "Rerun the stage into that folder to rewrite it.") if path.exists() else {}
 
 
 def find_data_dir(run_dir, data_dir=None) -> Path | None:

@@ -197,3 +197,18 @@ def test_resuming_a_finished_rl_run_trains_no_step_more(tmp_path, small_rl_setup
     assert again["steps"] == 4 and again["completed"] and again["resumed_from"].endswith("checkpoint-4")
     assert [p["loss"] for p in again["loss"]] == [p["loss"] for p in first["loss"]]
     assert not (out / "checkpoint-5").exists() and len(list((out / "completions").glob("*.parquet"))) == 4
+
+
+def test_gta_data_replaces_only_an_earlier_gta_build(tmp_path, capsys):
+    from mpi_kit.gta_data import build_gta_datasets
+
+    out = tmp_path / "gta"
+    build_gta_datasets(out=str(out), num_instances=12, kinds=("qa",))
+    (out / "mine.txt").write_text("keep")
+    build_gta_datasets(out=str(out), num_instances=12, seed=1, kinds=("cot",))
+    assert (out / "mine.txt").exists() and (out / "cot").is_dir() and not (out / "qa").exists()
+    user = tmp_path / "proj"
+    (user / "qa").mkdir(parents=True)
+    (user / "qa" / "notes.txt").write_text("mine")
+    assert main(["gta-data", "--out", str(user), "--num-instances", "12"]) == 2
+    assert (user / "qa" / "notes.txt").read_text() == "mine" and "is not empty" in capsys.readouterr().err

@@ -7,7 +7,6 @@ side. The pipeline, RL, the inspector and the report look a task up here instead
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .base import Row, Task
@@ -47,7 +46,9 @@ def task_of(data_dir) -> Task:
     if not path.exists():
         raise DataError(f"no summary.json in {data_dir}; build the data with `mpi-kit data` (ClevrPolicy) or "
                         f"`mpi-kit gta-data` (GTAPolicy)")
-    summary = json.loads(path.read_text())
+    from ..folders import read_json
+
+    summary = read_json(path, "Rebuild the data into that folder (or a new one).")
     if "task" in summary:
         return get_task(summary["task"])
     if summary.get("source") in ("generated", "gta") and "num_instances" in summary:

@@ -6,7 +6,6 @@ Data: `mpi_kit.data` (policies `policy`, scenes `scenes`); rewards: `mpi_kit.rew
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..rewards import REWARD_FUNCS, REWARD_WEIGHTS, parse_answer
@@ -48,7 +47,9 @@ class ClevrPolicyTask(Task):
 
     def completion_budget(self, cfg, data_dir: Path) -> int:
         """A gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens: 24 + 24 N leaves room."""
-        depth = int(json.loads((Path(data_dir) / "summary.json").read_text())["config"]["depth"])
+        from ..folders import read_json
+
+        depth = int(read_json(Path(data_dir) / "summary.json", "Rebuild the data there.")["config"]["depth"])
         return cfg.max_new_tokens or 24 + 24 * depth
 
     # ---------------------------------------------------------------- answers
