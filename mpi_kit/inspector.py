@@ -16,7 +16,7 @@ import pandas as pd
 from .recorded_run import ASSET_RUN, CHECKOUT, DEMO, pack_run, portable, record_demo_run  # noqa: F401
 from .rollout_log import (NO_POLICY, OUTCOMES, POLICY_AWARE, REWARD_COLUMNS, answer_text, filter_groups,  # noqa: F401
                           filter_rows, find_data_dir, group_outcomes, group_table, load_rollouts, policy_rescues,
-                          rescore, run_summary, step_stats, summary_table)
+                          group_arithmetic, rescore, run_summary, step_stats, summary_table)
 
 SOURCE_COLOR = {NO_POLICY: "#3b6fb6", POLICY_AWARE: "#b5651d"}
 SHORT = {"format_reward": "fmt", "accuracy_reward": "acc"}
@@ -178,6 +178,21 @@ def _scene_lookup(data_dir):
     return scenes, policies, tuple(cfg.get("image_size", (96, 64)))
 
 
+def arithmetic_html(a: dict) -> str:
+    """The selected group's advantage arithmetic as a small table: each completion's half, reward and advantage
+    (recomputed by `mpi_kit.advantages`, beside the one the run logged), with the group's mean and std."""
+    formula = {"group": "(reward - mean) / (std + 1e-4)", "batch": "(reward - mean) / (batch std + 1e-4)",
+               "none": "reward - mean"}[a["scale"]]
+    cells = "".join(f"<tr><td>{k + 1}</td><td>{html.escape(str(r.source))}</td><td>{r.reward:.2f}</td>"
+                    f"<td><b>{r.advantage:+.2f}</b></td><td>{r.logged:+.2f}</td></tr>"
+                    for k, r in enumerate(a["rows"].itertuples()))
+    return (f"<div style='font-size:13px'><b>Advantage arithmetic</b> ({html.escape(a['rule'])}, scale "
+            f"{html.escape(a['scale'])}): mean reward <b>{a['mean']:.3f}</b>, std <b>{a['std']:.3f}</b>; advantage = "
+            f"{formula}, from <code>mpi_kit.advantages</code>."
+            f"<table style='border-collapse:collapse'><tr><th>#</th><th>half</th><th>reward</th><th>advantage</th>"
+            f"<th>logged</th></tr>{cells}</table></div>")
+
+
 try:
     import ipywidgets as _w
     _Box = _w.VBox
@@ -219,6 +234,10 @@ class RolloutInspector(_Box):
         self.edit = w.Textarea(layout=w.Layout(width="100%", height="90px"))
         self.gold = w.Text(description="gold", layout=w.Layout(width="220px"))
         self.score = w.HTML()
+        self.arith = w.HTML()
+        summary = run_summary(self.run_dir) if self.run_dir else {}
+        self.policy_rollout = bool(summary.get("policy_rollout", (self.df["source"] == POLICY_AWARE).any()))
+        self.scale = summary.get("scale_rewards", "group")  # the recipe's GRPO scale_rewards (TRL's default)
 
         for c in (self.zero_std, self.rescued, self.truncated, self.wrong, self.source):
             c.observe(self._refilter, names="value")
@@ -236,6 +255,7 @@ class RolloutInspector(_Box):
             w.HBox([self.prompt, self.count]),
             w.HBox([self.step, self.drift]),
             w.HBox([self.scene, self.cards]),
+            self.arith,
             w.HTML("<b>Reward playground</b>: edit a completion (or the gold answer) and watch it re-scored "
                    "with the kit's reward functions, and the advantage it would get in its group."),
             w.HBox([self.pick, self.gold]), self.edit, self.score])
@@ -295,6 +315,7 @@ class RolloutInspector(_Box):
             self.score.value = "<i>Nothing to re-score: no group matches the filters.</i>"
             return
         self.scene.value = self._scene_html(g.iloc[0])
+        self.arith.value = arithmetic_html(group_arithmetic(g, self.policy_rollout, self.scale))
         base = None
         if self.drift.value:
             first = self.visible[self.visible["prompt_id"] == self.prompt.value]["group"].iloc[0]
@@ -338,8 +359,10 @@ class RolloutInspector(_Box):
         if self.pick.value is None or g.empty or self.pick.value not in g.index:
             self.score.value = ""
             return
-        i = list(g.index).index(self.pick.value)
-        r = rescore(self.edit.value, self.gold.value, g["reward"].tolist(), i, task=self.df["task"].iloc[0])
+        rows = group_arithmetic(g, self.policy_rollout, self.scale)["rows"]  # the trainer's order: no-policy first
+        i = list(rows.index).index(self.pick.value)
+        r = rescore(self.edit.value, self.gold.value, rows["reward"].tolist(), i, task=self.df["task"].iloc[0],
+                    policy_rollout=self.policy_rollout, scale=self.scale)
         logged = g.loc[self.pick.value]
         self.last_score = r
         self.score.value = (f"format <b>{r['format_reward']:.2g}</b> · accuracy <b>{r['accuracy_reward']:.2g}</b> · "

@@ -4,8 +4,9 @@ PolicyRollout samples, per prompt, G completions from (Q, I) and G more from (P,
 context, pools all 2G into one group for the advantages, then treats every completion as if it came from
 (Q, I): prompt ids, images, old/reference/current log-probs, ratios and gradients are all computed on the
 no-policy prompt, so policy tokens never enter the backward pass. TRL already repeats each prompt
-`num_generations` times in a row and normalises advantages over those copies, so with num_generations = 2G
-only the *generation* of copies G..2G-1 has to change: that is all `PolicyRolloutTrainer` overrides.
+`num_generations` times in a row, so with num_generations = 2G only the *generation* of copies G..2G-1 has to
+change, plus the advantages, which come from `mpi_kit.advantages.poro_advantages` (the pooled group, in one
+readable function).
 With policy_rollout=False and no dynamic sampling it is exactly `GRPOTrainer`.
 """
 from __future__ import annotations
@@ -130,7 +131,33 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         self._log_completion_extra("parsed_answer", [self.task.parse(t) for t in texts])
         self._log_completion_extra("length", [len(ids) for ids in completion_ids_list])
         self._log_completion_extra("truncated", [bool(ids) and ids[-1] not in eos for ids in completion_ids_list])
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    # ------------------------------------------------------------------ the advantages: mpi_kit.advantages
+    def _advantages(self, out: dict) -> dict:
+        """Replace TRL's advantages with `mpi_kit.advantages` on the same rewards (they agree: a test checks), so
+        the functions a learner reads, and may change, are the ones that train: `poro_advantages` pools each
+        prompt's 2G, `group_advantages` is plain GRPO."""
+        from . import advantages
+
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            return out  # rewards normalised per function first: TRL's own path
+        per_func = self._rewards_per_func
+        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan  # unscorable: no signal (advantage 0)
+        n = self.num_generations if self.model.training else self.num_generations_eval
+        if self.policy_rollout:
+            adv = advantages.poro_advantages(rewards.cpu(), n // 2, self.scale_rewards)
+        else:
+            adv = advantages.group_advantages(rewards.cpu(), n, self.scale_rewards)
+        local = len(out["advantages"])
+        start = self.accelerator.process_index * local
+        out["advantages"] = adv[start:start + local].to(out["advantages"].device)
+        logged = self._logs["advantages"]  # the rollout log shows what trained
+        for k, a in enumerate(adv.tolist()):
+            logged[len(logged) - len(adv) + k] = a
+        return out
 
     def _score_once(self, inputs, attempt: int):
         aware = self.policy_aware_mask(len(inputs))
@@ -141,7 +168,7 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         self._log_completion_extra("attempt", [attempt] * len(inputs))
         self._rows = inputs
         try:
-            return super()._generate_and_score_completions(inputs)
+            return self._advantages(super()._generate_and_score_completions(inputs))
         finally:
             self._rows = None
 
@@ -305,7 +332,7 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
     info = {"recipe": recipe, "algo": algo, "task": task.name, "policy_rollout": policy_rollout, "G": G,
             "fast_rollouts": fast_rollouts,
-            "group_size": kw["num_generations"],
+            "group_size": kw["num_generations"], "scale_rewards": args.scale_rewards,
             "data": str(data_dir) if data_dir else None, "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen,
             "reward_weights": dict(zip(("format", "accuracy"), reward_weights)),

@@ -17,7 +17,6 @@ from .rewards import completion_text
 
 NO_POLICY, POLICY_AWARE = "no-policy", "policy-aware"  # the two halves of a PolicyRollout group
 REWARD_COLUMNS = ("format_reward", "accuracy_reward")  # each task's (format, accuracy) rewards, under these names
-EPS = 1e-4  # TRL's advantage normaliser: (r - mean) / (std + 1e-4)
 NO_ANSWER = "no answer"
 
 
@@ -217,9 +216,36 @@ def group_outcomes(df: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(columns=list(OUTCOMES), fill_value=0)
 
 
-def rescore(text: str, gold: str | None, group_rewards=None, index: int | None = None, task=None) -> dict:
+def group_arithmetic(group: pd.DataFrame, policy_rollout: bool = True, scale: str = "group") -> dict:
+    """The advantage arithmetic of one group, recomputed by `mpi_kit.advantages` (the functions training uses):
+    each completion's half, reward, recomputed and logged advantage, in the order the trainer pools them (the
+    no-policy half first), plus the group's mean and std."""
+    from . import advantages
+
+    g = group.sort_values("source", key=lambda s: s != NO_POLICY, kind="stable") if "source" in group else group
+    r = g["reward"].astype(float).tolist()
+    adv = _advantages(r, policy_rollout, scale)
+    rows = pd.DataFrame({"source": g["source"].tolist() if "source" in g else [NO_POLICY] * len(r), "reward": r,
+                         "advantage": adv, "logged": g["advantage"].astype(float).tolist()}, index=g.index)
+    t = advantages._as_tensor(r)
+    return {"rows": rows, "mean": float(t.mean()), "std": float(advantages._std(t)) if len(r) > 1 else 0.0,
+            "rule": "pooled 2G group (PolicyRollout)" if policy_rollout else "one group (GRPO)", "scale": scale}
+
+
+def _advantages(rewards: list, policy_rollout: bool, scale: str) -> list[float]:
+    """The advantages of one group: PolicyRollout's pooled rule (`advantages.poro_advantages`) or GRPO's."""
+    from . import advantages
+
+    if policy_rollout and len(rewards) % 2 == 0:
+        return advantages.poro_advantages(rewards, len(rewards) // 2, scale).tolist()
+    return advantages.group_advantages(rewards, len(rewards), scale).tolist()
+
+
+def rescore(text: str, gold: str | None, group_rewards=None, index: int | None = None, task=None,
+            policy_rollout: bool = True, scale: str = "group") -> dict:
     """The task's rewards on an (edited) completion: format, accuracy, weighted total, parsed answer, and, given
-    the group's rewards and this completion's position in it, the advantage it would now get."""
+    the group's rewards (no-policy half first) and this completion's position in it, the advantage it would now
+    get by the same function training uses (`mpi_kit.advantages`)."""
     from .tasks import get_task
 
     task = get_task(task)
@@ -227,9 +253,9 @@ def rescore(text: str, gold: str | None, group_rewards=None, index: int | None =
     total = sum(w * r for w, r in zip(task.reward_weights, (fmt, acc)))
     out = {"format_reward": fmt, "accuracy_reward": acc, "reward": total, "parsed_answer": task.parse(text)}
     if group_rewards is not None and index is not None:
-        r = pd.Series(list(group_rewards), dtype=float)
-        r.iloc[index] = total
-        out["advantage"] = float((total - r.mean()) / (r.std(ddof=1) + EPS)) if len(r) > 1 else 0.0
+        r = [float(x) for x in group_rewards]
+        r[index] = total
+        out["advantage"] = _advantages(r, policy_rollout, scale)[index] if len(r) > 1 else 0.0
     return out
 
 
@@ -243,4 +269,4 @@ def summary_table(run_dir) -> str:
 
 __all__ = ["NO_POLICY", "POLICY_AWARE", "REWARD_COLUMNS", "load_rollouts", "run_summary", "find_data_dir",
            "group_table", "filter_rows", "filter_groups", "step_stats", "policy_rescues", "group_outcomes",
-           "OUTCOMES", "rescore", "answer_text", "summary_table"]
+           "OUTCOMES", "rescore", "group_arithmetic", "answer_text", "summary_table"]
