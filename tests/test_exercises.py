@@ -4,6 +4,7 @@ import inspect
 import json
 import signal
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,12 @@ def test_notebook_exercise_cells_name_known_exercises_in_their_notebook():
     assert {"walk_policy", "vmcpt_labels", "completion_labels", "wilson_interval", "mcnemar_exact"} <= set(graded)
     for name, notebook in graded.items():
         assert exercises.EXERCISES[name].notebook == notebook
+
+
+def test_the_exercises_ship_in_the_wheel():
+    """pyproject lists packages by hand: without this entry `pip install` (Colab) leaves the exercises out."""
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "mpi_kit.exercises" in packages
 
 
 def test_completion_labels_match_trls_collator():
