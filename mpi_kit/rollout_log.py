@@ -202,6 +202,19 @@ def policy_rescues(df: pd.DataFrame) -> pd.DataFrame:
                 "advantage_of_correct", "group"]].reset_index(drop=True)
 
 
+def first_rescued_group(df: pd.DataFrame) -> pd.DataFrame:
+    """The completions of the first group PolicyRollout rescued (`policy_rescues`: no no-policy completion right, a
+    policy-aware one right), earliest step first, ties in log order; its no-policy half first, as the trainer pools
+    the 2G rewards (`advantages.poro_advantages`). A ValueError when the log holds no rescued group."""
+    rescued = policy_rescues(df)
+    if rescued.empty:
+        raise ValueError("no rescued group in this rollout log: no group had every no-policy completion wrong and a "
+                         "policy-aware one right (a plain GRPO log has no policy-aware half at all)")
+    key = rescued.sort_values("step", kind="stable")["group"].iloc[0]
+    group = df[df["group"] == key]
+    return group.sort_values("source", key=lambda s: s != NO_POLICY, kind="stable")
+
+
 OUTCOMES = ("no-policy half correct", "only policy-aware correct", "no correct answer")
 
 
@@ -268,5 +281,5 @@ def summary_table(run_dir) -> str:
 
 
 __all__ = ["NO_POLICY", "POLICY_AWARE", "REWARD_COLUMNS", "load_rollouts", "run_summary", "find_data_dir",
-           "group_table", "filter_rows", "filter_groups", "step_stats", "policy_rescues", "group_outcomes",
-           "OUTCOMES", "rescore", "group_arithmetic", "answer_text", "summary_table"]
+           "group_table", "filter_rows", "filter_groups", "step_stats", "policy_rescues", "first_rescued_group",
+           "group_outcomes", "OUTCOMES", "rescore", "group_arithmetic", "answer_text", "summary_table"]
