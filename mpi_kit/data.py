@@ -3,10 +3,12 @@
 Every row is one (policy, scene) pair in TRL's conversational prompt/completion format with an `images`
 column, so the same rows feed SFTTrainer, GRPOTrainer and our evaluations. Kinds (paper §4):
   qa     non-CoT QA: query names the policy, answer `\\boxed{Case k}`        (Direct SFT, RL)
-  cot    gold CoT from the tree path: `<think>...</think>\\boxed{Case k}`   (CoT SFT)
+  cot    CoT: `<think>...</think>\\boxed{Case k}`, no policy in the prompt  (CoT SFT)
   vmcpt  policy (text + policy images) + scene image + query + CoT         (VM-CPT)
   rl     no-policy prompt, with the policy in a separate column            (GRPO / PolicyRollout)
   eval   held-out scenes: no_policy, in_context and override splits        (evaluation)
+qa and rl hold every training pair; cot and vmcpt hold the CoT subset (`cot_share` of the pairs, with a gold CoT
+from the tree path or a forward CoT the base model wrote; `PAPER_REGIME` is the paper's choice).
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ from .progress import library_bars_off
 from .scenes import Scene, load_clevr_scenes, sample_scenes, scene_image
 
 KINDS = ("qa", "cot", "vmcpt", "rl", "eval")
+COT_KINDS = ("cot", "vmcpt")  # the datasets whose training rows are the CoT subset
+COT_SOURCES = ("gold", "forward")
+# The paper's ClevrPolicy-T data (App. D.1, Table 7): about 1 CoT in 8 training pairs, written by the base model
+# with the policy in context and kept when right. DataConfig's defaults keep every pair with a gold CoT; the
+# pipeline and the demo opt in with DataConfig(**PAPER_REGIME, ...).
+PAPER_REGIME = {"cot_share": 0.125, "cot_source": "forward"}
 BUILD = "clevr-data"  # the manifest's name for what build_datasets writes (`mpi_kit.folders`)
 MAX_SCENES = 100_000  # a bound with a message: rows are built in memory (the paper uses 2,000 scenes)
 QUERY = "According to Policy: {name}, what should be the response for the given image?"
@@ -119,6 +127,15 @@ class DataConfig:
     clevr_root: str | None = field(default=None, metadata={"help": "real CLEVR_v1.0 folder (else render)"})
     clevr_split: str = field(default="val", metadata={"help": "CLEVR split to read scenes from"})
     policy_prefix: str = field(default="", metadata={"help": "seed family for policies (pretraining uses 'base')"})
+    cot_share: float = field(default=1.0, metadata={
+        "help": "share of each policy's training scenes that get a CoT for CoT SFT and VM-CPT (a seeded choice; "
+                "qa and rl keep every pair); the paper: 0.125 (data.PAPER_REGIME)"})
+    cot_source: str = field(default="gold", metadata={
+        "help": "'gold' (CoT written from the tree path) or 'forward' (the base model answers with the policy in "
+                "context, right answers kept: the paper's, data.PAPER_REGIME)"})
+    cot_model: str = field(default="tiny", metadata={
+        "help": "forward: the base model that writes the CoTs (recipe name, hub id or folder); a generator "
+                "passed to build_datasets replaces it, and this names it in the summary"})
 
     def check(self) -> None:
         if self.num_policies < 1:
@@ -140,6 +157,10 @@ class DataConfig:
             raise DataError(f"depth must be from 1 to {MAX_DEPTH}, got {self.depth} (the paper uses N = 2, 4, 6)")
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             raise DataError(f"image_size must be (width, height) of at least 32 px each, got {tuple(self.image_size)}")
+        if not 0 < self.cot_share <= 1:
+            raise DataError(f"cot_share must be in (0, 1], got {self.cot_share} (the paper uses about 0.125)")
+        if self.cot_source not in COT_SOURCES:
+            raise DataError(f"cot_source must be one of {', '.join(COT_SOURCES)}, got {self.cot_source!r}")
 
 
 def _png(img) -> dict:
@@ -157,11 +178,26 @@ def split_scenes(scenes: list[Scene], test_fraction: float, seed: int) -> tuple[
     return [s for i, s in enumerate(scenes) if i not in test], [s for i, s in enumerate(scenes) if i in test]
 
 
+def cot_scenes(policies: list[Policy], train: list[Scene], share: float, seed: int) -> dict[str, list[Scene]]:
+    """The training scenes of each policy that get a CoT: a seeded `share` of them (at least one), in scene order,
+    so share 1 keeps every scene in today's order and the same seed always picks the same pairs."""
+    k = max(1, round(share * len(train)))
+    chosen = {}
+    for p in policies:
+        order = list(range(len(train)))
+        random.Random(f"cot/{seed}/{p.name}").shuffle(order)
+        chosen[p.name] = [train[i] for i in sorted(order[:k])]
+    return chosen
+
+
 def make_rows(policy: Policy, scene: Scene, image: dict, kind: str, policy_doc: tuple[list, list],
-              override: tuple[Policy, list, list] | None = None) -> dict:
-    """One dataset row for (policy, scene) of the given kind; `image` is the encoded scene image."""
+              override: tuple[Policy, list, list] | None = None, cot: str | None = None) -> dict:
+    """One dataset row for (policy, scene) of the given kind; `image` is the encoded scene image. `cot`, if given,
+    is the completion of a cot or vmcpt row (a forward CoT) in place of the gold CoT from the tree path."""
     parts, pimgs = policy_doc
     case, path = policy.evaluate(scene)
+    if cot is not None and kind not in COT_KINDS:
+        raise DataError(f"a CoT completion is for {' or '.join(COT_KINDS)} rows, not {kind!r}")
     query = query_text(policy.name)
     row = {"id": f"{policy.name}/{scene.scene_id}", "policy_name": policy.name, "scene_id": scene.scene_id,
            "depth": policy.depth, "variant": policy.variant, "case": case, "path": path,
@@ -169,9 +205,9 @@ def make_rows(policy: Policy, scene: Scene, image: dict, kind: str, policy_doc: 
     if kind == "qa":
         row.update(prompt=user_prompt(query), completion=assistant(answer_text(case)))
     elif kind == "cot":
-        row.update(prompt=user_prompt(query), completion=assistant(policy.gold_cot(scene)))
+        row.update(prompt=user_prompt(query), completion=assistant(cot or policy.gold_cot(scene)))
     elif kind == "vmcpt":
-        row.update(prompt=user_prompt(query, parts), completion=assistant(policy.gold_cot(scene)),
+        row.update(prompt=user_prompt(query, parts), completion=assistant(cot or policy.gold_cot(scene)),
                    images=pimgs + [image], policy=parts, policy_images=pimgs)
     elif kind == "rl":
         row.update(prompt=user_prompt(query), completion=assistant(answer_text(case)), policy=parts,
@@ -196,11 +232,13 @@ def _dataset(rows: list[dict]) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows, features=FEATURES)
 
 
-def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -> dict:
+def build_datasets(cfg: DataConfig | None = None, progress: bool = True, generate=None, **kw) -> dict:
     """Build policies, scenes and every requested dataset kind into `cfg.out`; return the JSON summary.
 
-    Deterministic: the same config gives byte-identical folders. Policies and scenes are saved as JSON
-    beside the datasets so that evaluation can re-walk the trees."""
+    Deterministic: the same config gives byte-identical folders (forward CoTs: as deterministic as the generator).
+    Policies and scenes are saved as JSON beside the datasets so that evaluation can re-walk the trees.
+    `generate` writes forward CoTs (`mpi_kit.forward_cot`: e.g. `model_generator(model, processor)`); None loads
+    `cfg.cot_model` when a forward build needs it."""
     cfg = cfg or DataConfig(**kw)
     if kw and cfg is not None and not isinstance(cfg, DataConfig):
         raise DataError("pass a DataConfig or keyword arguments")
@@ -220,12 +258,12 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, **kw) -
         claim(out, BUILD, legacy=_legacy_build)
         entries = ("summary.json", "scenes.jsonl", "policies", "overrides", *cfg.kinds)
         start_manifest(out, BUILD, entries)
-        summary = _build(cfg, out, config, progress, t0)
+        summary = _build(cfg, out, config, progress, t0, generate)
         finish_manifest(out, BUILD, entries)
     return summary
 
 
-def _build(cfg: DataConfig, out: Path, config: dict, progress: bool, t0: float) -> dict:
+def _build(cfg: DataConfig, out: Path, config: dict, progress: bool, t0: float, generate=None) -> dict:
     """Write policies, scenes and the datasets into `out` (already claimed), summary.json last."""
     policies = sample_policies(cfg.num_policies, cfg.depth, cfg.seed, cfg.variant, prefix=cfg.policy_prefix)
     if cfg.clevr_root:
@@ -254,24 +292,28 @@ def _build(cfg: DataConfig, out: Path, config: dict, progress: bool, t0: float) 
         for s in scenes:
             f.write(json.dumps({**s.to_dict(), "split": "test" if s.scene_id in test_ids else "train"}) + "\n")
 
-    plan = {"qa": {"train": ("qa", train), "test": ("qa", test)},
-            "cot": {"train": ("cot", train), "test": ("cot", test)},
-            "vmcpt": {"train": ("vmcpt", train)},
-            "rl": {"train": ("rl", train)},
-            "eval": {"no_policy": ("cot", test), "in_context": ("in_context", test), "override": ("override", test)}}
+    cot_pairs, cot = _cot_subset(cfg, policies, train, images, docs, progress, generate)
+
+    def every(scenes_):
+        return [(p, s, None) for p in policies for s in scenes_]
+
+    plan = {"qa": {"train": ("qa", every(train)), "test": ("qa", every(test))},
+            "cot": {"train": ("cot", cot_pairs), "test": ("cot", every(test))},
+            "vmcpt": {"train": ("vmcpt", cot_pairs)},
+            "rl": {"train": ("rl", every(train))},
+            "eval": {"no_policy": ("cot", every(test)), "in_context": ("in_context", every(test)),
+                     "override": ("override", every(test))}}
     summary = {"task": "clevr", "config": config,
                "policies": [p.name for p in policies], "num_scenes": {"train": len(train), "test": len(test)},
-               "datasets": {}}
-    total = sum(len(sc) * len(policies) for k in cfg.kinds for _, sc in plan[k].values())
+               "cot": cot, "datasets": {}}
+    total = sum(len(pairs) for k in cfg.kinds for _, pairs in plan[k].values())
     bar = tqdm(total=total, desc="build rows", disable=not progress)
     for kind in cfg.kinds:
         splits = {}
-        for split, (row_kind, split_scenes_) in plan[kind].items():
-            rows = []
-            for p in policies:
-                for s in split_scenes_:
-                    rows.append(make_rows(p, s, images[s.scene_id], row_kind, docs[p.name], odocs[p.name]))
-                bar.update(len(split_scenes_))
+        for split, (row_kind, pairs) in plan[kind].items():
+            rows = [make_rows(p, s, images[s.scene_id], row_kind, docs[p.name], odocs[p.name], cot=text)
+                    for p, s, text in pairs]
+            bar.update(len(pairs))
             splits[split] = _dataset(rows)
         dd = datasets.DatasetDict(splits)
         with contextlib.nullcontext() if progress else library_bars_off():  # no "Saving the dataset" bars
@@ -288,8 +330,33 @@ def _build(cfg: DataConfig, out: Path, config: dict, progress: bool, t0: float) 
                                     "majority_share": round(max(counts.values()) / len(scenes), 4),
                                     "policy_chars": len(p.text())}
     summary["seconds"] = round(time.time() - t0, 2)
-    write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "seconds"})  # last: the build is whole
+    on_disk = {k: v for k, v in summary.items() if k != "seconds"}  # timings vary: the file holds the same bytes
+    on_disk["cot"] = {k: v for k, v in cot.items() if k != "seconds"}
+    write_json(out / "summary.json", on_disk)  # last: the build is whole
     return summary
+
+
+def _cot_subset(cfg: DataConfig, policies: list[Policy], train: list[Scene], images: dict, docs: dict,
+                progress: bool, generate=None) -> tuple[list[tuple], dict]:
+    """The CoT training pairs as (policy, scene, completion or None for the gold CoT) and the summary's record of
+    them: how many pairs were asked for a CoT, generated, and kept (forward: right answers only)."""
+    record = {"share": cfg.cot_share, "source": cfg.cot_source, "asked": 0, "generated": 0, "kept": 0}
+    if not set(cfg.kinds) & set(COT_KINDS):
+        return [], record
+    chosen = cot_scenes(policies, train, cfg.cot_share, cfg.seed)
+    pairs = [(p, s) for p in policies for s in chosen[p.name]]
+    record["asked"] = len(pairs)
+    if cfg.cot_source == "gold":
+        record["generated"] = record["kept"] = len(pairs)
+        return [(p, s, None) for p, s in pairs], record
+    from .forward_cot import cot_budget, forward_cots, recipe_generator
+
+    t = time.time()
+    rows = [make_rows(p, s, images[s.scene_id], "in_context", docs[p.name]) for p, s in pairs]
+    budget = cot_budget(cfg.depth)
+    texts, counts = forward_cots(rows, generate or recipe_generator(cfg.cot_model), budget, progress=progress)
+    record.update(counts, model=cfg.cot_model, max_new_tokens=budget, seconds=round(time.time() - t, 2))
+    return [(p, s, text) for (p, s), text in zip(pairs, texts) if text is not None], record
 
 
 def writable_dir(out: Path, error: type[Exception] = DataError, hint: str = "pass a folder") -> Path:
@@ -406,6 +473,7 @@ def _missing_image(ds) -> int | None:
     return min(bad + rows)
 
 
-__all__ = ["DataConfig", "DataError", "build_datasets", "load_kit_data", "load_policies", "load_scenes",
+__all__ = ["DataConfig", "DataError", "PAPER_REGIME", "build_datasets", "cot_scenes", "load_kit_data",
+           "load_policies", "load_scenes",
            "query_text", "answer_text", "user_prompt", "with_policy", "policy_parts", "require_columns",
            "PolicyError"]
