@@ -42,7 +42,8 @@ def score_rows(rows, completions: list[str], method: str = "", setting: str = "n
         parsed = parse_answer(c)
         ok = parsed == r["case"]
         gold_cot = completion_text(r["completion"]) if "completion" in r else ""
-        out.append({"method": method, "setting": setting, "depth": r["depth"], "variant": r["variant"],
+        out.append({"method": method, "setting": setting, "id": r.get("id"), "depth": r["depth"],
+                    "variant": r["variant"],
                     "policy": r["policy_name"], "scene_id": r["scene_id"], "gold": r["case"],
                     "gold_path": list(r["path"]), "parsed": parsed, "correct": ok,
                     "breaks_at": None if ok or not gold_cot else breaks_at(c, gold_cot) or "other",

@@ -6,7 +6,8 @@ ClevrPolicy-T unless marked. Keys are our method names.
 """
 
 METHODS = ["In-Context", "Direct SFT", "CoT SFT", "VM-CPT + CoT SFT", "CoT SFT + GRPO", "CoT SFT + DAPO",
-           "TriMPI w/ GRPO", "TriMPI w/ PoRo-GRPO", "TriMPI w/ PoRo-DAPO"]
+           "TriMPI w/ GRPO", "TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO", "TriMPI w/ PoRo-DAPO"]
+# not the paper's: "TriMPI w/ GRPO-2G" is our control for PolicyRollout (its start and 2G samples, no policy)
 
 # accuracy with no policy in context, ClevrPolicy-T, Qwen2.5-VL-7B (Table 8; In-Context = policy in the prompt,
 # Table 1). N=2 is only known for In-Context. N=6 VM-CPT + CoT SFT and TriMPI w/ GRPO: Table 2 via a secondary

@@ -36,13 +36,17 @@ STEPS = {
     "cot_sft_grpo": ("grpo", "cot_sft"),
     "cot_sft_dapo": ("dapo", "cot_sft"),
     "trimpi_grpo": ("grpo", "vmcpt_cot_sft"),
+    "trimpi_grpo_2g": ("grpo", "vmcpt_cot_sft"),
     "trimpi_poro_grpo": ("poro_grpo", "vmcpt_cot_sft"),
     "trimpi_poro_dapo": ("poro_dapo", "vmcpt_cot_sft"),
 }
 METHOD_STAGE = {"In-Context": None, "Direct SFT": "direct_sft", "CoT SFT": "cot_sft",
                 "VM-CPT + CoT SFT": "vmcpt_cot_sft", "CoT SFT + GRPO": "cot_sft_grpo",
                 "CoT SFT + DAPO": "cot_sft_dapo", "TriMPI w/ GRPO": "trimpi_grpo",
-                "TriMPI w/ PoRo-GRPO": "trimpi_poro_grpo", "TriMPI w/ PoRo-DAPO": "trimpi_poro_dapo"}
+                "TriMPI w/ GRPO-2G": "trimpi_grpo_2g", "TriMPI w/ PoRo-GRPO": "trimpi_poro_grpo",
+                "TriMPI w/ PoRo-DAPO": "trimpi_poro_dapo"}
+# GRPO-2G, the control for PolicyRollout: PoRo's start and sample count (2G no-policy completions a prompt), no policy
+DOUBLE_G = {"trimpi_grpo_2g"}
 DEMO_METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ PoRo-GRPO")
 
 
@@ -173,10 +177,11 @@ def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overri
         algo = st.algo
         # rollouts get the evaluation's budget when the recipe's is shorter: a CoT cut off before its answer earns
         # no reward, so every advantage would be zero. The rewards are the data's task's (`rl_trainer` asks it).
-        budget = max(getattr(as_recipe(cfg.recipe, **overrides), st.section).max_completion_length,
-                     get_task(cfg.dataset).completion_budget(cfg, data_dir))
-        run_rl(cfg.recipe, str(data_dir), str(out), algo, st.policy_rollout,
-               max_steps=cfg.rl_steps, **{f"{st.section}.max_completion_length": budget, **common})
+        settings = getattr(as_recipe(cfg.recipe, **overrides), st.section)
+        budget = max(settings.max_completion_length, get_task(cfg.dataset).completion_budget(cfg, data_dir))
+        G = 2 * settings.num_generations if name in DOUBLE_G else None  # None: the recipe's G
+        run_rl(cfg.recipe, str(data_dir), str(out), algo, st.policy_rollout, max_steps=cfg.rl_steps,
+               num_generations=G, **{f"{st.section}.max_completion_length": budget, **common})
     return out
 
 

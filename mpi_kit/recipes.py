@@ -166,7 +166,8 @@ class SFTSettings(StageSettings):
 class RLSettings(StageSettings):
     """GRPO / DAPO, in TRL GRPOTrainer's names. PolicyRollout doubles the group: G no-policy + G policy-aware."""
 
-    NOT_TRL = ("dynamic_sampling_retries", "dynamic_sampling_work", "fast_rollouts")
+    NOT_TRL = ("dynamic_sampling_retries", "dynamic_sampling_work", "fast_rollouts", "rollout_prompts",
+               "updates_per_rollout")
     loss_type: str = field(default="grpo", metadata={"help": "TRL loss_type: 'grpo' or 'dapo' (token-level)."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip eps_low (paper: 0.2 for GRPO and DAPO)."})
     epsilon_high: float = field(default=0.3, metadata={"help": "Upper clip eps_high (paper: 0.3 GRPO, 0.28 DAPO)."})
@@ -193,6 +194,14 @@ class RLSettings(StageSettings):
                 "reward that is 0 for every completion otherwise regenerates dynamic_sampling_retries whole batches "
                 "(one N = 6 step on a CPU ran over 30 minutes). Tokens, not seconds: the same seed gives the same "
                 "run."})
+    rollout_prompts: int = field(default=0, metadata={
+        "help": "Prompts sampled per rollout batch, the same for every arm (GRPO, GRPO-2G, PolicyRollout: equal "
+                "prompts, only the group size differs). 0 = off: per_device_train_batch_size counts completions, so "
+                "PolicyRollout's 2G group sees half of GRPO's prompts. Not a TRL argument."})
+    updates_per_rollout: int = field(default=1, metadata={
+        "help": "Optimizer steps per rollout batch (with rollout_prompts > 0): the batch is split into this many "
+                "updates, so from the second one on the policy has moved, the importance ratio leaves 1 and the "
+                "clip acts (the paper updates 384-prompt rollout batches in several steps). Not a TRL argument."})
     fast_rollouts: bool = field(default=False, metadata={
         "help": "Generate rollouts through mpi_kit.rollout: one prefill per prompt group, grouped-query decoding "
                 "attention on the CPU, a static cache for long prompts. Same greedy tokens; on the tiny recipe it "
@@ -212,6 +221,8 @@ class RLSettings(StageSettings):
                f"scale_rewards: must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
         _check(self.dynamic_sampling_retries >= 0, "dynamic_sampling_retries: must be >= 0")
         _check(self.dynamic_sampling_work > 0, "dynamic_sampling_work: must be > 0 (batches' worth of tokens)")
+        _check(self.rollout_prompts >= 0, f"rollout_prompts: must be >= 0 (0 = off), got {self.rollout_prompts}")
+        _check(self.updates_per_rollout >= 1, f"updates_per_rollout: must be >= 1, got {self.updates_per_rollout}")
 
 
 @dataclass

@@ -336,12 +336,50 @@ def clevr_table(results: dict) -> str:
         if any(c != "-" for c in cells):
             lines.append(f"{m:<22}" + "".join(f"{c:>26}" for c in cells))
     ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
-    notes = beyond(results)
     return ("\n".join(lines) + f"\n(ours: accuracy % with no policy in context, In-Context has it; [95% Wilson "
-            f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" +
-            ("\nbeyond the intervals: " + "; ".join(notes) if notes else
-             "\nno two methods differ beyond their 95% intervals at this n") + rl_groups_note(results) +
-            errors_note(results))
+            f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" + differences_note(results)
+            + rl_groups_note(results) + errors_note(results))
+
+
+def paired(results: dict, alpha: float = 0.05) -> list[dict]:
+    """Every pair of methods at one N scored on the same rows (their results' per-row outcomes), with its exact
+    McNemar p: whether two methods differ is a question about the rows they disagree on, not about two intervals."""
+    from .stats import discordant, mcnemar_exact
+
+    by_depth: dict = {}
+    for r in results["methods"].values():
+        if r.get("rows"):
+            by_depth.setdefault(r.get("depth", "GTA"), []).append(r)
+    out = []
+    for d, rs in sorted(by_depth.items(), key=lambda kv: str(kv[0])):
+        for i, a in enumerate(rs):
+            for b in rs[i + 1:]:
+                ca = {x["id"]: x["correct"] for x in a["rows"]}
+                cb = {x["id"]: x["correct"] for x in b["rows"]}
+                ids = [k for k in ca if k in cb]
+                if not ids:
+                    continue
+                xa, xb = [ca[k] for k in ids], [cb[k] for k in ids]
+                (hi, xh), (lo, xl) = sorted([(a, xa), (b, xb)], key=lambda m: -sum(m[1]))
+                p = mcnemar_exact(xh, xl)
+                out.append({"depth": d, "higher": hi["method"], "lower": lo["method"], "n": len(ids),
+                            "discordant": list(discordant(xh, xl)), "p": p, "differ": p < alpha,
+                            "acc_higher": 100 * sum(xh) / len(ids), "acc_lower": 100 * sum(xl) / len(ids)})
+    return out
+
+
+def differences_note(results: dict) -> str:
+    """Which methods differ: the paired test on shared rows when results keep them, else non-overlapping
+    intervals (results written before per-row outcomes were kept)."""
+    tests = paired(results)
+    if tests:
+        hits = [f"N={t['depth']}: {t['higher']} {t['acc_higher']:.1f} > {t['lower']} {t['acc_lower']:.1f} "
+                f"(p = {t['p']:.3g})" for t in tests if t["differ"]]
+        return ("\ndiffer (exact McNemar on the same rows, p < 0.05): " + "; ".join(hits) if hits else
+                "\nno two methods differ (exact McNemar on the same rows, p < 0.05)")
+    notes = beyond(results)
+    return ("\nbeyond the intervals: " + "; ".join(notes) if notes else
+            "\nno two methods differ beyond their 95% intervals at this n")
 
 
 def markdown_table(results: dict) -> str:
@@ -364,7 +402,8 @@ def markdown_table(results: dict) -> str:
             cells += [ours, "-" if p is None else f"{p:.1f}"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
-    return "\n".join(lines) + f"\n\nn = {'/'.join(map(str, ns))} held-out questions per cell, greedy."
+    return ("\n".join(lines) + f"\n\nn = {'/'.join(map(str, ns))} held-out questions per cell, greedy."
+            + (differences_note(results).replace("\n", "\n\n") if paired(results) else ""))
 
 
 def rl_groups_note(results: dict) -> str:

@@ -263,6 +263,23 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
 ALGOS = tuple(dict.fromkeys(s.algo for s in STAGES.values() if s.kind == "rl"))  # grpo, dapo
 
 
+def rollout_batch(settings, group: int, accumulation: int) -> dict:
+    """TRL batch sizes for `settings.rollout_prompts` prompts per rollout batch, each with its `group` completions
+    (G, or 2G under PolicyRollout), updated in `settings.updates_per_rollout` optimizer steps: every arm samples the
+    same prompts; only the group differs. {} when rollout_prompts is 0 (the recipe's batch sizes as written)."""
+    from .training import StageError
+
+    if not settings.rollout_prompts:
+        return {}
+    completions = settings.rollout_prompts * group
+    micro, left = divmod(completions, settings.updates_per_rollout * accumulation)
+    if left or not micro:
+        raise StageError(f"rollout_prompts x group = {completions} completions do not split into "
+                         f"updates_per_rollout ({settings.updates_per_rollout}) x gradient_accumulation_steps "
+                         f"({accumulation}) equal micro-batches; choose rollout_prompts so that they do")
+    return {"per_device_train_batch_size": micro, "generation_batch_size": completions}
+
+
 def check_group_size(G: int, policy_rollout: bool) -> None:
     """GRPO's advantage compares a completion with the others of its prompt's group: one alone has none to
     compare with. PolicyRollout's group is 2G (G no-policy + G policy-aware), so G = 1 still gives a pair."""
@@ -321,6 +338,7 @@ def rl_trainer(recipe="tiny", data_dir=None, out="runs/rl", algo: str = "grpo", 
     kw = trainer_kwargs(recipe, settings, out, max_steps, save_steps, progress)
     kw.pop("dynamic_sampling_retries", None)
     kw["num_generations"] = 2 * G if policy_rollout else G
+    kw.update(rollout_batch(settings, kw["num_generations"], kw["gradient_accumulation_steps"]))
     args = GRPOConfig(**kw, reward_weights=reward_weights, log_completions=True, num_completions_to_print=0,
                       generation_kwargs={"suppress_tokens": vision_token_ids(processor)})
     trainer = PolicyRolloutTrainer(model=model, args=args, train_dataset=ds, processing_class=processor,

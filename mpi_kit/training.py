@@ -411,6 +411,10 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
         "resumed_from": ckpt,
         "loss": [{"step": h["step"], "loss": h["loss"]} for h in state.log_history if "loss" in h],
         "final_loss": next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None),
+        # RL: the share of completion tokens whose update the clip stopped, per logged step (0 while ratios are 1)
+        **({"clipped": [{"step": h["step"], "share": h["clip_ratio/region_mean"]} for h in state.log_history
+                        if "clip_ratio/region_mean" in h]} if any("clip_ratio/region_mean" in h
+                                                                   for h in state.log_history) else {}),
         # the mean logged loss over every step, resumed ones included (result.training_loss covers this call only)
         "train_loss": (sum(h["loss"] for h in state.log_history if "loss" in h) /
                        max(1, sum("loss" in h for h in state.log_history))) if state.global_step else None,

@@ -34,6 +34,8 @@ def test_pipeline_results_and_resume(base, tmp_path):
     for r in saved["methods"].values():
         assert {"accuracy", "override", "branching_error", "referral"} <= set(r)
     assert "policy_in_context" in saved["methods"]["N2/CoT SFT"]
+    ids = [[r["id"] for r in m["rows"]] for m in saved["methods"].values()]  # per-row outcomes, ids shared
+    assert ids[0] == ids[1] and len(ids[0]) == saved["methods"]["N2/CoT SFT"]["n"]
     assert saved["efficiency"]["2"][0]["prompt_tokens_in_context"] > saved["efficiency"]["2"][0][
         "prompt_tokens_no_policy"]
     assert saved["paper"]["accuracy_7b"]["6"]["TriMPI w/ PoRo-DAPO"] == 77.8
@@ -62,6 +64,27 @@ def test_pipeline_results_and_resume(base, tmp_path):
         with pytest.raises(StateError, match=named):
             run_pipeline(PipelineConfig(**{**cfg2, **change}))
     assert (tmp_path / "run" / "results.json").read_bytes() == results
+
+
+def test_methods_on_the_same_rows_are_compared_with_a_paired_test():
+    from mpi_kit.paper import paper_table
+    from mpi_kit.report import markdown_table, paired
+
+    def method(name, right):  # 20 shared rows, the first `right` of them answered right
+        ok = [i < right for i in range(20)]
+        return {"method": name, "depth": 4, "accuracy": 5.0 * right, "n": 20, "interval_95": [0.0, 100.0],
+                "rows": [{"id": f"P/s{i}", "correct": c} for i, c in enumerate(ok)]}
+
+    res = {"paper": paper_table(), "methods": {"N4/CoT SFT": method("CoT SFT", 2),
+                                               "N4/TriMPI w/ PoRo-GRPO": method("TriMPI w/ PoRo-GRPO", 10),
+                                               "N4/TriMPI w/ GRPO-2G": method("TriMPI w/ GRPO-2G", 9)}}
+    tests = {(t["higher"], t["lower"]): t for t in paired(res)}
+    assert tests[("TriMPI w/ PoRo-GRPO", "CoT SFT")]["discordant"] == [8, 0]
+    assert tests[("TriMPI w/ PoRo-GRPO", "CoT SFT")]["p"] == pytest.approx(2 / 2 ** 8)
+    assert not tests[("TriMPI w/ PoRo-GRPO", "TriMPI w/ GRPO-2G")]["differ"]  # one row apart: p = 1
+    text = table(res)
+    assert "differ (exact McNemar on the same rows, p < 0.05): N=4: TriMPI w/ PoRo-GRPO 50.0 > CoT SFT 10.0" in text
+    assert "GRPO-2G 45.0 > CoT SFT" in text and "TriMPI w/ GRPO-2G" in markdown_table(res)
 
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):

@@ -85,7 +85,10 @@ class ClevrPolicyTask(Task):
         res = {"accuracy": main["accuracy"], "n": len(rows), "interval_95": main["interval_95"],
                "errors": error_parts(rows),  # where the wrong chains broke first: what the model gets wrong
                "branching_error": branching_error(rows),
-               "referral": referral_scores(rows[:100], load_policies(data_dir))}
+               # the referral judge on at most 100 rows, evenly spaced so that every policy is in them
+               "referral": referral_scores(rows[::-(-len(rows) // 100) or 1], load_policies(data_dir)),
+               # per-row outcomes, ids shared by every method: a paired test between methods (exact McNemar)
+               "rows": [{"id": r["id"], "correct": bool(r["correct"])} for r in rows]}
         res["ns"], res["intervals"] = {}, {}
         for key in (["policy_in_context"] if method != "In-Context" else []) + ["override"]:
             srows = evaluate_accuracy(model, processor, data_dir, "in_context" if key == "policy_in_context" else key,
