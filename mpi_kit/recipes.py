@@ -149,7 +149,12 @@ class StageSettings(_Section):
 class SFTSettings(StageSettings):
     """CoT / Direct SFT: a stage's hyperparameters, and how many of its rows see the policy (policy replay)."""
 
-    NOT_TRL = ("policy_replay",)
+    NOT_TRL = ("policy_replay", "lora_r")
+    lora_r: int = field(default=0, metadata={
+        "help": "Train this stage alone as a LoRA adapter of this rank (alpha 2r) on the weights it starts from, "
+                "merged into them when it ends, so the next stage fine-tunes every weight again: the paper's CoT SFT "
+                "(LoRA r = 8 between full-FT VM-CPT and full-FT RL). 0 = the recipe's `lora` setting. Not a TRL "
+                "argument."})
     policy_replay: float = field(default=0.0, metadata={
         "help": "Share of CoT SFT rows shown with the policy in the prompt (the same scene and CoT, from the VM-CPT "
                 "rows), in [0, 1). 0 = the paper's CoT SFT, which never shows the policy. A small model trained "

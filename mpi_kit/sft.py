@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .data import DataError, load_kit_data
 from .progress import quiet_stage, watch_stage
+from .recipes import as_recipe
 from .stages import sft_stage
 from .timing import stage_facts
 from .training import (ResumeFix, check_rows, freeze_vision, load_stage_model, run_settings, run_stage_in,
@@ -87,14 +88,17 @@ def sft_trainer(recipe="tiny", data_dir=None, out="runs/sft", mode: str = "cot",
                             f"set sft_direct.policy_replay=0")
         ds = replay_policy(ds, load_kit_data(data_dir, "vmcpt")["train"], replay)
     ds = ds.select_columns(["prompt", "completion", "images"])
-    model, processor = load_stage_model(recipe, init)
+    r = getattr(recipe, section).lora_r
+    merge = bool(r) and not recipe.lora.enabled  # this stage alone as LoRA, merged at its end (`train_stage`)
+    loaded = as_recipe(recipe, **{"lora.enabled": True, "lora.r": r, "lora.alpha": 2 * r}) if merge else recipe
+    model, processor = load_stage_model(loaded, init)
     frozen = 0 if train_vision else freeze_vision(model)
     kw = trainer_kwargs(recipe, getattr(recipe, section), out, max_steps, save_steps, progress)
     args = SFTConfig(**kw, max_length=None, completion_only_loss=True, packing=False, padding_free=False)
     trainer = _trainer_class()(model=model, args=args, train_dataset=ds, processing_class=processor,
                          callbacks=list(callbacks))
     watch_stage(trainer, progress)  # one bar (progress=True) and a summary line, not a log dict per step
-    info = {"recipe": recipe, "mode": mode, "data": str(data_dir) if data_dir else None,
+    info = {"recipe": recipe, "mode": mode, "data": str(data_dir) if data_dir else None, "merge_lora": merge,
             "init": str(init) if init else None,
             "num_examples": len(ds), "vision_frozen_params": frozen, "paper_defaults": PAPER_DEFAULTS,
             **stage_facts(section, recipe, args, ds, processor)}  # precision and, on a GPU, the time estimate

@@ -400,6 +400,8 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
         trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.time() - t0
     state = trainer.state
+    if info.get("merge_lora"):  # a stage trained as LoRA alone: save full weights for the next stage
+        trainer.model = trainer.model.merge_and_unload()
     model = trainer.model
     trainer.save_model(str(out))
     summary = {

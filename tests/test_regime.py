@@ -1,5 +1,6 @@
-"""RL in the paper's regime: every arm samples the same prompts per rollout batch (only the group differs), and a
-rollout batch updated in several optimizer steps moves the policy between them, so the clip acts."""
+"""The paper's regime: CoT SFT as LoRA alone, merged before RL; in RL every arm samples the same prompts per rollout
+batch (only the group differs), and a rollout batch updated in several optimizer steps moves the policy between
+them, so the clip acts."""
 import pytest
 import torch
 
@@ -41,3 +42,25 @@ def test_the_clip_acts_only_when_a_rollout_batch_is_updated_more_than_once(small
     twice = run("twice", 2)
     assert once["clipped"] and all(c["share"] == 0 for c in once["clipped"])  # ratio 1: nothing to clip
     assert any(c["share"] > 0 for c in twice["clipped"][1::2])  # the second update of each rollout batch
+
+
+def test_cot_sft_as_lora_alone_is_merged_into_full_weights_for_rl(small_rl_setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from mpi_kit.models import load_model
+    from mpi_kit.sft import run_sft
+
+    from mpi_kit.data import build_datasets
+
+    _, base = small_rl_setup
+    build_datasets(out=str(tmp_path / "d"), num_policies=2, num_scenes=6, depth=2, progress=False, kinds=("cot",))
+    out = tmp_path / "sft"
+    s = run_sft("tiny", tmp_path / "d", out, "cot", model=base, max_steps=2,
+                **{"sft_cot.lora_r": 4, "sft_cot.learning_rate": 1e-2})
+    assert s["merge_lora"] and not (out / "adapter_config.json").exists()
+    before, after = load_file(f"{base}/model.safetensors"), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()  # full weights, no adapter keys
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all("visual" not in k for k in changed)  # the language model moved, the vision tower not
+    model, _ = load_model(str(out))
+    assert not hasattr(model, "peft_config")  # RL starts from it as a plain full model
