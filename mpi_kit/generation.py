@@ -1,6 +1,7 @@
 """Greedy generation for evaluation: dataset rows (a conversational `prompt` and its `images`) in, completions out,
 batched and left-padded. Every held-out accuracy the kit reports (the pipeline's, the notebooks', the tiny model's
-card) is generated here; RL rollouts are sampled by TRL (`mpi_kit.rl`, `mpi_kit.rollout`)."""
+card) is generated here; RL rollouts are sampled by TRL (`mpi_kit.rl`). Both decode through `mpi_kit.decode` (one
+prefill per prompt, a preallocated cache, the model's arithmetic per step) unless told to use plain `generate`."""
 from __future__ import annotations
 
 import time
@@ -10,9 +11,12 @@ import torch
 
 @torch.no_grad()
 def generate_completions(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8,
-                         progress: bool = False, stats: dict | None = None) -> list[str]:
+                         progress: bool = False, stats: dict | None = None, fast: bool = True) -> list[str]:
     """Greedy completions for `rows`. `stats`, if given, accumulates "tokens" (new tokens, each completion's end
-    counted once) and "seconds" (time inside `generate`)."""
+    counted once) and "seconds" (time inside `generate`). fast: `mpi_kit.decode.decode_generate` (the same
+    tokens; models it does not support fall back); False: plain `model.generate`."""
+    from .decode import rollout_generate
+
     from tqdm.auto import tqdm
     from trl.data_utils import prepare_multimodal_messages
 
@@ -28,7 +32,8 @@ def generate_completions(model, processor, rows, max_new_tokens: int = 256, batc
         batch = processor(text=texts, images=[r["images"] for r in chunk], return_tensors="pt",
                           padding=True).to(device)
         t = time.time()
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        with rollout_generate(model, "decode" if fast else "generate", fallback="generate") as m:
+            ids = m.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         new = ids[:, batch["input_ids"].shape[1]:]
         if stats is not None:
             stats["seconds"] = stats.get("seconds", 0.0) + time.time() - t

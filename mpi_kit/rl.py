@@ -86,12 +86,12 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
             self._prompts = None
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        if self.fast_rollouts and not self.use_vllm:  # one prefill per prompt group (`mpi_kit.rollout`)
-            from .rollout import use_fast_rollouts
+        if self.fast_rollouts and not self.use_vllm:  # `mpi_kit.decode` (True, "decode") or `mpi_kit.rollout`
+            from .decode import rollout_generate
 
             fast, self.fast_rollouts = self.fast_rollouts, False
             try:
-                with use_fast_rollouts(self.accelerator.unwrap_model(self.model)):
+                with rollout_generate(self.accelerator.unwrap_model(self.model), fast):
                     return self._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                       has_tool_images)
             finally:
