@@ -25,7 +25,7 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
-from .folders import claim, finish_manifest, lock, read_json, start_manifest, write_json
+from .folders import MANIFEST, claim, finish_manifest, lock, read_json, start_manifest, write_json
 from .policy import Policy, PolicyError, override_policy, sample_policies
 from .progress import library_bars_off
 from .scenes import Scene, load_clevr_scenes, sample_scenes, scene_image
@@ -253,6 +253,9 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, generat
         if previous.exists():
             saved = read_json(previous, f"Delete {previous} and rerun to rebuild the data there.")
             if saved.get("config") == config:  # built before with these settings: nothing to redo
+                entries = ("summary.json", "scenes.jsonl", "policies", "overrides", *cfg.kinds)
+                if "files" not in (read_json(out / MANIFEST) if (out / MANIFEST).exists() else {}):
+                    finish_manifest(out, BUILD, entries)  # killed between the summary and its manifest
                 return {**saved, "seconds": 0.0, "reused": True}
         # another build lived here: only what it wrote is removed, and a folder of other files is refused
         claim(out, BUILD, legacy=_legacy_build)
