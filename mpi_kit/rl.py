@@ -15,7 +15,7 @@ import logging
 
 import torch
 from trl import GRPOTrainer
-from trl.trainer.utils import pad
+from trl.trainer.utils import RepeatSampler, pad
 
 from .compat import patch_trl_cpu_logprobs
 from .data import with_policy
@@ -32,6 +32,24 @@ patch_trl_cpu_logprobs()
 # keys of TRL's generation output aligned with completion tokens: (B, C) tensors, right-padded
 _COMPLETION_KEYS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
                     "sampling_per_token_logps", "tool_mask")
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler with the same prompt order in epoch e whether the run got there uninterrupted or resumed:
+    the generator is reseeded and e shuffles drawn before the epoch's own. TRL's draws one shuffle per epoch as it
+    goes, so a run resumed in a later epoch replayed epoch 0's order."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+        return super().__iter__()
 
 
 class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
@@ -69,6 +87,11 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         self.dynamic_sampling_work = dynamic_sampling_work
         self._rows = None
         self._prompts = None
+
+    def _get_train_sampler(self, dataset=None):
+        s = super()._get_train_sampler(dataset)  # TRL's sizes; only the order across epochs is made resumable
+        return EpochRepeatSampler(s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle,
+                                  s.seed)
 
     # ------------------------------------------------------------------ which copies are policy-aware
     def policy_aware_mask(self, n_local: int) -> list[bool]:

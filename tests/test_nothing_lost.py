@@ -212,3 +212,26 @@ def test_gta_data_replaces_only_an_earlier_gta_build(tmp_path, capsys):
     (user / "qa" / "notes.txt").write_text("mine")
     assert main(["gta-data", "--out", str(user), "--num-instances", "12"]) == 2
     assert (user / "qa" / "notes.txt").read_text() == "mine" and "is not empty" in capsys.readouterr().err
+
+
+def test_an_rl_run_resumed_in_a_later_epoch_sees_the_prompts_in_the_same_order(tmp_path, small_rl_setup):
+    from conftest import StopAt
+    from mpi_kit.rl import run_rl
+    from mpi_kit.rollout_log import load_rollouts
+
+    root, base = small_rl_setup
+    kw = dict(model=base, max_steps=12, save_steps=4, reward_funcs=[hashed_reward], reward_weights=[1.0],
+              num_generations=2, **{"grpo.max_completion_length": 4, "grpo.per_device_train_batch_size": 2})
+
+    def order(name, stop=None):
+        out = tmp_path / name
+        if stop:
+            run_rl("tiny", root / "data", out, "grpo", False, callbacks=[StopAt(stop)], **kw)
+        s = run_rl("tiny", root / "data", out, "grpo", False, **kw)
+        df = load_rollouts(out)
+        return s, df.groupby("step")["prompt_id"].first().tolist()
+
+    full, a = order("full")
+    resumed, b = order("resumed", stop=11)  # one prompt a step: step 11 is in the second epoch
+    assert len(set(a[:10])) == 10 and resumed["resumed_from"].endswith("checkpoint-11")
+    assert b == a  # epoch 2's shuffle, not epoch 1's replayed
