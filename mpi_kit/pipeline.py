@@ -65,6 +65,12 @@ class PipelineConfig:
                                                            "52, "
                                                            "so 4 policies give 208 held-out questions (n >= 200)"})
     variant: str = field(default="T", metadata={"help": "T or M policies"})
+    cot_share: float = field(default=1.0, metadata={
+        "help": "share of training pairs with a CoT (CoT SFT, VM-CPT); RL and Direct SFT use every pair (paper: about "
+                "1/8, `mpi_kit.data.PAPER_REGIME`)"})
+    cot_source: str = field(default="gold", metadata={
+        "help": "gold (synthesized from the tree path) or forward (the base model answers with its policy in context, "
+                "right answers kept: the paper's)"})
     seed: int = field(default=0, metadata={"help": "data and training seed"})
     cpt_steps: int | None = field(default=None, metadata={"help": "VM-CPT optimizer steps (default: recipe)"})
     sft_steps: int | None = field(default=None, metadata={"help": "SFT optimizer steps (default: recipe)"})
@@ -103,6 +109,7 @@ def config_record(cfg: PipelineConfig) -> dict:
     others = {f for t in TASKS.values() if t is not task for f in t.config_fields} - set(task.config_fields)
     if not cfg.overrides:
         others.add("overrides")  # recorded only when there are some
+    others |= {f for f, default in (("cot_share", 1.0), ("cot_source", "gold")) if getattr(cfg, f) == default}
     config = {**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods),
               "recipe": cfg.recipe if isinstance(cfg.recipe, str) else cfg.recipe.name}
     return {k: v for k, v in config.items() if k not in others}

@@ -304,7 +304,10 @@ def test_the_markdown_table_shows_ours_with_intervals_beside_the_paper():
 def test_evaluation_sizes_are_capped_by_the_data_that_exists(base, tmp_path):
     res = run_pipeline(PipelineConfig(out=str(tmp_path / "big"), depths=(2,), methods=("In-Context",),
                                       num_policies=2, num_scenes=8, eval_limit=100_000, max_new_tokens=4,
-                                      forgetting=True, model=base))
+                                      forgetting=True, model=base, cot_share=0.5))
+    assert res["config"]["cot_share"] == 0.5 and "cot_source" not in res["config"]  # recorded when not the default
+    cot = json.loads((tmp_path / "big" / "N2" / "data" / "summary.json").read_text())["cot"]
+    assert cot["share"] == 0.5 and cot["kept"] == 2 * 3  # half of each policy's 6 training scenes
     r = res["methods"]["N2/In-Context"]
     assert r["n"] == 4 and r["ns"]["override"] == 4  # 2 policies x 2 held-out scenes: every row, no more
     assert r["ns"]["perception"] == 2 * r["n"]  # existence + counting, one question each per held-out row

@@ -15,7 +15,7 @@ from .base import Row, Task
 class ClevrPolicyTask(Task):
     name = "clevr"
     title = "ClevrPolicy"
-    config_fields = ("depths", "num_policies", "num_scenes", "variant")
+    config_fields = ("depths", "num_policies", "num_scenes", "variant", "cot_share", "cot_source")
     gold_column = "case"
     reward_funcs = REWARD_FUNCS
     reward_weights = REWARD_WEIGHTS
@@ -40,10 +40,13 @@ class ClevrPolicyTask(Task):
 
     def build_data(self, cfg, row: Row, data_dir: Path, recipe) -> None:
         from ..data import DataConfig, build_datasets
+        from ..forward_cot import recipe_generator
 
         build_datasets(DataConfig(out=str(data_dir), num_policies=cfg.num_policies, num_scenes=cfg.num_scenes,
                                   depth=dict(row.fields)["depth"], variant=cfg.variant, seed=cfg.seed,
-                                  image_size=tuple(recipe.render_size)), progress=False)
+                                  image_size=tuple(recipe.render_size), cot_share=cfg.cot_share,
+                                  cot_source=cfg.cot_source, cot_model=recipe.name), progress=False,
+                       generate=recipe_generator(recipe))  # forward CoT: the pipeline's base model, loaded if needed
 
     def completion_budget(self, cfg, data_dir: Path) -> int:
         """A gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens: 24 + 24 N leaves room."""
