@@ -6,8 +6,9 @@ read it in one matmul, while each row's new keys/values go into a preallocated s
 ids or caches are rebuilt per step: the rotary angles of every step are computed up front from the prompt's
 multimodal rope offset, and each step calls the model's own modules (norms, projections, MLP, LoRA adapters).
 
-Sampling follows `generate`'s recipe (min_new_tokens, suppress_tokens, temperature, top_k, top_p, then softmax and
-`torch.multinomial`, finished rows padded), drawing the same random numbers in the same order; greedy is argmax.
+Sampling follows `generate`'s recipe (min_new_tokens, suppress_tokens, temperature, top_k, top_p, finished rows
+padded) and draws from the same distribution, by inverse CDF (one uniform per row: the same seed gives the same
+bytes, but not `generate`'s tokens, which draw one number per vocabulary entry); greedy is argmax.
 Anything else (beam search, repetition penalty, another architecture) falls back to `mpi_kit.rollout`'s path.
 """
 from __future__ import annotations
@@ -73,7 +74,8 @@ def decode_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                     generation_config=None, **kwargs) -> torch.Tensor:
     """`model.generate(input_ids, attention_mask, generation_config, **kwargs)`: prompt + completion ids, the same
     output layout (left-padded prompts, rows after their EOS padded, trimmed to the longest completion). Calls it
-    cannot run go to `mpi_kit.rollout.shared_prefill_generate` unchanged."""
+    cannot run go to `mpi_kit.rollout.shared_prefill_generate` unchanged. Sampled tokens: `generate`'s distribution
+    (module docstring)."""
     if not supported(model, generation_config, kwargs):
         return shared_prefill_generate(model, input_ids, attention_mask, generation_config=generation_config,
                                        **kwargs)
@@ -159,7 +161,8 @@ class DecodeLoop:
         attn = text.layers[0].self_attn
         self.H, self.Hkv, self.D = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
         self.scaling = attn.scaling
-        self.rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        module = sys.modules[type(attn).__module__]
+        self.rotate = module.apply_rotary_pos_emb
         mask = prefill.mask
         self.prompt_bias = None if bool(mask.all()) else \
             torch.zeros(mask.shape, dtype=prefill.keys[0].dtype, device=mask.device).masked_fill(
@@ -189,7 +192,7 @@ class DecodeLoop:
         for t in range(T):
             scores = process(logits, t)
             if gc.do_sample:
-                tokens = torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+                tokens = sample(scores)
             else:
                 tokens = scores.argmax(-1)
             tokens = torch.where(unfinished, tokens, pad)
@@ -212,15 +215,15 @@ class DecodeLoop:
         x = text.embed_tokens(tokens)
         for i, layer in enumerate(text.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = _norm(layer.input_layernorm, x)
             q, k = self.rotate(attn.q_proj(h).view(B, H, D), attn.k_proj(h).view(B, Hkv, D), cos, sin,
                                unsqueeze_dim=1)
             v = attn.v_proj(h).view(B, Hkv, D)
             nk, nv = self.new_keys[i], self.new_values[i]
-            nk[:, :, :, t].copy_(k.view(U, g, Hkv, D).transpose(1, 2))
-            nv[:, :, :, t].copy_(v.view(U, g, Hkv, D).transpose(1, 2))
+            nk[:, :, :, t].copy_(k.reshape(U, g, Hkv, D).transpose(1, 2))
+            nv[:, :, :, t].copy_(v.reshape(U, g, Hkv, D).transpose(1, 2))
             # (U, Hkv, g, r, D): a group's g rows x r query heads share one KV head of the shared prompt
-            q = (q * self.scaling).view(U, g, Hkv, r, D).transpose(1, 2)
+            q = (q * self.scaling).reshape(U, g, Hkv, r, D).transpose(1, 2)
             s_prompt = torch.matmul(q.reshape(U, Hkv, g * r, D), pre.keys[i].transpose(-1, -2)).view(
                 U, Hkv, g, r, -1)
             if self.prompt_bias is not None:
@@ -231,8 +234,24 @@ class DecodeLoop:
             o = torch.matmul(p[..., :P].reshape(U, Hkv, g * r, P), pre.values[i]).view(U, Hkv, g, r, D)
             o = o + torch.matmul(p[..., P:], nv[:, :, :, :t + 1])
             x = x + attn.o_proj(o.transpose(1, 2).reshape(B, H * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.head(text.norm(x)).float()
+            x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+        return self.head(_norm(text.norm, x)).float()
+
+
+def sample(scores: torch.Tensor) -> torch.Tensor:
+    """One token per row from softmax(scores) by inverse CDF: one uniform per row (`torch.multinomial` draws one
+    exponential per vocabulary entry, which costs more than the tiny model's step arithmetic)."""
+    cdf = scores.softmax(-1).cumsum(-1)
+    u = torch.rand(scores.shape[0], 1, device=scores.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[-1] - 1)
+
+
+def _norm(module, x):
+    """The model's RMSNorm as one fused op (its weight and epsilon); other norms run as themselves."""
+    eps = getattr(module, "variance_epsilon", None)
+    if eps is None or type(module).__name__ not in ("Qwen2_5_VLRMSNorm", "Qwen2RMSNorm"):
+        return module(x)
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), module.weight, eps)
 
 
 class LogitsRecipe:
@@ -315,4 +334,4 @@ def rollout_generate(model, path=True, fallback: str = "shared"):
 
 
 __all__ = ["rollout_generate", "ROLLOUT_PATHS", "decode_generate", "supported", "use_decode", "Prefill", "DecodeLoop",
-           "LogitsRecipe"]
+           "LogitsRecipe", "sample"]

@@ -74,22 +74,23 @@ def test_prompt_groups_finds_runs():
 
 
 def test_rl_trainer_fast_rollouts_same_completions(small_rl_setup, tmp_path):
-    """PoRo through TRL with fast_rollouts on and off: same seed, same sampled completions. Left unset, it is the
-    recipe's (on for tiny)."""
+    """PoRo through TRL: plain `generate` and the shared-prefill path ("shared") give the same sampled completions
+    for the same seed; the decode loop (True; left unset, the recipe's, on for tiny) gives the same bytes twice
+    (it samples the same distribution with fewer random numbers: tests/test_decode.py)."""
     from mpi_kit.rl import rl_trainer
 
     root, base = small_rl_setup
     fast_cfg = {"grpo.max_completion_length": 8, "grpo.per_device_train_batch_size": 4, "grpo.num_generations": 2}
     outs = []
-    for fast in (False, True, None):
+    for fast in (False, "shared", True, None):
         t, _, info = rl_trainer("tiny", root / "data", tmp_path / str(fast), "grpo", True, model=base, max_steps=1,
                                 fast_rollouts=fast, **fast_cfg)
-        assert info["fast_rollouts"] is (True if fast is None else fast) is t.fast_rollouts
+        assert info["fast_rollouts"] == (True if fast is None else fast) == t.fast_rollouts
         rows = [dict(t.train_dataset[0]) for _ in range(t.num_generations)]
         t.model.eval()
         torch.manual_seed(0)
         outs.append(t._generate_and_score_completions(rows)["completion_ids"])
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])
 
 
 def test_decode_attention_matches_sdpa_with_gqa_and_padding():
