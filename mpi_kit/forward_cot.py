@@ -22,10 +22,15 @@ def cot_budget(depth: int) -> int:
 
 def model_generator(model, processor) -> Generate:
     """Greedy completions of a loaded model (eval mode while it generates), batched as the caller slices rows."""
-    from .evaluate import answer
+    from .generation import generate_completions
 
     def generate(rows, max_new_tokens):
-        return answer(model, processor, rows, max_new_tokens=max_new_tokens, batch_size=max(1, len(rows)))
+        was_training = model.training
+        model.eval()
+        try:
+            return generate_completions(model, processor, rows, max_new_tokens, batch_size=max(1, len(rows)))
+        finally:
+            model.train(was_training)
 
     return generate
 
