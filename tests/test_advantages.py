@@ -66,3 +66,29 @@ def test_changing_the_pooling_rule_in_one_place_changes_training_and_the_inspect
     assert trained[:2].tolist() == [0.0, 0.0]  # the rescued group's no-policy half: no gradient any more
     assert pooled < 0 and rescore("no answer here", "Case 2", group, 0)["advantage"] == 0.0
     assert list(t._logs["advantages"])[-8:] == pytest.approx(trained.tolist())  # the rollout log shows it too
+
+
+def test_trls_loss_is_the_clipped_objective_of_the_function(small_rl_setup, tmp_path):
+    """TRL's GRPO loss on a batch whose old log-probs differ from the current ones (ratios away from 1, some
+    clipped) equals `clipped_objective` averaged over each completion's tokens, then over completions."""
+    t, inputs = _trainer(small_rl_setup, tmp_path, **{"grpo.beta": 0.0})
+    out = t._generate_and_score_completions(inputs)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask_all = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    with torch.no_grad():
+        logp, _, _ = t._get_per_token_logps_and_entropies(
+            t.model, ids, mask_all, out["completion_ids"].size(1), pixel_values=out.get("pixel_values"),
+            image_grid_thw=out.get("image_grid_thw"), num_images=out.get("num_images"))
+    old = logp + 0.4 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(0))
+    out["old_per_token_logps"] = old
+    t.current_gradient_accumulation_steps = 1
+    seen, original = [], t._get_per_token_logps_and_entropies
+    t._get_per_token_logps_and_entropies = lambda *a, **k: (lambda r: (seen.append(r[0].detach()), r)[1])(
+        original(*a, **k))  # the log-probs TRL's loss used
+    loss = t._compute_loss(t.model, out)
+    assert torch.allclose(seen[0], logp, atol=1e-2)
+    terms = clipped_objective(seen[0], old, out["advantages"], t.epsilon_low, t.epsilon_high)
+    m = out["completion_mask"]
+    assert (terms["clipped"] & m.bool()).any()  # the clip acts on some tokens of this batch
+    expected = ((terms["loss"] * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
