@@ -98,6 +98,8 @@ class Prefill:
     (U prompts x g rows), otherwise expanded to one copy per row (g = 1)."""
 
     def __init__(self, base, input_ids, attention_mask, pixel_values, image_grid_thw, mm_types):
+        from transformers import DynamicCache
+
         config = base.config
         B, P = input_ids.shape
         row_pixels = row_grids = None
@@ -127,8 +129,6 @@ class Prefill:
             else:
                 pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[None].expand(3, -1, -1)
                 nxt = mask.sum(1)
-            from transformers import DynamicCache
-
             cache = DynamicCache(config=config.get_text_config(decoder=True))
             out = base(**inputs, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
             pad = P - ids.shape[1]
