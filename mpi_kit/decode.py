@@ -240,10 +240,13 @@ class DecodeLoop:
 
 def sample(scores: torch.Tensor) -> torch.Tensor:
     """One token per row from softmax(scores) by inverse CDF: one uniform per row (`torch.multinomial` draws one
-    exponential per vocabulary entry, which costs more than the tiny model's step arithmetic)."""
+    exponential per vocabulary entry, which costs more than the tiny model's step arithmetic). A token of zero
+    probability is never drawn: the first index whose CDF exceeds u < total has mass."""
     cdf = scores.softmax(-1).cumsum(-1)
-    u = torch.rand(scores.shape[0], 1, device=scores.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[-1] - 1)
+    total = cdf[:, -1:]
+    u = torch.minimum(torch.rand(total.shape, device=cdf.device, dtype=cdf.dtype) * total,
+                      torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 def _norm(module, x):

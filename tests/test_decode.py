@@ -54,16 +54,24 @@ def test_sampling_same_seed_same_bytes(lora_model):
     assert not torch.equal(decode_generate(model, **x, **kw), outs[0])
 
 
-def test_sampler_frequencies_on_a_toy_vocabulary():
-    """`sample` (inverse CDF) against the exact softmax over a toy vocabulary of 5 tokens, one of them at -inf."""
+@pytest.mark.parametrize("vocab", [5, 50])
+def test_sampler_frequencies_on_a_toy_vocabulary(vocab):
+    """`sample` (inverse CDF) against the exact softmax over a toy vocabulary, some tokens at -inf (suppressed or
+    cut by top-p): those never drawn, the others at their probabilities."""
     from mpi_kit.decode import sample
 
-    scores = torch.tensor([[1.0, 0.2, -0.5, float("-inf"), 2.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(vocab)
+    row = torch.randn(vocab, generator=g) * 1.5
+    row[torch.arange(vocab) % 3 == 1] = float("-inf")
+    scores = row.repeat(30000, 1)
     torch.manual_seed(0)
-    freq = torch.bincount(sample(scores), minlength=5).float() / len(scores)
-    p = scores[0].softmax(-1)
-    assert freq[3] == 0
+    freq = torch.bincount(sample(scores), minlength=vocab).float() / len(scores)
+    p = row.softmax(-1)
+    assert len(freq) == vocab and freq[p == 0].sum() == 0
     assert ((freq - p).abs() <= 4 * (p * (1 - p) / len(scores)).sqrt() + 1e-3).all(), (freq, p)
+    one_hot = torch.full((3, vocab), float("-inf"))
+    one_hot[:, -1] = 0.0  # all the mass on the last token: drawn whatever the uniform
+    assert sample(one_hot).tolist() == [vocab - 1] * 3
 
 
 def test_sampling_distribution_on_a_toy_vocabulary(lora_model):
