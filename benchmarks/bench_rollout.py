@@ -14,10 +14,12 @@ Floor (stated per run): FLOPs per decoded token = 2 x (language weights used per
 projections of every layer, plus lm_head) + 4 x layers x hidden x context (q.K and p.V over the prompt plus half the
 completion); the floor of a decode step is B tokens x those FLOPs over the fp32 matmul rate measured in this run
 (the sustained rate of (B x hidden) @ (hidden x mlp) products, the decode step's biggest matmul shape, measured
-between the timed calls: the median; column GF/s). The prefill floor counts each unique prompt once (2 x language
-weights + causal attention per token, plus 2 x vision weights per image patch) over the rate of a
-(512 x hidden) @ (hidden x mlp) product. Ratios are measured in one process, paths interleaved (each path's fastest
-of --reps calls), so a busy machine slows all alike; the load average is printed with each row.
+between the timed calls: the median; column GF/s). "floor W" divides the same FLOPs by the rate of the model's own
+language weight matmuls run in sequence at batch B (all of them, as a step streams them through the caches). The
+prefill floor counts each unique prompt once (2 x language weights + causal attention per token, plus 2 x vision
+weights per image patch) over the rate of a (512 x hidden) @ (hidden x mlp) product. Ratios are measured in one
+process, paths interleaved (each path's fastest of --reps calls), so a busy machine slows all alike; the load
+average is printed with each row.
 """
 import argparse
 import json
@@ -104,6 +106,23 @@ def matmul_rate(m: int, k: int, n: int, seconds: float = 0.25) -> float:
     return 2 * m * k * n * count / (time.perf_counter() - t)
 
 
+def weights_rate(model, m: int, seconds: float = 0.25) -> float:
+    """fp32 FLOP/s of the model's own language weight matmuls at batch m, run in sequence as a decode step does
+    (so the rate includes streaming ~4M weights through the caches, which one small matmul never does)."""
+    text = model.model.language_model
+    weights = [p for layer in text.layers for n, p in layer.named_parameters()
+               if n.endswith("weight") and "layernorm" not in n] + [model.lm_head.weight]
+    inputs = {w.shape[1]: torch.randn(m, w.shape[1]) for w in weights}
+    flops = 2 * m * sum(w.numel() for w in weights)
+    count, t = 0, time.perf_counter()
+    with torch.no_grad():
+        while time.perf_counter() - t < seconds:
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            count += 1
+    return flops * count / (time.perf_counter() - t)
+
+
 def model_flops(model):
     """(language weights per token, layers, hidden, vision weights): FLOP inputs of the floor."""
     text = model.model.language_model
@@ -126,7 +145,7 @@ def bench_rollouts(model, processor, work, recipe, depths, batches, T, reps):
             kw = gen_kwargs(processor, T)
             one = {**kw, "max_new_tokens": 1, "min_new_tokens": 1}
             full, first = {p: [] for p in PATHS}, {p: [] for p in PATHS}
-            rates, rates_prefill = [], []
+            rates, rates_prefill, rates_weights = [], [], []
             for p in PATHS:  # warm up
                 run_path(model, p, batch, one)
             for _ in range(reps):
@@ -134,6 +153,7 @@ def bench_rollouts(model, processor, work, recipe, depths, batches, T, reps):
                     first[p].append(run_path(model, p, batch, one))
                     full[p].append(run_path(model, p, batch, kw))
                     rates.append(matmul_rate(B, hidden, inter))
+                    rates_weights.append(weights_rate(model, B))
                     rates_prefill.append(matmul_rate(512, hidden, inter))
             rate, rate_prefill = statistics.median(rates), statistics.median(rates_prefill)
             real = batch["attention_mask"].sum(1).float()
@@ -144,8 +164,10 @@ def bench_rollouts(model, processor, work, recipe, depths, batches, T, reps):
             patches = int(batch["image_grid_thw"].prod(-1).sum()) // B * len(uniq)
             prefill_flops = float(sum(2 * weights * n + 2 * layers * hidden * n * n for n in uniq.tolist()))
             prefill_flops += 2 * vision * patches
+            rate_w = statistics.median(rates_weights)
             res = {"N": depth, "B": B, "prompt_len": round(float(real.mean()), 1), "T": T, "load": os.getloadavg()[0],
                    "matmul_gflops": rate / 1e9, "floor_step_ms": 1e3 * floor_step,
+                   "weights_gflops": rate_w / 1e9, "floor_weights_step_ms": 1e3 * B * per_token / rate_w,
                    "prefill_floor_s": prefill_flops / rate_prefill}
             for p in PATHS:
                 pre = min(first[p])
@@ -159,18 +181,22 @@ def bench_rollouts(model, processor, work, recipe, depths, batches, T, reps):
 
 def print_header():
     print(f"{'N':>2} {'B':>4} {'prompt':>6} | {'new tokens/s (decode only)':^32} | {'decode ms/step':^26} | "
-          f"{'floor':>7} {'decode/':>7} {'GF/s':>5} | {'prefill s':^23} {'floor':>6} | load")
+          f"{'floor':>7} {'decode/':>7} {'GF/s':>5} {'floor W':>7} {'dec/W':>5} {'GF/s':>4} | {'prefill s':^23} "
+          f"{'floor':>6} | load")
     print(f"{'':>2} {'':>4} {'tokens':>6} | {'generate':>10} {'shared':>10} {'decode':>10} | "
-          f"{'generate':>8} {'shared':>8} {'decode':>8} | {'ms/step':>7} {'floor':>7} {'':>5} | "
+          f"{'generate':>8} {'shared':>8} {'decode':>8} | {'ms/step':>7} {'floor':>7} {'':>5} {'ms/step':>7} "
+          f"{'':>5} {'':>4} | "
           f"{'generate':>7} {'shared':>7} {'decode':>7} {'s':>6} |")
 
 
 def print_row(r, flush=False):
     g, s, d = r["generate"], r["shared"], r["decode"]
     ratio = d["decode_step_ms"] / r["floor_step_ms"]
+    ratio_w = d["decode_step_ms"] / r["floor_weights_step_ms"]
     print(f"{r['N']:>2} {r['B']:>4} {r['prompt_len']:>6.0f} | {g['decode_tok_s']:>10.0f} {s['decode_tok_s']:>10.0f} "
           f"{d['decode_tok_s']:>10.0f} | {g['decode_step_ms']:>8.1f} {s['decode_step_ms']:>8.1f} "
-          f"{d['decode_step_ms']:>8.1f} | {r['floor_step_ms']:>7.2f} {ratio:>7.2f} {r['matmul_gflops']:>5.0f} | "
+          f"{d['decode_step_ms']:>8.1f} | {r['floor_step_ms']:>7.2f} {ratio:>7.2f} {r['matmul_gflops']:>5.0f} "
+          f"{r['floor_weights_step_ms']:>7.2f} {ratio_w:>5.2f} {r['weights_gflops']:>4.0f} | "
           f"{g['prefill_s']:>7.2f} {s['prefill_s']:>7.2f} {d['prefill_s']:>7.2f} {r['prefill_floor_s']:>6.2f} | "
           f"{r['load']:.1f}", flush=flush)
 
@@ -243,6 +269,7 @@ def main():
     ratios = {
         "speedup_vs_generate": min(r["decode"]["decode_tok_s"] / r["generate"]["decode_tok_s"] for r in key),
         "floor_ratio": max(r["decode"]["decode_step_ms"] / r["floor_step_ms"] for r in key),
+        "floor_ratio_weights": max(r["decode"]["decode_step_ms"] / r["floor_weights_step_ms"] for r in key),
         "prefill_floor_ratio": max(r["decode"]["prefill_s"] / r["prefill_floor_s"] for r in key),
         "step_speedup": steps["PoRo G+G, shared (before)"] / steps["PoRo G+G, decode"],
         "poro_over_grpo2g": steps["PoRo G+G, decode"] / steps["GRPO-2G, decode"],
