@@ -92,10 +92,10 @@ def decode_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 
 class Prefill:
-    """Every unique prompt run once through the model: its keys/values per layer (U, Hkv, P, D), left-padded to the
-    batch's prompt width P, the padding mask, the next-token logits and each row's first decode position.
-    Rows are grouped as runs of identical prompts; with equal runs of g rows the cache is kept once per prompt
-    (U prompts x g rows), otherwise expanded to one copy per row (g = 1)."""
+    """Every unique prompt run once through the model: its keys (U, Hkv, D, P) and values (U, Hkv, P, D) per layer,
+    left-padded to the batch's prompt width P, the padding mask, the next-token logits and each row's first decode
+    position. Rows are grouped as runs of identical prompts; with equal runs of g rows the cache is kept once per
+    prompt (U prompts x g rows), otherwise expanded to one copy per row (g = 1)."""
 
     def __init__(self, base, input_ids, attention_mask, pixel_values, image_grid_thw, mm_types):
         from transformers import DynamicCache
@@ -137,7 +137,8 @@ class Prefill:
             logits.append(out.logits[:, -1].float())
             positions.append(nxt)
         n_layers = len(keys[0])
-        self.keys = [torch.cat([k[i] for k in keys]).contiguous() for i in range(n_layers)]
+        # keys stored transposed, (U, Hkv, D, P): q @ K^T then reads them in BLAS's preferred layout
+        self.keys = [torch.cat([k[i] for k in keys]).transpose(-1, -2).contiguous() for i in range(n_layers)]
         self.values = [torch.cat([v[i] for v in values]).contiguous() for i in range(n_layers)]
         self.logits, self.positions = torch.cat(logits), torch.cat(positions)
         self.mask = attention_mask[starts].bool()
@@ -154,7 +155,7 @@ class Prefill:
 
 class DecodeLoop:
     """Decode all rows at once from a `Prefill`: per step one token per row through the text model's own modules;
-    the new keys/values go into slot t of a cache allocated once (U, Hkv, g, T, D)."""
+    the new keys/values go into slot t of a cache allocated once (keys (U, Hkv, g, D, T), values (U, Hkv, g, T, D))."""
 
     def __init__(self, text, head, prefill: Prefill):
         self.text, self.head, self.pre = text, head, prefill
@@ -166,7 +167,7 @@ class DecodeLoop:
         mask = prefill.mask
         self.prompt_bias = None if bool(mask.all()) else \
             torch.zeros(mask.shape, dtype=prefill.keys[0].dtype, device=mask.device).masked_fill(
-                ~mask, float("-inf"))[:, None, None, None, :]  # (U, 1, 1, 1, P)
+                ~mask, float("-inf"))[:, None, None, :]  # (U, 1, 1, P)
 
     def run(self, gc) -> torch.Tensor:
         """Completion ids (B, steps) for generation config `gc`: sampled or greedy, stopped per row at EOS."""
@@ -177,7 +178,7 @@ class DecodeLoop:
         eos = _eos_ids(gc)
         pad = gc.pad_token_id if gc.pad_token_id is not None else (eos[0] if eos else 0)
         dtype = pre.keys[0].dtype
-        self.new_keys = [torch.zeros(U, self.Hkv, g, T, self.D, dtype=dtype, device=dev) for _ in pre.keys]
+        self.new_keys = [torch.zeros(U, self.Hkv, g, self.D, T, dtype=dtype, device=dev) for _ in pre.keys]  # K^T
         self.new_values = [torch.zeros(U, self.Hkv, g, T, self.D, dtype=dtype, device=dev) for _ in pre.keys]
         rows = torch.arange(B, device=dev) // g
         steps = pre.positions.repeat_interleave(g) if g > 1 else pre.positions
@@ -220,15 +221,15 @@ class DecodeLoop:
                                unsqueeze_dim=1)
             v = attn.v_proj(h).view(B, Hkv, D)
             nk, nv = self.new_keys[i], self.new_values[i]
-            nk[:, :, :, t].copy_(k.reshape(U, g, Hkv, D).transpose(1, 2))
+            nk[..., t].copy_(k.reshape(U, g, Hkv, D).transpose(1, 2))
             nv[:, :, :, t].copy_(v.reshape(U, g, Hkv, D).transpose(1, 2))
             # (U, Hkv, g, r, D): a group's g rows x r query heads share one KV head of the shared prompt
             q = (q * self.scaling).reshape(U, g, Hkv, r, D).transpose(1, 2)
-            s_prompt = torch.matmul(q.reshape(U, Hkv, g * r, D), pre.keys[i].transpose(-1, -2)).view(
-                U, Hkv, g, r, -1)
+            s_prompt = torch.matmul(q.reshape(U, Hkv, g * r, D), pre.keys[i])  # (U, Hkv, g*r, P)
             if self.prompt_bias is not None:
-                s_prompt = s_prompt + self.prompt_bias
-            s_new = torch.matmul(q, nk[:, :, :, :t + 1].transpose(-1, -2))  # (U, Hkv, g, r, t+1)
+                s_prompt.add_(self.prompt_bias)  # in place: a broadcast add into a new tensor costs several times more
+            s_prompt = s_prompt.view(U, Hkv, g, r, -1)
+            s_new = torch.matmul(q, nk[..., :t + 1])  # (U, Hkv, g, r, t+1)
             p = torch.cat([s_prompt, s_new], -1).softmax(-1)
             P = s_prompt.shape[-1]
             o = torch.matmul(p[..., :P].reshape(U, Hkv, g * r, P), pre.values[i]).view(U, Hkv, g, r, D)
