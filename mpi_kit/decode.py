@@ -251,9 +251,10 @@ def sample(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _norm(module, x):
-    """The model's RMSNorm as one fused op (its weight and epsilon); other norms run as themselves."""
+    """The model's RMSNorm as one fused op (its weight and epsilon) in fp32; other norms and dtypes (the model
+    upcasts bf16/fp16 to fp32 inside) run as themselves."""
     eps = getattr(module, "variance_epsilon", None)
-    if eps is None or type(module).__name__ not in ("Qwen2_5_VLRMSNorm", "Qwen2RMSNorm"):
+    if eps is None or x.dtype != torch.float32 or type(module).__name__ not in ("Qwen2_5_VLRMSNorm", "Qwen2RMSNorm"):
         return module(x)
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), module.weight, eps)
 
