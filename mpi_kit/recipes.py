@@ -207,10 +207,12 @@ class RLSettings(StageSettings):
         "help": "Optimizer steps per rollout batch (with rollout_prompts > 0): the batch is split into this many "
                 "updates, so from the second one on the policy has moved, the importance ratio leaves 1 and the "
                 "clip acts (the paper updates 384-prompt rollout batches in several steps). Not a TRL argument."})
-    fast_rollouts: bool = field(default=False, metadata={
-        "help": "Generate rollouts through mpi_kit.rollout: one prefill per prompt group, grouped-query decoding "
-                "attention on the CPU, a static cache for long prompts. Same greedy tokens; on the tiny recipe it "
-                "cuts PolicyRollout's extra cost (benchmarks/bench_rl.py). Not a TRL argument."})
+    fast_rollouts: bool | str = field(default=False, metadata={
+        "help": "How rollouts are generated: True or 'decode' = `mpi_kit.decode`'s loop for small models (one "
+                "prefill per prompt group, a preallocated cache, the model's own modules per step; greedy tokens "
+                "equal generate's, sampled ones drawn from the same distribution); 'shared' = `mpi_kit.rollout`'s "
+                "shared prefill; False or 'generate' = plain `generate` (benchmarks/bench_rollout.py compares them). "
+                "Not a TRL argument."})
 
     def validate(self):
         super().validate()
@@ -226,6 +228,8 @@ class RLSettings(StageSettings):
                f"scale_rewards: must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
         _check(self.dynamic_sampling_retries >= 0, "dynamic_sampling_retries: must be >= 0")
         _check(self.dynamic_sampling_work > 0, "dynamic_sampling_work: must be > 0 (batches' worth of tokens)")
+        _check(self.fast_rollouts in (True, False, "decode", "shared", "generate"),
+               f"fast_rollouts: must be true, false, 'decode', 'shared' or 'generate', got {self.fast_rollouts!r}")
         _check(self.rollout_prompts >= 0, f"rollout_prompts: must be >= 0 (0 = off), got {self.rollout_prompts}")
         _check(self.updates_per_rollout >= 1, f"updates_per_rollout: must be >= 1, got {self.updates_per_rollout}")
 

@@ -64,14 +64,14 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         whose rewards differ; groups still all-equal after the last retry are dropped from the loss (DAPO).
     dynamic_sampling_work: stop regenerating once a step has sampled this many batches' worth of completion
         tokens beyond the first (logged), so a reward that is always 0 cannot stall a step.
-    fast_rollouts: generate through `mpi_kit.rollout.shared_prefill_generate` (each prompt prefilled once for its
-        group; static cache + compiled decoding on CUDA). Greedy: the same tokens; sampling: see `mpi_kit.rollout`.
+    fast_rollouts: how rollouts are decoded: True / "decode" = `mpi_kit.decode`'s loop for small models, "shared" =
+        `mpi_kit.rollout`'s shared prefill, False / "generate" = plain `generate`. Greedy tokens are the same on all.
     task: the `mpi_kit.tasks.Task` whose answers the rollout log records (parsed answer, gold); ClevrPolicy if None.
     Resuming a full fine-tune reloads the checkpoint through `from_pretrained` (`ResumeFix`, transformers#43701).
     """
 
     def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,
-                 dynamic_sampling_retries: int = 0, dynamic_sampling_work: float = 4.0, fast_rollouts: bool = False,
+                 dynamic_sampling_retries: int = 0, dynamic_sampling_work: float = 4.0, fast_rollouts: bool | str = False,
                  task=None, **kwargs):
         from .tasks import get_task
 
