@@ -71,7 +71,8 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
     """
 
     def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,
-                 dynamic_sampling_retries: int = 0, dynamic_sampling_work: float = 4.0, fast_rollouts: bool | str = False,
+                 dynamic_sampling_retries: int = 0, dynamic_sampling_work: float = 4.0,
+                 fast_rollouts: bool | str = False,
                  task=None, **kwargs):
         from .tasks import get_task
 
