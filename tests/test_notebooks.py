@@ -17,6 +17,8 @@ def test_committed_without_outputs(path):
     nb = json.loads(path.read_text())
     assert not any(c.get("outputs") for c in nb["cells"]), f"{path.name}: strip outputs before committing"
     assert "widgets" not in nb["metadata"]
+    ids = [c.get("id") for c in nb["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: every cell needs its own id"
     first = nb["cells"][0]["source"]
     assert "colab-badge.svg" in first and path.name in first
     assert "pip" in nb["cells"][1]["source"]
@@ -40,6 +42,9 @@ def test_notebook_runs(path, tmp_path):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    # a warning box reads as an error to a class: no cell may write to stderr on the tiny recipe
+    stderr = [o["text"][:200] for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert not stderr, f"{path.name} writes to stderr: {stderr}"
     print(f"{path.name}: {time.time() - t0:.1f} s")
 
 
