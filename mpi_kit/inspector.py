@@ -251,7 +251,9 @@ class RolloutInspector(_Box):
         head = self._header()
         super().__init__([
             w.HTML(head),
-            w.HBox([self.zero_std, self.rescued, self.truncated, self.wrong, self.source]),
+            # PolicyRollout's controls only for a run that has a policy-aware half
+            w.HBox([self.zero_std, self.rescued, self.truncated, self.wrong, self.source] if self.policy_rollout
+                   else [self.zero_std, self.truncated, self.wrong]),
             w.HBox([self.prompt, self.count]),
             w.HBox([self.step, self.drift]),
             w.HBox([self.scene, self.cards]),

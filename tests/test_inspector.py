@@ -287,3 +287,21 @@ def test_the_inspector_scores_a_gta_log_as_the_gta_reward_does(tmp_path):
     w.pick.value = w.pick.options[-1][1]
     w.edit.value = df["text"][0]
     assert w.last_score["reward"] == pytest.approx(1.0)
+
+
+def test_the_arithmetic_table_and_poro_controls_follow_the_run(df):
+    """The selected group's arithmetic is shown (the no-policy half first, recomputed advantages equal to the
+    logged ones); a GRPO run, with no policy-aware half, gets no PolicyRollout controls."""
+    ins = RolloutInspector(ASSET_RUN)
+    assert "Advantage arithmetic" in ins.arith.value and "pooled 2G group" in ins.arith.value
+    from mpi_kit.rollout_log import group_arithmetic
+
+    rows = group_arithmetic(ins.current_group())["rows"]
+    assert rows["source"].tolist()[0] == NO_POLICY
+    assert rows["advantage"].tolist() == pytest.approx(rows["logged"].tolist(), abs=1e-3)
+    filters = ins.children[1].children
+    assert ins.rescued in filters and ins.source in filters
+    grpo = RolloutInspector(df[df["source"] == NO_POLICY].assign(source=NO_POLICY))
+    assert not grpo.policy_rollout
+    assert grpo.rescued not in grpo.children[1].children and grpo.source not in grpo.children[1].children
+    assert "one group (GRPO)" in grpo.arith.value
