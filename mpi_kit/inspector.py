@@ -232,7 +232,7 @@ class RolloutInspector(_Box):
         self.cards = w.HTML()
         self.pick = w.Dropdown(description="completion", layout=w.Layout(width="300px"))
         self.edit = w.Textarea(layout=w.Layout(width="100%", height="90px"))
-        self.gold = w.Text(description="gold", layout=w.Layout(width="220px"))
+        self.gold = w.Text(description="gold", placeholder="exact, e.g. Case 13", layout=w.Layout(width="220px"))
         self.score = w.HTML()
         self.arith = w.HTML()
         summary = run_summary(self.run_dir) if self.run_dir else {}
@@ -367,10 +367,13 @@ class RolloutInspector(_Box):
                     policy_rollout=self.policy_rollout, scale=self.scale)
         logged = g.loc[self.pick.value]
         self.last_score = r
+        near = r["parsed_answer"] and r["accuracy_reward"] == 0 and \
+            str(r["parsed_answer"]).strip().lower() == self.gold.value.strip().lower()
+        hint = (" · <i>answers are compared exactly: letter case and spaces count</i>" if near else "")
         self.score.value = (f"format <b>{r['format_reward']:.2g}</b> · accuracy <b>{r['accuracy_reward']:.2g}</b> · "
                             f"reward <b>{r['reward']:.2f}</b> (logged {logged['reward']:.2f}) · parsed "
                             f"<b>{html.escape(answer_text(r['parsed_answer']))}</b> · advantage in this group "
-                            f"<b>{r['advantage']:+.2f}</b> (logged {logged['advantage']:+.2f})")
+                            f"<b>{r['advantage']:+.2f}</b> (logged {logged['advantage']:+.2f})" + hint)
 
 
 __all__ = ["load_rollouts", "find_data_dir", "group_table", "filter_rows", "filter_groups", "step_stats",

@@ -422,8 +422,10 @@ def rl_groups_note(results: dict) -> str:
         line = f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups "
         line += "zero-variance"
         solved = share("frac_solved") if "frac_solved" in first[0] else None
-        if solved is not None:
-            line += f" ({solved:.0f}% solved, every completion right)"
+        if solved is not None:  # zero variance either way: all right (solved) or all wrong (no signal yet)
+            zero = share("frac_zero_std")
+            line += (f" ({solved:.0f}% of groups solved: every completion right; {max(0.0, zero - solved):.0f}% all "
+                     f"wrong or all equal)")
         if "PoRo" in r["method"]:
             line += f", {share('frac_rescued'):.0f}% rescued by PolicyRollout"
             acc = [x.get("acc_no_policy") for x in first if x.get("acc_no_policy") is not None]

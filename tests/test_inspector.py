@@ -305,3 +305,13 @@ def test_the_arithmetic_table_and_poro_controls_follow_the_run(df):
     assert not grpo.policy_rollout
     assert grpo.rescued not in grpo.children[1].children and grpo.source not in grpo.children[1].children
     assert "one group (GRPO)" in grpo.arith.value
+
+
+def test_the_playground_says_why_a_differently_cased_gold_scores_zero():
+    ins = RolloutInspector(ASSET_RUN)
+    gold = ins.gold.value
+    ins.edit.value = "<think>x</think> \\boxed{" + gold + "}"
+    ins.gold.value = gold.lower()
+    assert ins.last_score["accuracy_reward"] == 0 and "compared exactly" in ins.score.value
+    ins.gold.value = gold
+    assert ins.last_score["accuracy_reward"] == 1 and "compared exactly" not in ins.score.value

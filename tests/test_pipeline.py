@@ -146,7 +146,7 @@ def test_table_says_why_rl_had_little_to_work_with():
         "N4/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 4, "accuracy": 94.0, "n": 200,
                                    "interval_95": [89.8, 96.5], "rollouts": [solved] * 4}}}
     text = table(res)
-    assert "100% of 4 groups zero-variance (75% solved, every completion right)" in text
+    assert "100% of 4 groups zero-variance (75% of groups solved: every completion right; 25% all wrong" in text
     assert "0% rescued by PolicyRollout (a group is rescued only when its no-policy half is all wrong; that half " \
            "was right 95% of the time)" in text
     assert text.count("little left to learn") == 2
