@@ -235,3 +235,21 @@ def test_an_rl_run_resumed_in_a_later_epoch_sees_the_prompts_in_the_same_order(t
     resumed, b = order("resumed", stop=11)  # one prompt a step: step 11 is in the second epoch
     assert len(set(a[:10])) == 10 and resumed["resumed_from"].endswith("checkpoint-11")
     assert b == a  # epoch 2's shuffle, not epoch 1's replayed
+
+
+def test_a_build_cut_short_is_cleaned_without_touching_the_users_files_beside_it(tmp_path):
+    """Killed before its file list was written, a build's manifest names only the entries it started: a rebuild
+    removes those, and a user's files beside them stay."""
+    from mpi_kit.folders import start_manifest
+
+    out = tmp_path / "data"
+    out.mkdir()
+    start_manifest(out, "clevr-data", ("summary.json", "scenes.jsonl", "policies", "overrides", "cot"))
+    (out / "cot").mkdir()
+    (out / "cot" / "data-00000-of-00001.arrow").write_bytes(b"half written")  # where the kill landed
+    (out / "notes.txt").write_text("my notes")
+    (out / "mine").mkdir()
+    (out / "mine" / "plot.png").write_bytes(b"png")
+    build_datasets(out=str(out), **SMALL_DATA)
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "mine" / "plot.png").read_bytes() == b"png"
+    assert not (out / "cot" / "data-00000-of-00001.arrow").exists() and (out / "summary.json").exists()
