@@ -248,18 +248,17 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, generat
     writable_dir(out)
     config = {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "image_size": list(cfg.image_size),
               "kinds": list(cfg.kinds)}
+    entries = ("summary.json", "scenes.jsonl", "policies", "overrides", *cfg.kinds)  # what this build writes
     with lock(out, "a data build"):
         previous = out / "summary.json"
         if previous.exists():
             saved = read_json(previous, f"Delete {previous} and rerun to rebuild the data there.")
             if saved.get("config") == config:  # built before with these settings: nothing to redo
-                entries = ("summary.json", "scenes.jsonl", "policies", "overrides", *cfg.kinds)
                 if "files" not in (read_json(out / MANIFEST) if (out / MANIFEST).exists() else {}):
                     finish_manifest(out, BUILD, entries)  # killed between the summary and its manifest
                 return {**saved, "seconds": 0.0, "reused": True}
         # another build lived here: only what it wrote is removed, and a folder of other files is refused
         claim(out, BUILD, legacy=_legacy_build)
-        entries = ("summary.json", "scenes.jsonl", "policies", "overrides", *cfg.kinds)
         start_manifest(out, BUILD, entries)
         summary = _build(cfg, out, config, progress, t0, generate)
         finish_manifest(out, BUILD, entries)

@@ -65,12 +65,8 @@ class PipelineConfig:
                                                            "52, "
                                                            "so 4 policies give 208 held-out questions (n >= 200)"})
     variant: str = field(default="T", metadata={"help": "T or M policies"})
-    cot_share: float = field(default=1.0, metadata={
-        "help": "share of training pairs with a CoT (CoT SFT, VM-CPT); RL and Direct SFT use every pair (paper: about "
-                "1/8, `mpi_kit.data.PAPER_REGIME`)"})
-    cot_source: str = field(default="gold", metadata={
-        "help": "gold (synthesized from the tree path) or forward (the base model answers with its policy in context, "
-                "right answers kept: the paper's)"})
+    cot_share: float = field(default=1.0, metadata={"help": "clevr: DataConfig.cot_share (paper: 0.125)"})
+    cot_source: str = field(default="gold", metadata={"help": "clevr: DataConfig.cot_source (paper: forward)"})
     seed: int = field(default=0, metadata={"help": "data and training seed"})
     cpt_steps: int | None = field(default=None, metadata={"help": "VM-CPT optimizer steps (default: recipe)"})
     sft_steps: int | None = field(default=None, metadata={"help": "SFT optimizer steps (default: recipe)"})
