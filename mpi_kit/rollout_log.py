@@ -211,8 +211,12 @@ def first_rescued_group(df: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("no rescued group in this rollout log: no group had every no-policy completion wrong and a "
                          "policy-aware one right (a plain GRPO log has no policy-aware half at all)")
     key = rescued.sort_values("step", kind="stable")["group"].iloc[0]
-    group = df[df["group"] == key]
-    return group.sort_values("source", key=lambda s: s != NO_POLICY, kind="stable")
+    return no_policy_first(df[df["group"] == key])
+
+
+def no_policy_first(group: pd.DataFrame) -> pd.DataFrame:
+    """A group's rows in the order the trainer pools them: the no-policy half first (stable within each half)."""
+    return group.sort_values("source", key=lambda s: s != NO_POLICY, kind="stable") if "source" in group else group
 
 
 OUTCOMES = ("no-policy half correct", "only policy-aware correct", "no correct answer")
@@ -233,15 +237,13 @@ def group_arithmetic(group: pd.DataFrame, policy_rollout: bool = True, scale: st
     """The advantage arithmetic of one group, recomputed by `mpi_kit.advantages` (the functions training uses):
     each completion's half, reward, recomputed and logged advantage, in the order the trainer pools them (the
     no-policy half first), plus the group's mean and std."""
-    from . import advantages
-
-    g = group.sort_values("source", key=lambda s: s != NO_POLICY, kind="stable") if "source" in group else group
+    g = no_policy_first(group)
     r = g["reward"].astype(float).tolist()
     adv = _advantages(r, policy_rollout, scale)
     rows = pd.DataFrame({"source": g["source"].tolist() if "source" in g else [NO_POLICY] * len(r), "reward": r,
                          "advantage": adv, "logged": g["advantage"].astype(float).tolist()}, index=g.index)
-    t = advantages._as_tensor(r)
-    return {"rows": rows, "mean": float(t.mean()), "std": float(advantages._std(t)) if len(r) > 1 else 0.0,
+    std = float(rows["reward"].std()) if len(r) > 1 else 0.0  # sample std, as the advantage takes it
+    return {"rows": rows, "mean": float(rows["reward"].mean()), "std": std,
             "rule": "pooled 2G group (PolicyRollout)" if policy_rollout else "one group (GRPO)", "scale": scale}
 
 
