@@ -437,11 +437,28 @@ def load_scenes(out: str | Path, split: str | None = None) -> list[Scene]:
 
 
 def spread(ds, limit: int | None):
-    """`limit` evenly spaced rows of `ds` (all of it when limit is None or larger). Eval splits are grouped by
-    policy, so the first `limit` rows would all come from one policy; every k-th row covers them all."""
+    """`limit` rows of `ds` (all of it when limit is None or larger) covering every policy and as many distinct
+    scenes as it can. Eval splits hold every test scene once per policy, so evenly spaced rows would show each scene
+    to several policies; here policy i takes scene i, i + P, ... first, so errors on one scene count once."""
     if limit is None or limit >= len(ds):
         return ds
-    return ds.select(sorted({i * len(ds) // limit for i in range(limit)}))
+    if not {"policy_name", "scene_id"} <= set(ds.column_names):
+        return ds.select(sorted({i * len(ds) // limit for i in range(limit)}))
+    where = {(p, s): i for i, (p, s) in enumerate(zip(ds["policy_name"], ds["scene_id"]))}
+    policies = list(dict.fromkeys(ds["policy_name"]))
+    scenes = list(dict.fromkeys(ds["scene_id"]))
+    chosen: list[int] = []
+    for turn in range(len(policies)):  # turn t: the k-th scene goes to policy (k + t) mod P
+        rows = [where[key] for k, s in enumerate(scenes)
+                if (key := (policies[(k + turn) % len(policies)], s)) in where]
+        room = limit - len(chosen)
+        if room <= 0:
+            break
+        chosen += rows if room >= len(rows) else [rows[i * len(rows) // room] for i in range(room)]
+    if len(chosen) < limit:  # rows outside the policy x scene grid (a custom dataset): fill evenly
+        rest = sorted(set(range(len(ds))) - set(chosen))
+        chosen += [rest[i * len(rest) // (limit - len(chosen))] for i in range(limit - len(chosen))]
+    return ds.select(sorted(chosen))
 
 
 def require_columns(ds: datasets.Dataset, columns: list[str], stage: str) -> None:

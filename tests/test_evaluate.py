@@ -127,6 +127,24 @@ def test_eval_limit_spreads_over_every_policy(data):
     assert sub["id"] == spread(ds, len(names) * 2)["id"]  # deterministic
 
 
+def test_eval_limit_draws_distinct_scenes_before_repeating_one(data):
+    """Each test scene appears once per policy; a limit up to the scene count shows every row a different scene
+    (errors on one hard scene count once), and a larger one shows every scene before any twice."""
+    from collections import Counter
+
+    from mpi_kit.data import spread
+    ds = load_kit_data(data, "eval")["no_policy"]
+    scenes, policies = set(ds["scene_id"]), set(ds["policy_name"])
+    assert len(ds) == len(scenes) * len(policies) > len(scenes)  # the grid the old spread drew from
+    sub = spread(ds, len(scenes))
+    assert len(set(sub["scene_id"])) == len(scenes) and set(sub["policy_name"]) == policies
+    per_policy = Counter(sub["policy_name"]).values()
+    assert max(per_policy) - min(per_policy) <= 1  # every policy equally represented
+    more = spread(ds, len(scenes) + 3)
+    assert set(more["scene_id"]) == scenes and max(Counter(more["scene_id"]).values()) == 2
+    assert len(set(more["id"])) == len(more)  # no row twice
+
+
 def test_wilson_interval_on_known_cases():
     from mpi_kit.evaluate import wilson_interval
 
