@@ -79,6 +79,10 @@ class PipelineConfig:
         "help": "generation budget at evaluation (default: 24 + 24 N; a gold CoT of depth N is ~22 N + 4 "
                 "tiny-tokenizer tokens)"})
     forgetting: bool = field(default=True, metadata={"help": "measure perception/counting before and after"})
+    jobs: int = field(default=1, metadata={
+        "help": "methods trained and evaluated at once, each in its own process with cores / jobs torch threads "
+                "(methods that share a stage run in the same one); 1: one after another. Not a setting of the "
+                "results: a rerun with other jobs reuses every finished stage"})
     model: str | None = field(default=None, metadata={"help": "override the recipe's model path"})
     dataset: str = field(default="clevr", metadata={
         "help": "the task (`mpi_kit.tasks`): clevr (ClevrPolicy, one row per N) or gta (GTAPolicy tool calls, one "
@@ -106,6 +110,7 @@ def config_record(cfg: PipelineConfig) -> dict:
     if not cfg.overrides:
         others.add("overrides")  # recorded only when there are some
     others |= {f for f, default in (("cot_share", 1.0), ("cot_source", "gold")) if getattr(cfg, f) == default}
+    others.add("jobs")  # how the work is spread over processes, not what it is
     config = {**asdict(cfg), "depths": list(cfg.depths), "methods": list(cfg.methods),
               "recipe": cfg.recipe if isinstance(cfg.recipe, str) else cfg.recipe.name}
     return {k: v for k, v in config.items() if k not in others}
@@ -243,36 +248,37 @@ def _run(cfg: PipelineConfig, task, recipe, overrides: dict, out: Path) -> dict:
     results.setdefault("efficiency", {})
     t0 = time.time()
     jobs = [(row, m) for row in task.rows(cfg) for m in cfg.methods]
-    for row, method in tqdm(jobs, desc="pipeline"):
-        key = f"{row.label}/{method}"
-        root = out / row.label
-        data_dir = root / "data"
+    for row in task.rows(cfg):
+        data_dir = out / row.label / "data"
         if not (data_dir / "summary.json").exists():
             t = time.time()
             task.build_data(cfg, row, data_dir, recipe)
             results.setdefault("data_seconds", {})[row.label] = round(time.time() - t, 1)
-        if key in results["methods"]:
-            continue  # evaluated in an earlier run
-        t_method = time.time()
-        stage = METHOD_STAGE[method]
-        stage_dir = run_stage(stage, root, data_dir, cfg, overrides) if stage else None
-        model, processor = load_for_eval(cfg, stage_dir, overrides)
-        if "context" not in results:
-            check = task.context_check(model, processor, data_dir)
-            if check is not None:
-                results["context"] = check
-        res = task.evaluate(method, model, processor, data_dir, cfg)
-        res.update(**dict(row.fields), method=method, stage_dir=str(stage_dir) if stage_dir else None)
-        if stage_dir is not None:
-            s = read_json(stage_dir / "summary.json")
-            res["train"] = {"steps": s["steps"], "seconds": s["seconds"]}
-            if (stage_dir / "completions").is_dir():  # an RL stage: what its groups saw, step by step
-                res["rollouts"] = rollout_steps(stage_dir)
-        if row.efficiency_key not in results["efficiency"] and method == "In-Context":
-            results["efficiency"][row.efficiency_key] = task.efficiency(model, processor, data_dir)
-        res["seconds"] = round(time.time() - t_method, 1)  # its stages still to train + every evaluation
-        results["methods"][key] = res
+            write_json(results_path, results)
+    todo = [(row, m) for row, m in jobs if f"{row.label}/{m}" not in results["methods"]]  # the rest: earlier runs
+
+    def keep(row, method, found: dict) -> None:
+        for k, v in found.items():
+            if k == "result":
+                results["methods"][f"{row.label}/{method}"] = v
+            elif k == "efficiency":
+                results["efficiency"].setdefault(row.efficiency_key, v)
+            else:
+                results.setdefault(k, v)
         write_json(results_path, results)  # saved after every method, atomically: resumable
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="pipeline")
+    if cfg.jobs > 1 and len(todo) > 1:
+        _run_parallel(cfg, overrides, out, todo, keep, bar, results)
+    else:
+        for row, method in todo:
+            keep(row, method, _method(cfg, task, overrides, out, row, method, "context" not in results,
+                                      row.efficiency_key not in results["efficiency"]))
+            bar.update()
+    bar.close()
+    order = [f"{row.label}/{m}" for row, m in jobs]  # the table's order, whichever process finished first
+    results["methods"] = {k: results["methods"][k] for k in sorted(results["methods"], key=lambda k: (
+        order.index(k) if k in order else len(order)))}
     results["seconds_this_run"] = round(time.time() - t0, 1)
     # every method's own time plus the data builds: the wall time of the whole comparison, across resumed runs
     results["seconds_all_runs"] = round(sum(r.get("seconds", 0) for r in results["methods"].values())
@@ -280,6 +286,101 @@ def _run(cfg: PipelineConfig, task, recipe, overrides: dict, out: Path) -> dict:
     write_json(results_path, results)
     results["report"] = str(task.report(out, results))
     return results
+
+
+def _method(cfg: PipelineConfig, task, overrides: dict, out: Path, row, method: str, context: bool,
+            efficiency: bool) -> dict:
+    """Train (or reuse) one method's stages and evaluate it: {"result": its results entry} plus, when asked, the
+    run's context check and the row's efficiency (measured on the base model)."""
+    t_method = time.time()
+    root, data_dir = out / row.label, out / row.label / "data"
+    stage = METHOD_STAGE[method]
+    stage_dir = run_stage(stage, root, data_dir, cfg, overrides) if stage else None
+    model, processor = load_for_eval(cfg, stage_dir, overrides)
+    found = {}
+    if context:
+        check = task.context_check(model, processor, data_dir)
+        if check is not None:
+            found["context"] = check
+    res = task.evaluate(method, model, processor, data_dir, cfg)
+    res.update(**dict(row.fields), method=method, stage_dir=str(stage_dir) if stage_dir else None)
+    if stage_dir is not None:
+        s = read_json(stage_dir / "summary.json")
+        res["train"] = {"steps": s["steps"], "seconds": s["seconds"]}
+        if (stage_dir / "completions").is_dir():  # an RL stage: what its groups saw, step by step
+            res["rollouts"] = rollout_steps(stage_dir)
+    if efficiency and method == "In-Context":
+        found["efficiency"] = task.efficiency(model, processor, data_dir)
+    res["seconds"] = round(time.time() - t_method, 1)  # its stages still to train + every evaluation
+    found["result"] = res
+    return found
+
+
+def chains(methods: list[str]) -> list[list[str]]:
+    """Methods grouped so that two methods sharing a step (CoT SFT and CoT SFT + GRPO share cot_sft) fall in one
+    group: each group can train in its own process without waiting on another's stage folder."""
+    def steps(m):
+        name, out = METHOD_STAGE[m], set()
+        while name:
+            out.add(name)
+            name = STEPS[name][1]
+        return out
+
+    groups: list[tuple[set, list[str]]] = []
+    for m in methods:
+        mine, joined = steps(m), []
+        for g in groups:
+            if g[0] & mine:
+                joined.append(g)
+        merged = (set(mine).union(*(g[0] for g in joined)), [x for g in joined for x in g[1]] + [m])
+        groups = [g for g in groups if not any(g is j for j in joined)] + [merged]
+    return [g[1] for g in groups]
+
+
+def _worker(cfg: PipelineConfig, overrides: dict, out: str, label: str, methods: list[str], context: bool,
+            efficiency: bool, threads: int) -> list[tuple[str, dict]]:
+    """One process's share of a parallel run: its methods one after another, `threads` torch threads."""
+    import torch
+
+    from .tasks import get_task
+
+    torch.set_num_threads(threads)
+    task = get_task(cfg.dataset)
+    row = next(r for r in task.rows(cfg) if r.label == label)
+    done = []
+    for m in methods:
+        found = _method(cfg, task, overrides, Path(out), row, m, context and not done, efficiency)
+        print(f"pipeline: {label}/{m} done in {found['result']['seconds']:.0f} s", flush=True)
+        done.append((m, found))
+    return done
+
+
+def _run_parallel(cfg, overrides, out, todo, keep, bar, results) -> None:
+    """`cfg.jobs` processes, each a group of methods (`chains`), the threads split between them; results kept as
+    each group finishes (an interrupted run keeps the finished ones and reruns the rest)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    rows = {}
+    for row, m in todo:
+        rows.setdefault(row.label, (row, []))[1].append(m)
+    work = [(row, g) for row, ms in rows.values() for g in chains(ms)]
+    work.sort(key=lambda w: -len(w[1]))  # the longest groups first
+    threads = max(1, torch.get_num_threads() // min(cfg.jobs, len(work)))
+    first = True
+    with ProcessPoolExecutor(min(cfg.jobs, len(work)), mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = {}
+        for row, group in work:
+            eff = row.efficiency_key not in results["efficiency"] and "In-Context" in group
+            futures[ex.submit(_worker, cfg, overrides, str(out), row.label, group,
+                              first and "context" not in results, eff, threads)] = row
+            first = False
+        for f in as_completed(futures):
+            for m, found in f.result():
+                keep(futures[f], m, found)
+                bar.update()
 
 
 def table(results: dict) -> str:

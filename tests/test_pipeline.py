@@ -311,3 +311,41 @@ def test_evaluation_sizes_are_capped_by_the_data_that_exists(base, tmp_path):
     r = res["methods"]["N2/In-Context"]
     assert r["n"] == 4 and r["ns"]["override"] == 4  # 2 policies x 2 held-out scenes: every row, no more
     assert r["ns"]["perception"] == 2 * r["n"]  # existence + counting, one question each per held-out row
+
+
+def test_methods_sharing_a_stage_stay_in_one_process():
+    from mpi_kit.pipeline import chains
+
+    got = chains(["In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO"])
+    assert sorted(map(sorted, got)) == sorted([["In-Context"], ["CoT SFT", "CoT SFT + GRPO"],
+                                               ["TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO"]])
+    # VM-CPT + CoT SFT joins TriMPI's group through vm_cpt; Direct SFT shares nothing
+    got = chains(["TriMPI w/ PoRo-GRPO", "Direct SFT", "VM-CPT + CoT SFT"])
+    assert sorted(map(sorted, got)) == [["Direct SFT"], ["TriMPI w/ PoRo-GRPO", "VM-CPT + CoT SFT"]]
+
+
+def test_methods_in_parallel_processes_give_the_serial_run_s_results(base, tmp_path):
+    """jobs = 2 trains and evaluates groups of methods in two processes (1 torch thread each); the results are the
+    serial run's at 1 thread, row for row, and a rerun with jobs = 1 reuses them all."""
+    common = dict(depths=(2,), methods=("In-Context", "CoT SFT", "CoT SFT + GRPO"), num_policies=2,
+                  num_scenes=8, sft_steps=2, rl_steps=1, eval_limit=3, side_limit=2, max_new_tokens=8,
+                  forgetting=False, model=base)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_pipeline(PipelineConfig(out=str(tmp_path / "serial"), **common))
+    finally:
+        torch.set_num_threads(2)
+    par = run_pipeline(PipelineConfig(out=str(tmp_path / "par"), jobs=2, **common))
+    torch.set_num_threads(before)
+    assert list(par["methods"]) == list(serial["methods"])  # the table's order, not the finishing order
+    for k, s in serial["methods"].items():
+        assert par["methods"][k]["rows"] == s["rows"], k
+        assert par["methods"][k]["accuracy"] == s["accuracy"]
+    assert par["efficiency"] and par["config"] == {**serial["config"], "out": str(tmp_path / "par")}
+    stage = tmp_path / "par" / "N2" / "cot_sft_grpo" / "summary.json"
+    loss = lambda run: json.loads((tmp_path / run / "N2" / "cot_sft_grpo" / "summary.json").read_text())["loss"]
+    assert loss("par") == loss("serial")  # the same training, step for step
+    t = stage.stat().st_mtime_ns
+    again = run_pipeline(PipelineConfig(out=str(tmp_path / "par"), jobs=1, **common))
+    assert stage.stat().st_mtime_ns == t and again["methods"].keys() == par["methods"].keys()
