@@ -88,7 +88,7 @@ def cmd_demo(args) -> int:
         print(f"report: {data_report(Path(args.out) / 'data')}")
         return 0
     t0 = time.time()
-    results = run_pipeline(demo_config(args.out, args.seed, args.eval_limit))  # N = 4, 4 methods: ~15 min, 2 cores
+    results = run_pipeline(demo_config(args.out, args.seed, args.eval_limit, args.jobs))
     print(table(results))
     import torch
 
@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--eval-limit", type=int, default=200, help="held-out questions per method (default: 200, "
                    "enough for a 95%% interval of about +-7 points; smaller is faster and noisier)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="methods run at once, each in its own process (default: 2 on a machine with 2 or more "
+                        "cores, else 1), the torch threads split between them")
     p.set_defaults(func=cmd_demo)
     from .pipeline import PipelineConfig
 
