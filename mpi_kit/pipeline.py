@@ -92,13 +92,13 @@ class PipelineConfig:
         "help": "gta: the GTA benchmark folder (dataset.json + image/) instead of generated instances"})
 
 
-def demo_config(out: str = "runs/demo", seed: int = 0, eval_limit: int = 200) -> PipelineConfig:
+def demo_config(out: str = "runs/demo", seed: int = 0, eval_limit: int = 200, jobs: int = 1) -> PipelineConfig:
     """`make demo`: TriMPI and the key baselines at N = 4 on the tiny recipe, sized for 15 minutes on 2 CPU cores.
     CoT SFT gets the steps to internalize four N = 4 policies (fewer leave it far below In-Context); every main
     cell is scored on `eval_limit` held-out questions, the secondary evaluations on 100 (dev/LOG.md: the sizing)."""
     return PipelineConfig(out=out, depths=(4,), methods=DEMO_METHODS, seed=seed, num_policies=4, num_scenes=260,
                           eval_limit=eval_limit, side_limit=min(100, eval_limit), cpt_steps=30, sft_steps=480,
-                          rl_steps=24, forgetting=True)
+                          rl_steps=24, forgetting=True, jobs=jobs)
 
 
 def config_record(cfg: PipelineConfig) -> dict:
