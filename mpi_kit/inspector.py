@@ -86,28 +86,41 @@ def diff_html(old: str, new: str) -> str:
     return " ".join(w for w in out if w)
 
 
+CARD_FONT_PX = 13  # readable from the back of a room on a projector
+
+
+def shown_text(text: str, max_chars: int = 700, tail: int = 160) -> str:
+    """A completion cut to `max_chars` for a card, keeping its end: the answer (`\\boxed{}`) comes last, so a long
+    completion loses the middle of its reasoning, never its answer."""
+    if len(text) <= max_chars:
+        return text
+    return text[:max_chars - tail] + " […] " + text[-tail:]
+
+
 def completion_card(row, base: str | None = None, dim: bool = False, max_chars: int = 700,
-                    noted: bool = False) -> str:
-    """One completion as an HTML card: source, rewards, advantage, length, truncation, parsed vs gold, text.
-    `noted`: the group's note (see `advantage_note`) explains this card's advantage; the card points to it."""
+                    noted: bool = False, badge: str = "") -> str:
+    """One completion as an HTML card: source, rewards, advantage, length, truncation, parsed vs gold, and the
+    whole text (no inner scroll: the card grows, so the answer at the end shows). `noted`: the group's note (see
+    `advantage_note`) explains this card's advantage; `badge`: a line saying what the update does with it."""
     color = SOURCE_COLOR.get(row["source"], "#555")
     adv = float(row["advantage"])
     bar = (f"<div style='height:6px;background:#eee'><div style='height:6px;width:{min(abs(adv), 2) * 50:.0f}%;"
            f"background:{'#2a9d3f' if adv > 0 else '#c0392b'}'></div></div>")
     ok = "✓" if row["correct"] else "✗"
-    text = row["text"] if len(row["text"]) <= max_chars else row["text"][:max_chars] + " […]"
+    text = shown_text(row["text"], max_chars)
     body = diff_html(base, text) if base is not None else html.escape(text)
     flags = " · <b style='color:#c0392b'>truncated</b>" if row["truncated"] else ""
     rewards = " ".join(f"{SHORT.get(c, c)} {row[c]:.2g}" for c in REWARD_COLUMNS if c in row)
-    return (f"<div style='border:2px solid {color};border-radius:6px;padding:4px;width:230px;font-size:12px;"
-            f"opacity:{0.35 if dim else 1}'>"
-            f"<div style='color:{color};font-weight:bold'>{row['source']}</div>"
+    note = f"<div style='background:#e6f4ea;font-weight:bold;margin:2px 0'>{html.escape(badge)}</div>" if badge else ""
+    return (f"<div style='border:2px solid {color};border-radius:6px;padding:4px;min-width:0;"
+            f"font-size:{CARD_FONT_PX}px;line-height:1.3;opacity:{0.35 if dim else 1}'>"
+            f"<div style='color:{color};font-weight:bold'>{row['source']}</div>{note}"
             f"reward <b>{row['reward']:.2f}</b> ({rewards}) · adv <b>{adv:+.2f}</b>"
             f"{' <i>(why? see the note)</i>' if noted else ''}{bar}"
             f"len {row['length']}{flags}<br>answer <b>{html.escape(answer_text(row['parsed_answer']))}</b> {ok} "
             f"gold {html.escape(answer_text(row['gold'], 'unknown'))}"
-            f"<div style='white-space:pre-wrap;font-family:monospace;font-size:11px;max-height:220px;"
-            f"overflow:auto;background:#fafafa;margin-top:3px'>{body}</div></div>")
+            f"<div style='white-space:pre-wrap;overflow-wrap:anywhere;font-size:{CARD_FONT_PX}px;"
+            f"background:#fafafa;margin-top:3px'>{body}</div></div>")
 
 
 def advantage_note(group: pd.DataFrame) -> str:
@@ -140,21 +153,45 @@ def advantage_note(group: pd.DataFrame) -> str:
     return why + f". Beating the mean is all GRPO looks at, so it pushes {it} up, right answer or not."
 
 
+RESCUED = ("rescued by PolicyRollout: the no-policy half failed, the policy-aware half succeeded; its completions "
+           "are trained on the no-policy prompt, so the update pushes the model toward the right answer without "
+           "the policy in view.")
+HALF_WORDS = {NO_POLICY: "no-policy half: sampled without the policy, as the model is tested",
+              POLICY_AWARE: "policy-aware half: sampled with the policy in the prompt, trained without it"}
+
+
+def is_rescued(group: pd.DataFrame) -> bool:
+    """Did PolicyRollout rescue this group: no no-policy completion right, a policy-aware one right? (The test of
+    `policy_rescues`: without the policy-aware half the group's accuracy reward would be all 0.)"""
+    halves = [group[group["source"] == s]["correct"].astype(bool) for s in (NO_POLICY, POLICY_AWARE)]
+    return all(len(h) for h in halves) and not halves[0].any() and bool(halves[1].any())
+
+
 def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame | None = None) -> str:
-    """A group's completions side by side, no-policy half on the first line, policy-aware half on the second.
-    Completions not in `keep` (row index) are dimmed; with `base` (the same prompt at an earlier step), each
-    card highlights the words that changed from the card in the same position there."""
-    note = advantage_note(group)
-    lines = [f"<div style='background:#fff8e1;border-left:4px solid #f39c12;padding:4px 8px;margin-bottom:6px;"
-             f"font-size:12px;max-width:720px'>{html.escape(note)}</div>"] if note else []
+    """A group's completions, each half's G cards in one row (no-policy half first), under a header saying when
+    PolicyRollout rescued the group and what the update does with it. Completions not in `keep` (row index) are
+    dimmed; with `base` (the same prompt at an earlier step), each card highlights the words changed since."""
+    note, rescued = advantage_note(group), is_rescued(group)
+    box = "padding:4px 8px;margin-bottom:6px;font-size:13px"
+    lines = [f"<div style='background:#e6f4ea;border-left:4px solid #2a9d3f;{box}'><b>{html.escape(RESCUED)}</b>"
+             f"</div>"] if rescued else []
+    if note:
+        lines.append(f"<div style='background:#fff8e1;border-left:4px solid #f39c12;{box}'>{html.escape(note)}</div>")
+    both = group["source"].nunique() > 1
     for source in (NO_POLICY, POLICY_AWARE):
         half = group[group["source"] == source]
         earlier = base[base["source"] == source]["text"].tolist() if base is not None else []
-        if len(half):
-            cards = [completion_card(r, earlier[i] if i < len(earlier) else None, keep is not None and k not in keep,
-                                     noted=bool(note) and not r["correct"] and r["advantage"] > 0)
-                     for i, (k, r) in enumerate(half.iterrows())]
-            lines.append(f"<div style='display:flex;gap:6px;flex-wrap:wrap;margin-bottom:6px'>{''.join(cards)}</div>")
+        if not len(half):
+            continue
+        cards = [completion_card(r, earlier[i] if i < len(earlier) else None, keep is not None and k not in keep,
+                                 noted=bool(note) and not r["correct"] and r["advantage"] > 0,
+                                 badge="rescues the group: trained on the no-policy prompt"
+                                 if rescued and source == POLICY_AWARE and r["correct"] else "")
+                 for i, (k, r) in enumerate(half.iterrows())]
+        if both:
+            lines.append(f"<div style='font-size:13px;color:{SOURCE_COLOR[source]}'>{HALF_WORDS[source]}</div>")
+        lines.append(f"<div style='display:grid;grid-template-columns:repeat({len(cards)}, minmax(0, 1fr));gap:6px;"
+                     f"margin-bottom:6px'>{''.join(cards)}</div>")
     return "".join(lines)
 
 
@@ -200,6 +237,11 @@ except ImportError:  # pragma: no cover - the pure functions above still work
     _w, _Box = None, object
 
 
+def _wrapping():
+    """A row layout that wraps its controls onto a second line on a narrow screen instead of clipping them."""
+    return _w.Layout(flex_flow="row wrap")
+
+
 class RolloutInspector(_Box):
     """One group at a time: its scene image (and policy path), its 2G completions side by side, a step slider
     to watch the same prompt drift, filters, and a reward playground that re-scores an edited completion.
@@ -229,7 +271,7 @@ class RolloutInspector(_Box):
         self.drift = w.Checkbox(False, description="highlight changes since first step", indent=False)
         self.count = w.HTML()
         self.scene = w.HTML()
-        self.cards = w.HTML()
+        self.cards = w.HTML(layout=w.Layout(flex="1 1 0%", min_width="0"))  # the room beside the scene
         self.pick = w.Dropdown(description="completion", layout=w.Layout(width="300px"))
         self.edit = w.Textarea(layout=w.Layout(width="100%", height="90px"))
         self.gold = w.Text(description="gold", placeholder="exact, e.g. Case 13", layout=w.Layout(width="220px"))
@@ -253,8 +295,8 @@ class RolloutInspector(_Box):
             w.HTML(head),
             # PolicyRollout's controls only for a run that has a policy-aware half
             w.HBox([self.zero_std, self.rescued, self.truncated, self.wrong, self.source] if self.policy_rollout
-                   else [self.zero_std, self.truncated, self.wrong]),
-            w.HBox([self.prompt, self.count]),
+                   else [self.zero_std, self.truncated, self.wrong], layout=_wrapping()),
+            w.HBox([self.prompt, self.count], layout=_wrapping()),
             w.HBox([self.step, self.drift]),
             w.HBox([self.scene, self.cards]),
             self.arith,
@@ -378,5 +420,6 @@ class RolloutInspector(_Box):
 
 __all__ = ["load_rollouts", "find_data_dir", "group_table", "filter_rows", "filter_groups", "step_stats",
            "policy_rescues", "group_outcomes", "outcome_figure", "rescore", "answer_text", "advantage_note",
+           "is_rescued", "group_html", "completion_card",
            "rollout_figures", "RolloutInspector", "pack_run", "portable", "record_demo_run",  # recorded_run's
            "summary_table", "ASSET_RUN"]
