@@ -35,13 +35,23 @@ def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> 
     for s in scenes:
         parts.append(f"<div style='display:flex;gap:16px;margin:8px 0'>{image_html(scene_image(s, image_size), 240)}"
                      f"<div>{'<br>'.join(walk_html(p, s) for p in policies)}</div></div>")
-    return write_page(out / "report.html", parts)
+    return write_page(out / "report.html", parts, "mpi-kit data report")
 
 
-def write_page(path: Path, parts: list[str]) -> Path:
-    """One self-contained HTML page from its parts (headings, tables, figures' HTML)."""
-    path.write_text("<html><head><meta charset='utf-8'></head><body style='font-family:sans-serif'>"
-                    + "".join(parts) + "</body></html>")
+NEEDS_JS = ("Charts need JavaScript: in JupyterLab press 'Trust HTML' at the top of this file, or open it in a "
+            "browser.")
+
+
+def write_page(path: Path, parts: list[str], title: str) -> Path:
+    """One self-contained HTML page from its parts (headings, tables, figures' HTML), titled. A page with charts
+    opens with a banner saying they need JavaScript, which its first script removes: where scripts do not run
+    (JupyterLab serves an untrusted file that way) the banner stays and says how to see the charts."""
+    body = "".join(parts)
+    banner = (f"<div id='needs-js' style='background:#fff3cd;border:1px solid #e0b000;padding:8px;margin:8px 0'>"
+              f"{html.escape(NEEDS_JS)}</div><script>document.getElementById('needs-js').remove()</script>"
+              if "<script" in body else "")
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+                    f"<body style='font-family:sans-serif'>{banner}{body}</body></html>")
     return path
 
 
@@ -268,7 +278,7 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
                      + f"</table><p>Paper (7B): up to {paper['efficiency']['prompt_token_reduction_pct']}% fewer "
                      f"prompt tokens, {paper['efficiency']['prefill_time_reduction_pct']}% less prefill time.</p>")
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
-    return write_page(out / "report.html", parts)
+    return write_page(out / "report.html", parts, f"mpi-kit report: ClevrPolicy, {results['config']['recipe']} recipe")
 
 
 def gta_pipeline_report(out: str | Path, results: dict) -> Path:
@@ -313,7 +323,7 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
     if "context" in results:
         parts.append(f"<h2>Context</h2><pre>{html.escape(json.dumps(results['context'], indent=1))}</pre>")
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
-    return write_page(out / "report.html", parts)
+    return write_page(out / "report.html", parts, f"mpi-kit report: GTAPolicy, {results['config']['recipe']} recipe")
 
 
 # ------------------------------------------------------------------------------------------------ tables

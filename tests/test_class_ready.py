@@ -10,7 +10,7 @@ import pytest
 
 from mpi_kit.inspector import (ASSET_RUN, RolloutInspector, completion_card, group_html, is_rescued, load_rollouts,
                                outcome_figure, policy_rescues, rollout_figures)
-from mpi_kit.report import comparison_figures, efficiency_figure, errors_figure, rollout_figure
+from mpi_kit.report import comparison_figures, efficiency_figure, errors_figure, pipeline_report, rollout_figure
 from mpi_kit.training import loss_figure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +33,17 @@ def visible_text(page: str) -> str:
     """What a browser shows with scripts off: the page without its <script> and <style> elements and tags."""
     page = re.sub(r"<(script|style)\b.*?</\1>", "", page, flags=re.S)
     return re.sub(r"<[^>]+>", " ", page)
+
+
+def test_the_report_says_how_to_see_its_charts_and_has_a_title(results, tmp_path):
+    page = pipeline_report(tmp_path, results).read_text()
+    assert re.search(r"<head>.*<title>mpi-kit report[^<]*</title>.*</head>", page, flags=re.S)
+    shown = visible_text(page)
+    assert "Charts need JavaScript" in shown and "Trust HTML" in shown and "open it in a browser" in shown
+    # the banner comes before any chart, and the first script (there only where scripts run) removes it
+    banner = page.index("id='needs-js'")
+    first_script = page.index("<script")
+    assert banner < first_script and "getElementById('needs-js').remove()" in page[first_script:first_script + 80]
 
 
 # ------------------------------------------------------------------------------------------ chart text
