@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .charts import PATTERNS, step_axis, title_layout
 from .recorded_run import ASSET_RUN, CHECKOUT, DEMO, pack_run, portable, record_demo_run  # noqa: F401
 from .rollout_log import (NO_POLICY, OUTCOMES, POLICY_AWARE, REWARD_COLUMNS, answer_text, filter_groups,  # noqa: F401
                           filter_rows, find_data_dir, group_outcomes, group_table, load_rollouts, policy_rescues,
@@ -23,14 +24,15 @@ SHORT = {"format_reward": "fmt", "accuracy_reward": "acc"}
 
 
 def outcome_figure(df: pd.DataFrame, title: str = "where the accuracy reward came from"):
-    """Stacked bars of `group_outcomes` over steps."""
+    """Stacked bars of `group_outcomes` over steps, each outcome coloured and hatched (told apart without colour)."""
     import plotly.graph_objects as go
 
     o = group_outcomes(df)
     colors = (SOURCE_COLOR[NO_POLICY], SOURCE_COLOR[POLICY_AWARE], "#bbbbbb")
-    fig = go.Figure([go.Bar(x=o.index, y=o[c], name=c, marker_color=k) for c, k in zip(OUTCOMES, colors)])
-    fig.update_layout(barmode="stack", title=title, xaxis_title="step", yaxis_title="groups", height=300,
-                      margin=dict(l=40, r=20, t=40, b=40))
+    fig = go.Figure([go.Bar(x=o.index, y=o[c], name=c, marker_color=k, marker_pattern_shape=PATTERNS[i])
+                     for i, (c, k) in enumerate(zip(OUTCOMES, colors))])
+    fig.update_layout(**title_layout(title), barmode="stack", xaxis_title="step", yaxis_title="groups", height=300)
+    fig.update_layout(margin=dict(l=40, r=20, b=40), xaxis=step_axis(o.index))
     return fig
 
 
@@ -43,12 +45,12 @@ def rollout_figures(df: pd.DataFrame, title: str = "") -> list:
 
     s = step_stats(df)
     x = s["step"]
-    layout = dict(height=300, margin=dict(l=40, r=20, t=40, b=40), xaxis_title="step")
     pre = f"{title}: " if title else ""
 
     def fig(name, traces, **kw):
         f = go.Figure(traces)
-        f.update_layout(title=pre + name, **layout, **kw)
+        f.update_layout(**title_layout(pre + name), height=300, xaxis=dict(title="step", **step_axis(x)), **kw)
+        f.update_layout(margin=dict(l=40, r=20, b=40))
         return f
 
     lines = lambda col, name, **kw: go.Scatter(x=x, y=s[col], mode="lines+markers", name=name, **kw)

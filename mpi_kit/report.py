@@ -5,6 +5,7 @@ import html
 import json
 from pathlib import Path
 
+from .charts import PATTERNS, SUBPLOT_TITLE, percent_axis, step_axis, title_layout
 from .data import load_policies, load_scenes
 from .scenes import scene_image
 from .widgets import image_html, tree_figure, walk_html
@@ -99,7 +100,8 @@ def comparison_figures(results: dict) -> list:
                 lo = [y - ci[0] if ci and y is not None else 0 for ci, y in zip(cis, ys)]
                 hi = [ci[1] - y if ci and y is not None else 0 for ci, y in zip(cis, ys)]
                 err = dict(type="data", symmetric=False, array=hi, arrayminus=lo)
-            fig.add_trace(go.Bar(name=f"ours N={d}", x=methods, y=ys, error_y=err))
+            fig.add_trace(go.Bar(name=f"ours N={d}", x=methods, y=ys, error_y=err,
+                                 marker_pattern_shape=PATTERNS[depths.index(d) % len(PATTERNS)]))
             ref = paper.get(paper_key, {}) if paper_key else {}
             ref = ref.get(str(d), ref.get(d, {}))
             if ref:
@@ -107,10 +109,11 @@ def comparison_figures(results: dict) -> list:
                                          mode="markers", marker=dict(symbol="diamond", size=11)))
         ns = sorted({n for m in methods for d in depths if (n := _n(row(m, d), key))})
         sub = CAPTIONS.get(key, "") + (f" n = {'/'.join(map(str, ns))} per bar, 95% Wilson intervals." if ns else "")
-        fig.update_layout(title=dict(text=title, subtitle=dict(text=_wrap(sub))), barmode="group",
-                          yaxis_title=ytitle, height=460, margin=dict(t=110))
-        if key in PERCENT:
-            fig.update_yaxes(range=[0, 100])
+        fig.update_layout(**title_layout(title, _wrap(sub)), barmode="group", yaxis_title=ytitle, height=460)
+        if key in PERCENT or key == "referral":
+            fig.update_yaxes(**percent_axis(100 if key in PERCENT else 10))
+        for a in not_measured([[row(m, d).get(key) for m in methods] for d in depths]):
+            fig.add_annotation(a)
         if all(not v for v in values):  # all zero: say why instead of an empty chart
             fig.add_annotation(text=_wrap("Every bar is 0 here: no method got any of these right. " +
                                           limits_note(results)), x=0.5, y=0.5, xref="paper", yref="paper",
@@ -125,6 +128,19 @@ def comparison_figures(results: dict) -> list:
     bars("Policy Referral (rule judge, 0-10)", "referral", "referral_7b", ytitle="score")
     bars("Forgetting: perception and counting accuracy after training (In-Context = base model)", "perception")
     return figs
+
+
+def not_measured(values: list[list]) -> list[dict]:
+    """An 'n/a' annotation over each bar slot with no value (`values`: one list per bar trace, one value per
+    category), so an evaluation a method does not have reads as not measured, never as an empty 0% bar."""
+    out, k = [], len(values)
+    for j, ys in enumerate(values):
+        for i, y in enumerate(ys):
+            if y is None:  # a category's bars share 0.8 of its width (plotly's bargap 0.2), trace j at its offset
+                out.append(dict(x=i - 0.4 + (j + 0.5) * 0.8 / k, y=0, xref="x", yref="y", yanchor="bottom",
+                                text="n/a", showarrow=False, font=dict(size=11, color="#666"),
+                                hovertext="not measured for this method"))
+    return out
 
 
 def _interval(r: dict, key: str):
@@ -168,10 +184,10 @@ def rollout_figure(results: dict):
            "nothing; solved: zero variance because every completion was right. Rescued: no no-policy completion was "
            "right but a policy-aware one was, so the pooled group still has a signal, trained on the no-policy "
            "prompt.")
-    fig.update_layout(title=dict(text="PolicyRollout made visible: what the RL groups saw",
-                                 subtitle=dict(text=_wrap(sub))), height=480, margin=dict(t=120))
-    fig.update_yaxes(range=[0, 100], row=1, col=1)
-    fig.update_xaxes(title_text="RL step")
+    fig.update_layout(**title_layout("PolicyRollout made visible: what the RL groups saw", _wrap(sub),
+                                     above_plot=SUBPLOT_TITLE), height=520)
+    fig.update_yaxes(**percent_axis(), row=1, col=1)
+    fig.update_xaxes(title_text="RL step", **step_axis([x["step"] for r in runs for x in r["rollouts"]]))
     return fig
 
 
@@ -187,9 +203,10 @@ def errors_figure(results: dict):
     from .evaluate import ERROR_PARTS
 
     fig = go.Figure()
-    for part in ERROR_PARTS:
+    for i, part in enumerate(ERROR_PARTS):  # hatched as well as coloured: told apart without colour too
         fig.add_trace(go.Bar(name=PART_WORDS[part], x=[k for k, _ in rows],
-                             y=[r["errors"].get(part, 0) for _, r in rows]))
+                             y=[r["errors"].get(part, 0) for _, r in rows],
+                             marker_pattern_shape=PATTERNS[i % len(PATTERNS)]))
     if not any(sum(r["errors"].values()) for _, r in rows):
         fig.add_annotation(text="No wrong answers: every method got every question right.", x=0.5, y=0.5,
                            xref="paper", yref="paper", showarrow=False, font=dict(size=14), bgcolor="#fff8e0")
@@ -197,8 +214,8 @@ def errors_figure(results: dict):
     sub = ("Each wrong answer counted once, at the first part of its chain of thought that differs from the gold one: "
            "a question or a go-to / case id is the policy not recalled; a yes/no is the scene misread. "
            f"n = {'/'.join(map(str, ns))} questions per bar.")
-    fig.update_layout(title=dict(text="Where the wrong answers broke", subtitle=dict(text=_wrap(sub))),
-                      barmode="stack", yaxis_title="wrong answers", height=440, margin=dict(t=110))
+    fig.update_layout(**title_layout("Where the wrong answers broke", _wrap(sub)), barmode="stack",
+                      yaxis_title="wrong answers", height=440)
     return fig
 
 
@@ -228,7 +245,8 @@ def limits_note(results: dict) -> str:
 
 def efficiency_figure(rows: list[dict], paper: dict | None = None):
     """Prompt tokens and prefill time with the policy in context vs without it, as a function of N: `rows` are
-    `evaluate.efficiency` rows (several N, one or more batch sizes). The paper's best reductions go in the title."""
+    `evaluate.efficiency` rows (several N, one or more batch sizes). The paper's best reductions go in the
+    subtitle."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -244,11 +262,9 @@ def efficiency_figure(rows: list[dict], paper: dict | None = None):
                 fig.add_trace(go.Scatter(x=x, y=[r[f"{key}_{setting}"] for r in rs], mode="lines+markers",
                                          line=dict(dash=dash), legendgroup=f"{setting}{bs}",
                                          name=label + (f", batch {bs}" if col == 2 else "")), row=1, col=col)
-    title = "The cost of carrying the policy"
-    if paper:
-        title += (f" (paper, 7B: up to {paper['prompt_token_reduction_pct']}% fewer prompt tokens, "
-                  f"{paper['prefill_time_reduction_pct']}% less prefill time)")
-    fig.update_layout(title=title, height=420)
+    sub = (f"Paper, 7B: up to {paper['prompt_token_reduction_pct']}% fewer prompt tokens, "
+           f"{paper['prefill_time_reduction_pct']}% less prefill time." if paper else "")
+    fig.update_layout(**title_layout("The cost of carrying the policy", sub, above_plot=SUBPLOT_TITLE), height=440)
     return fig
 
 
@@ -308,7 +324,8 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
             if any(y is not None for y in ys):
                 fig.add_trace(go.Scatter(name=f"paper 7B {k}", x=methods, y=ys, mode="markers",
                                          marker=dict(symbol="diamond", size=11)))
-        fig.update_layout(title=title, barmode="group", yaxis_title="%", height=420)
+        fig.update_layout(**title_layout(title), barmode="group", yaxis_title="%", height=420)
+        fig.update_yaxes(**percent_axis())
         figs.append(fig)
     parts = [f"<h1>mpi-kit: GTAPolicy comparison on the {results['config']['recipe']} recipe</h1>"
              f"<pre>{html.escape(gta_table(results))}</pre>"]

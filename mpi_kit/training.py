@@ -437,15 +437,19 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
 
 
 def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
-    """A plotly figure of one or more stages' loss curves (name -> summary)."""
+    """A plotly figure of one or more stages' loss curves (name -> summary), steps ticked at whole numbers."""
     import plotly.graph_objects as go
+
+    from .charts import step_axis, title_layout
 
     fig = go.Figure()
     for name, s in summaries.items():
         fig.add_trace(go.Scatter(x=[p["step"] for p in s["loss"]], y=[p["loss"] for p in s["loss"]],
                                  mode="lines+markers", name=name))
-    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title="loss", height=350,
-                      margin=dict(l=40, r=20, t=40, b=40))
+    steps = [p["step"] for s in summaries.values() for p in s["loss"]]
+    fig.update_layout(**title_layout(title), xaxis=dict(title="optimizer step", **step_axis(steps)),
+                      yaxis_title="loss", height=350)
+    fig.update_layout(margin=dict(l=40, r=20, b=40))
     return fig
 
 

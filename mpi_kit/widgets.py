@@ -46,9 +46,16 @@ def _on_path(path: list[str], outcome: str | None) -> set:
     return set(path) | ({outcome} if outcome else set())
 
 
+EDGE_LABEL_AT = 0.3  # where "yes" / "no" sit along an edge, from its parent: clear of the child's id above it
+
+
 def tree_figure(policy: Policy, path: list[str] | None = None, outcome: str | None = None):
-    """The policy's decision tree as a plotly figure (yes edges green, no edges red, the path highlighted)."""
+    """The policy's decision tree as a plotly figure (yes edges green, no edges red, the path highlighted). The
+    legend sits in the top margin and the y range leaves room over the root, so neither covers a node's id; each
+    "yes" / "no" is written beside its edge near the parent."""
     import plotly.graph_objects as go
+
+    from .charts import title_layout
 
     pos, edges = tree_layout(policy)
     hot = _on_path(path or [], outcome)
@@ -58,10 +65,12 @@ def tree_figure(policy: Policy, path: list[str] | None = None, outcome: str | No
         fig.add_trace(go.Scatter(x=[pos[a][0], pos[b][0]], y=[-pos[a][1], -pos[b][1]], mode="lines",
                                  line=dict(color=HOT if on else (YES if yes else NO), width=4 if on else 1.5),
                                  hoverinfo="skip", showlegend=False))
-    fig.add_trace(go.Scatter(  # "yes" / "no" halfway along every edge
-        x=[(pos[a][0] + pos[b][0]) / 2 for a, b, _ in edges], y=[-(pos[a][1] + pos[b][1]) / 2 for a, b, _ in edges],
-        mode="text", text=["yes" if yes else "no" for *_, yes in edges], hoverinfo="skip", showlegend=False,
-        textfont=dict(size=9, color=[YES if yes else NO for *_, yes in edges])))
+    at = lambda a, b, i: pos[a][i] + EDGE_LABEL_AT * (pos[b][i] - pos[a][i])
+    fig.add_trace(go.Scatter(  # "yes" on the outside of the left (yes) edge, "no" of the right one
+        x=[at(a, b, 0) for a, b, _ in edges], y=[-at(a, b, 1) for a, b, _ in edges], mode="text",
+        text=["yes" if yes else "no" for *_, yes in edges], hoverinfo="skip", showlegend=False,
+        textposition=["middle left" if yes else "middle right" for *_, yes in edges],
+        textfont=dict(size=10, color=[YES if yes else NO for *_, yes in edges])))
     for kind in (False, True):
         ids = [k for k, v in pos.items() if v[3] == kind]
         fig.add_trace(go.Scatter(
@@ -72,11 +81,19 @@ def tree_figure(policy: Policy, path: list[str] | None = None, outcome: str | No
             marker=dict(size=9 if kind else 13, symbol="square" if kind else "circle",
                         color=[HOT if k in hot else ("#555" if kind else "#3b6fb6") for k in ids]),
             name="cases" if kind else "conditions"))
-    fig.update_layout(title=f"{policy.name}: {len(policy.conditions)} conditions (hover for the question), "
-                            f"{len(policy.cases)} cases (numbers under the leaves)", height=380,
-                      margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="white")
+    depth = max(v[1] for v in pos.values())
+    leaves = max(v[0] for v in pos.values())
+    top = title_layout(f"{policy.name}: {len(policy.conditions)} conditions (hover for the question), "
+                       f"{len(policy.cases)} cases (numbers under the leaves)", above_plot=LEGEND_ROW)
+    top["margin"].update(l=10, r=10, b=10)
+    fig.update_layout(**top, height=340 + top["margin"]["t"], plot_bgcolor="white",
+                      legend=dict(orientation="h", x=0, xanchor="left", y=1, yanchor="bottom"),
+                      xaxis=dict(visible=False, range=[-0.6, leaves + 0.6]),
+                      yaxis=dict(visible=False, range=[-depth - 0.5, 0.5]))  # room for the root's id, leaves' cases
     return fig
+
+
+LEGEND_ROW = 28  # a horizontal legend's height, in pixels
 
 
 CHAR_W = 0.6  # a character's width, in font sizes (a generous average), to decide which labels fit

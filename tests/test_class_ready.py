@@ -10,8 +10,11 @@ import pytest
 
 from mpi_kit.inspector import (ASSET_RUN, RolloutInspector, completion_card, group_html, is_rescued, load_rollouts,
                                outcome_figure, policy_rescues, rollout_figures)
+from mpi_kit.policy import sample_policy
 from mpi_kit.report import comparison_figures, efficiency_figure, errors_figure, pipeline_report, rollout_figure
+from mpi_kit.scenes import sample_scene
 from mpi_kit.training import loss_figure
+from mpi_kit.widgets import tree_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo" / "results.json"
@@ -81,7 +84,74 @@ def figures(results, df):
     return figs
 
 
+def test_every_chart_keeps_its_title_and_subtitle_in_the_top_margin(results, df):
+    for fig, above in figures(results, df):
+        assert_title_clear_of_plot(fig, above)
+
+
+def test_the_rl_chart_leaves_room_for_its_subplot_titles(results):
+    fig = rollout_figure(results)
+    sub_titles = [a for a in fig.layout.annotations if a.yref == "paper" and a.y == 1]
+    assert len(sub_titles) == 2 and all(a.yanchor == "bottom" for a in sub_titles)  # drawn just above the plot
+    assert fig.layout.title.subtitle.text.count("<br>") >= 2  # the three lines that hid the left one's title
+    assert_title_clear_of_plot(fig, above_plot=SUBPLOT_TITLES)
+
+
+def test_bounded_axes_leave_room_over_the_papers_diamonds(results):
+    bounded = [f for f in comparison_figures(results) if f.layout.yaxis.range is not None]
+    assert len(bounded) >= 5  # the % charts and the 0-10 referral score
+    for fig in bounded:
+        top = max(y for tr in fig.data for y in tr.y if y is not None)
+        lo, hi = fig.layout.yaxis.range
+        assert hi >= 1.04 * top, (fig.layout.title.text, top, hi)  # a diamond at 99 is drawn whole
+        ticks = fig.layout.yaxis.tickvals
+        assert ticks and max(ticks) in (100, 10) and max(ticks) < hi  # ticked to 100 (10), not to the headroom
+    diamonds = [y for f in comparison_figures(results) for tr in f.data if tr.type == "scatter" for y in tr.y if y]
+    assert max(diamonds) > 98  # the demo's results do carry the paper's 98-99
+
+
+def test_step_axes_tick_whole_steps(results, df):
+    short = rollout_figures(df) + [outcome_figure(df)]
+    short.append(loss_figure({"x": {"loss": [{"step": s, "loss": 1.0} for s in (1, 2, 3)]}}))
+    for fig in short:
+        assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1, fig.layout.title.text
+    long = rollout_figure(results)  # 24 RL steps: whole numbers, plotly picks how many
+    assert long.layout.xaxis.tickformat == "d" and long.layout.xaxis2.tickformat == "d"
+
+
+def test_the_mini_trees_legend_sits_above_the_plot_not_on_the_root():
+    policy = sample_policy(depth=2, rng=0)
+    case, path = policy.evaluate(sample_scene(3))
+    fig = tree_figure(policy, path, case)
+    legend = fig.layout.legend
+    assert legend.orientation == "h" and legend.y >= 1 and legend.yanchor == "bottom"
+    assert_title_clear_of_plot(fig, above_plot=20)  # the legend row between title and plot
+    assert fig.layout.yaxis.range[1] >= 0.4  # room over the root (at y = 0) for its id
+    # "yes" / "no" sit beside their edge near the parent (one level = 1), clear of the child's id over the child
+    labels = next(tr for tr in fig.data if tr.mode == "text")
+    assert all((-y) % 1 <= 0.4 for y in labels.y)
+    assert set(labels.textposition) == {"middle left", "middle right"}
+
+
 # ------------------------------------------------------------------------------------------ missing values, colour
+
+def test_a_method_with_no_value_reads_n_a_not_0(results):
+    fig = next(f for f in comparison_figures(results) if f.layout.title.text.startswith("Policy back in context"))
+    bars = [tr for tr in fig.data if tr.type == "bar"]
+    methods = list(bars[0].x)
+    missing = [i for i, y in enumerate(bars[0].y) if y is None]
+    assert [methods[i] for i in missing] == ["In-Context"]  # In-Context trains nothing: no 'after training'
+    na = [a for a in fig.layout.annotations if a.text == "n/a"]
+    assert len(na) == 1 and abs(na[0].x - missing[0]) < 0.41 and na[0].y == 0 and na[0].yref == "y"
+    full = next(f for f in comparison_figures(results) if f.layout.title.text.startswith("Accuracy"))
+    assert not [a for a in full.layout.annotations if a.text == "n/a"]
+
+
+def test_stacked_categories_are_hatched_as_well_as_coloured(results, df):
+    for fig in (errors_figure(results), outcome_figure(df)):
+        shapes = [tr.marker.pattern.shape for tr in fig.data]
+        assert len(set(shapes)) == len(shapes) == len(fig.data) >= 3, fig.layout.title.text
+
 
 # ------------------------------------------------------------------------------------------ the rollout inspector
 

@@ -111,7 +111,7 @@ def test_comparison_and_efficiency_figures():
     eff = [{"batch_size": bs, "depth": d, "prompt_tokens_in_context": 100 * d, "prompt_tokens_no_policy": 30,
             "prefill_s_in_context": 0.01 * d, "prefill_s_no_policy": 0.005} for d in (2, 4, 6) for bs in (1, 8)]
     fig = efficiency_figure(eff, paper_table()["efficiency"])
-    assert "93.9" in fig.layout.title.text
+    assert "93.9" in fig.layout.title.subtitle.text
     assert list(fig.data[0].y) == [200, 400, 600] and list(fig.data[0].x) == ["N=2", "N=4", "N=6"]
     assert len(fig.data) == 2 + 2 * 2  # tokens (once) + time per batch size, each with and without the policy
 

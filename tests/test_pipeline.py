@@ -173,7 +173,7 @@ def test_report_on_empty_metrics_explains_itself(tmp_path):
     figs = comparison_figures(res)
     assert len(figs) == 2
     for f in figs:
-        assert f.layout.title.subtitle.text and list(f.layout.yaxis.range) == [0, 100]
+        assert f.layout.title.subtitle.text and list(f.layout.yaxis.range) == [0, 105]  # headroom over 100
         assert "Every bar is 0 here" in f.layout.annotations[0].text
     assert list(figs[0].data[0].error_y.array) == [1.9, 1.9]
     assert figs[1].data[0].error_y.array is None  # override measured with no interval: no error bars invented
