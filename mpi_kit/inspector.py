@@ -373,7 +373,7 @@ class RolloutInspector(_Box):
         self._load_playground()
 
     def _scene_html(self, row) -> str:
-        from .widgets import image_html, tree_svg
+        from .widgets import image_html, scene_alt, tree_svg
         from .scenes import scene_image
 
         g = self.current_group()
@@ -383,7 +383,7 @@ class RolloutInspector(_Box):
         scene = self.scenes.get(row["scene_id"])
         if scene is None:
             return head + "<i>(no scene image: data folder not found)</i>"
-        out = head + image_html(scene_image(scene, self.image_size), self.image_width)
+        out = head + image_html(scene_image(scene, self.image_size), self.image_width, scene_alt(scene))
         policy = self.policies.get(str(row["prompt_id"]).split("/")[0])
         if policy is not None:
             case, path = policy.evaluate(scene)

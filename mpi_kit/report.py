@@ -8,7 +8,7 @@ from pathlib import Path
 from .charts import PATTERNS, SUBPLOT_TITLE, percent_axis, step_axis, title_layout
 from .data import load_policies, load_scenes
 from .scenes import scene_image
-from .widgets import image_html, tree_figure, walk_html
+from .widgets import image_html, scene_alt, tree_figure, walk_html
 
 
 def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> Path:
@@ -34,7 +34,8 @@ def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> 
     parts.append(f"<h2>Policy text: {policies[0].name}</h2><pre>{html.escape(policies[0].text())}</pre>")
     parts.append("<h2>Held-out scenes</h2>")
     for s in scenes:
-        parts.append(f"<div style='display:flex;gap:16px;margin:8px 0'>{image_html(scene_image(s, image_size), 240)}"
+        parts.append(f"<div style='display:flex;gap:16px;margin:8px 0'>"
+                     f"{image_html(scene_image(s, image_size), 240, scene_alt(s))}"
                      f"<div>{'<br>'.join(walk_html(p, s) for p in policies)}</div></div>")
     return write_page(out / "report.html", parts, "mpi-kit data report")
 
@@ -287,12 +288,10 @@ def pipeline_report(out: str | Path, results: dict) -> Path:
                      f"{html.escape(limits_note(results))}</p>")
     parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
     if eff:
-        cols = list(eff[0])
         parts.append("<h2>Efficiency: prompt tokens and prefill time, with vs without the policy</h2>"
-                     "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
-                     + "".join("<tr>" + "".join(f"<td>{e[c]}</td>" for c in cols) + "</tr>" for e in eff)
-                     + f"</table><p>Paper (7B): up to {paper['efficiency']['prompt_token_reduction_pct']}% fewer "
-                     f"prompt tokens, {paper['efficiency']['prefill_time_reduction_pct']}% less prefill time.</p>")
+                     + efficiency_table(eff) + f"<p>Paper (7B): up to "
+                     f"{paper['efficiency']['prompt_token_reduction_pct']}% fewer prompt tokens, "
+                     f"{paper['efficiency']['prefill_time_reduction_pct']}% less prefill time.</p>")
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
     return write_page(out / "report.html", parts, f"mpi-kit report: ClevrPolicy, {results['config']['recipe']} recipe")
 
@@ -332,11 +331,8 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
     parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
     eff = [e for es in results.get("efficiency", {}).values() for e in es]
     if eff:
-        cols = list(eff[0])
         parts.append("<h2>Efficiency: prompt tokens and prefill time, with vs without the policy</h2>"
-                     "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
-                     + "".join("<tr>" + "".join(f"<td>{e[c]}</td>" for c in cols) + "</tr>" for e in eff)
-                     + "</table>")
+                     + efficiency_table(eff))
     if "context" in results:
         parts.append(f"<h2>Context</h2><pre>{html.escape(json.dumps(results['context'], indent=1))}</pre>")
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
@@ -344,6 +340,30 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ tables
+
+COLUMN_NAMES = {"N": "N", "depth": "N (tree depth)", "batch_size": "batch size", "variant": "policy text variant",
+                "prompt_tokens_in_context": "prompt tokens, policy in context",
+                "prompt_tokens_no_policy": "prompt tokens, no policy", "token_reduction_pct": "fewer tokens (%)",
+                "prefill_s_in_context": "prefill s, policy in context", "prefill_s_no_policy": "prefill s, no policy",
+                "prefill_reduction_pct": "less prefill time (%)"}
+
+
+def column_name(key: str) -> str:
+    """A results key as a table header a reader can read: the kit's words for it, else its words unjoined."""
+    return COLUMN_NAMES.get(key, key.replace("_", " "))
+
+
+def efficiency_table(rows: list[dict]) -> str:
+    """`evaluate.efficiency` rows as an HTML table with readable headers; a negative saving gets a note, as the
+    shorter prompt running slower is timing noise, not a cost of leaving the policy out."""
+    cols = [c for c in rows[0] if c != "N" or "depth" not in rows[0]]
+    out = ("<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(column_name(c))}</th>" for c in cols)
+           + "</tr>" + "".join("<tr>" + "".join(f"<td>{e[c]}</td>" for c in cols) + "</tr>" for e in rows)
+           + "</table>")
+    if any((e.get("prefill_reduction_pct") or 0) < 0 for e in rows):
+        out += ("<p><i>A negative prefill saving means the shorter prompt happened to run slower: on a prompt this "
+                "small the timing noise of the machine is larger than the time the policy costs.</i></p>")
+    return out
 
 def clevr_table(results: dict) -> str:
     """ClevrPolicy as plain text: methods down, N across, our accuracy with its 95% interval (paper 7B in

@@ -187,12 +187,19 @@ def tree_svg(policy: Policy, path: list[str] | None = None, outcome: str | None 
     return "".join(out)
 
 
-def image_html(img, width: int = 288) -> str:
-    """A PIL image as an <img> tag (pixelated upscaling, so tiny renders stay crisp)."""
+def image_html(img, width: int = 288, alt: str = "scene image") -> str:
+    """A PIL image as an <img> tag (pixelated upscaling, so tiny renders stay crisp), with `alt`: what a screen
+    reader says, and what a page shows where the image does not load (`scene_alt` words a scene)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     b64 = base64.b64encode(buf.getvalue()).decode()
-    return f'<img src="data:image/png;base64,{b64}" width="{width}" style="image-rendering: pixelated"/>'
+    return (f'<img src="data:image/png;base64,{b64}" width="{width}" alt="{html.escape(alt)}" '
+            f'style="image-rendering: pixelated"/>')
+
+
+def scene_alt(scene: Scene) -> str:
+    """A scene image's alt text: its id and its objects left to right, the facts a policy's questions ask about."""
+    return f"image of {scene.scene_id or 'a scene'}: {scene.describe()}"
 
 
 def scene_table_html(scene: Scene) -> str:
@@ -245,7 +252,7 @@ def policy_explorer(policy: Policy, scenes: list[Scene], image_size=(288, 192)):
     def show(_=None):
         s = scenes[pick.value]
         case, path = policy.evaluate(s)
-        left.value = image_html(scene_image(s, image_size), image_size[0]) + scene_table_html(s)
+        left.value = image_html(scene_image(s, image_size), image_size[0], scene_alt(s)) + scene_table_html(s)
         tree.value = tree_svg(policy, path, case, height=300)
         walk.value = walk_html(policy, s)
 
@@ -270,7 +277,7 @@ def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
         s = scenes[slider.value]
         p = next(p for p in policies if p.name == pick.value)
         case, path = p.evaluate(s)
-        left.value = (f"<b>{s.scene_id}</b><br>" + image_html(scene_image(s, image_size), image_size[0])
+        left.value = (f"<b>{s.scene_id}</b><br>" + image_html(scene_image(s, image_size), image_size[0], scene_alt(s))
                       + scene_table_html(s))
         answers = "".join(f"<li>{q.name}: <b>{q.evaluate(s)[0]}</b></li>" for q in policies)
         right.value = (f"<ul>{answers}</ul>" + tree_svg(p, path, case, width=520, height=220)
@@ -301,9 +308,10 @@ def rule_explorer(policy=None, override: dict | None = None):
         p, ctx = UserProfile(acc.value, credits.value, age.value), {"math_image": math.value}
         rows = []
         for a, b in zip(base.versions(p, ctx), updated.versions(p, ctx)):
-            hot = ' style="background:#fde9c8"' if a["call"] != b["call"] else ""
+            changed = a["call"] != b["call"]  # shaded, and said in words: not told by colour alone
+            hot = ' style="background:#fde9c8"' if changed else ""
             rows.append(f"<tr{hot}><td>{a['tool']}</td><td><b>{a['call']}</b></td><td>{a['rule']}</td>"
-                        f"<td>{b['call']}</td></tr>")
+                        f"<td>{b['call']}{' <b>(changed)</b>' if changed else ''}</td></tr>")
         out.value = ("<table><tr><th>tool</th><th>call</th><th>decided by</th><th>under the override</th></tr>"
                      + "".join(rows) + "</table>")
 

@@ -14,7 +14,7 @@ from mpi_kit.policy import sample_policy
 from mpi_kit.report import comparison_figures, efficiency_figure, errors_figure, pipeline_report, rollout_figure
 from mpi_kit.scenes import sample_scene
 from mpi_kit.training import loss_figure
-from mpi_kit.widgets import tree_figure
+from mpi_kit.widgets import image_html, rule_explorer, tree_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo" / "results.json"
@@ -47,6 +47,25 @@ def test_the_report_says_how_to_see_its_charts_and_has_a_title(results, tmp_path
     banner = page.index("id='needs-js'")
     first_script = page.index("<script")
     assert banner < first_script and "getElementById('needs-js').remove()" in page[first_script:first_script + 80]
+
+
+def test_the_data_report_has_a_title_the_banner_and_alt_text(tmp_path):
+    from mpi_kit.data import build_datasets
+    from mpi_kit.report import data_report
+
+    build_datasets(out=str(tmp_path), num_policies=2, num_scenes=4, depth=2, progress=False, kinds=("eval",))
+    page = data_report(tmp_path, num_scenes=2).read_text()
+    assert "<title>mpi-kit data report</title>" in page and "Charts need JavaScript" in visible_text(page)
+    alts = re.findall(r'<img [^>]*alt="([^"]*)"', page)
+    assert alts and len(alts) == page.count("<img ")
+    assert all(re.fullmatch(r"image of scene\d+: a .+", a) for a in alts)  # its id and its objects, in words
+
+
+def test_the_report_tables_have_readable_headers(results, tmp_path):
+    page = pipeline_report(tmp_path, results).read_text()
+    headers = re.findall(r"<th>([^<]*)</th>", page)
+    assert "prompt tokens, policy in context" in headers and "less prefill time (%)" in headers
+    assert not [h for h in headers if "_" in h]
 
 
 # ------------------------------------------------------------------------------------------ chart text
@@ -151,6 +170,21 @@ def test_stacked_categories_are_hatched_as_well_as_coloured(results, df):
     for fig in (errors_figure(results), outcome_figure(df)):
         shapes = [tr.marker.pattern.shape for tr in fig.data]
         assert len(set(shapes)) == len(shapes) == len(fig.data) >= 3, fig.layout.title.text
+
+
+def test_the_rule_explorer_says_in_words_which_rows_changed():
+    table = rule_explorer().children[-1].value  # the default profile: the default override changes some tools
+    changed = re.findall(r'<tr style="background:#fde9c8">(.*?)</tr>', table)
+    assert changed and all("(changed)" in row for row in changed)
+    assert table.count("(changed)") == len(changed)
+
+
+def test_scene_images_have_alt_text():
+    from PIL import Image
+
+    assert 'alt="scene image"' in image_html(Image.new("RGB", (4, 4)), 8)
+    ins = RolloutInspector(ASSET_RUN)
+    assert re.search(r'<img [^>]*alt="image of [^"]+: a [^"]+"', ins.scene.value)
 
 
 # ------------------------------------------------------------------------------------------ the rollout inspector
