@@ -453,33 +453,38 @@ def markdown_table(results: dict) -> str:
             + (differences_note(results).replace("\n", "\n\n") if paired(results) else ""))
 
 
+def counted(n: int, word: str) -> str:
+    """A count with its noun, plural when it is not one: '1 group', '4 groups'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def rl_groups_note(results: dict) -> str:
-    """What the RL groups saw, one line per RL method over its first quarter of steps: the share with zero reward
-    variance (no learning signal), how many of those were solved (every completion right: nothing left to learn)
-    and, for PoRo, the share it rescued (no-policy half all wrong, policy-aware half right), with the reason when
-    a share leaves RL little to work with."""
+    """What the RL groups saw, one line per RL method over its first quarter of steps, as counts of groups: those
+    with zero reward variance (no learning signal), how many of those were solved (every completion right: nothing
+    left to learn) and, for PoRo, those it rescued (no-policy half all wrong, policy-aware half right), with the
+    reason when they leave RL little to work with."""
     out = []
     for key, r in results["methods"].items():
         ro = r.get("rollouts") or []
         if not ro:
             continue
         first = ro[:max(1, len(ro) // 4)]
-        groups = sum(x["groups"] or 0 for x in first) or 1
-        share = lambda k: 100 * sum((x.get(k) or 0) * (x["groups"] or 0) for x in first) / groups  # noqa: E731
-        line = f"{key}: first {len(first)} RL steps, {share('frac_zero_std'):.0f}% of {groups:.0f} groups "
-        line += "zero-variance"
-        solved = share("frac_solved") if "frac_solved" in first[0] else None
+        groups = round(sum(x["groups"] or 0 for x in first))
+        count = lambda k: round(sum((x.get(k) or 0) * (x["groups"] or 0) for x in first))  # noqa: E731
+        steps = "first RL step" if len(first) == 1 else f"first {len(first)} RL steps"
+        zero = count("frac_zero_std")
+        line = f"{key}: {steps}, {zero} of {counted(groups, 'group')} with zero reward variance"
+        solved = count("frac_solved") if "frac_solved" in first[0] else None
         if solved is not None:  # zero variance either way: all right (solved) or all wrong (no signal yet)
-            zero = share("frac_zero_std")
-            line += (f" ({solved:.0f}% of groups solved: every completion right; {max(0.0, zero - solved):.0f}% all "
-                     f"wrong or all equal)")
+            line += f" ({solved} solved: every completion right; {max(0, zero - solved)} all wrong or all equal)"
         if "PoRo" in r["method"]:
-            line += f", {share('frac_rescued'):.0f}% rescued by PolicyRollout"
+            rescued = count("frac_rescued")
+            line += f", {rescued} rescued by PolicyRollout"
             acc = [x.get("acc_no_policy") for x in first if x.get("acc_no_policy") is not None]
-            if share("frac_rescued") < 20 and acc:
+            if 5 * rescued < groups and acc:
                 line += (f" (a group is rescued only when its no-policy half is all wrong; that half was right "
                          f"{100 * sum(acc) / len(acc):.0f}% of the time)")
-        if solved is not None and solved >= 50:
+        if solved is not None and 2 * solved >= groups:
             line += ": the model RL starts from already answers most prompts, so RL has little left to learn"
         out.append(line)
     return ("\nRL groups: " + "; ".join(out)) if out else ""
@@ -487,6 +492,12 @@ def rl_groups_note(results: dict) -> str:
 
 PART_WORDS = {"question": "question (policy not recalled)", "yes_no": "yes/no (scene misread)",
               "go_to": "go-to id", "case": "case id", "other": "other"}
+
+
+def error_parts_text(errors: dict) -> str:
+    """Where wrong answers first broke (`evaluate.error_parts`, e.g. {'yes_no': 8}) in words: 'yes/no (scene
+    misread) 8'; 'no wrong answers' when there are none."""
+    return ", ".join(f"{PART_WORDS.get(p, p)} {k}" for p, k in errors.items()) or "no wrong answers"
 
 
 def errors_note(results: dict) -> str:
@@ -497,8 +508,7 @@ def errors_note(results: dict) -> str:
         e = r.get("errors")
         if e is None:
             continue
-        parts = ", ".join(f"{PART_WORDS.get(p, p)} {k}" for p, k in e.items())
-        out.append(f"{key}: {sum(e.values())} of {r['n']} wrong" + (f" ({parts})" if parts else ""))
+        out.append(f"{key}: {sum(e.values())} of {r['n']} wrong" + (f" ({error_parts_text(e)})" if e else ""))
     return ("\nwhere the wrong answers broke first: " + "; ".join(out)) if out else ""
 
 

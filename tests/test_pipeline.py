@@ -125,8 +125,9 @@ def test_table_reports_each_rl_methods_early_groups():
                                    "interval_95": [25.0, 37.7],
                                    "rollouts": [step(1, 0.0, 1.0, 1), step(2, 1.0, 0.0, 3), step(3, 0.0, 0.0, 1)]}}}
     text = table(res)
-    assert "N4/CoT SFT + GRPO: first 2 RL steps, 75% of 4 groups zero-variance" in text
-    assert "N4/TriMPI w/ PoRo-GRPO: first 1 RL steps, 0% of 1 groups zero-variance, 100% rescued" in text
+    assert "N4/CoT SFT + GRPO: first 2 RL steps, 3 of 4 groups with zero reward variance" in text
+    assert "N4/TriMPI w/ PoRo-GRPO: first RL step, 0 of 1 group with zero reward variance, 1 rescued" in text
+    assert "%" not in text.split("RL groups:")[1]  # counts said plainly, not "50% of 2 groups"
     assert "little left to learn" not in text and "where the wrong answers" not in text  # no such data: no claim
 
 
@@ -146,8 +147,8 @@ def test_table_says_why_rl_had_little_to_work_with():
         "N4/TriMPI w/ PoRo-GRPO": {"method": "TriMPI w/ PoRo-GRPO", "depth": 4, "accuracy": 94.0, "n": 200,
                                    "interval_95": [89.8, 96.5], "rollouts": [solved] * 4}}}
     text = table(res)
-    assert "100% of 4 groups zero-variance (75% of groups solved: every completion right; 25% all wrong" in text
-    assert "0% rescued by PolicyRollout (a group is rescued only when its no-policy half is all wrong; that half " \
+    assert "4 of 4 groups with zero reward variance (3 solved: every completion right; 1 all wrong" in text
+    assert "0 rescued by PolicyRollout (a group is rescued only when its no-policy half is all wrong; that half " \
            "was right 95% of the time)" in text
     assert text.count("little left to learn") == 2
     assert "N4/CoT SFT: 6 of 200 wrong (yes/no (scene misread) 4, case id 2)" in text
