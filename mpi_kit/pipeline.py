@@ -47,7 +47,11 @@ METHOD_STAGE = {"In-Context": None, "Direct SFT": "direct_sft", "CoT SFT": "cot_
                 "TriMPI w/ PoRo-DAPO": "trimpi_poro_dapo"}
 # GRPO-2G, the control for PolicyRollout: PoRo's start and sample count (2G no-policy completions a prompt), no policy
 DOUBLE_G = {"trimpi_grpo_2g"}
-DEMO_METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ PoRo-GRPO")
+DEMO_METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO")
+# the paper's stage recipe on `tiny` (its data regime is data.PAPER_REGIME): CoT SFT as LoRA r = 8, merged before RL;
+# RL full fine-tune with no KL term, each rollout batch of 4 prompts updated in 2 optimizer steps (the clip acts)
+PAPER_STAGES = {"sft_cot.lora_r": 8, "sft_cot.learning_rate": 2e-3, "grpo.beta": 0.0, "grpo.rollout_prompts": 4,
+                "grpo.updates_per_rollout": 2}
 
 
 @dataclass
@@ -93,12 +97,14 @@ class PipelineConfig:
 
 
 def demo_config(out: str = "runs/demo", seed: int = 0, eval_limit: int = 200, jobs: int = 1) -> PipelineConfig:
-    """`make demo`: TriMPI and the key baselines at N = 4 on the tiny recipe, sized for 15 minutes on 2 CPU cores.
-    CoT SFT gets the steps to internalize four N = 4 policies (fewer leave it far below In-Context); every main
-    cell is scored on `eval_limit` held-out questions, the secondary evaluations on 100 (dev/LOG.md: the sizing)."""
-    return PipelineConfig(out=out, depths=(4,), methods=DEMO_METHODS, seed=seed, num_policies=4, num_scenes=260,
-                          eval_limit=eval_limit, side_limit=min(100, eval_limit), cpt_steps=30, sft_steps=480,
-                          rl_steps=24, forgetting=True, jobs=jobs)
+    """`make demo`: TriMPI, its GRPO-2G control and the key baselines at N = 4 in the paper's regime (scarce forward
+    CoT, LoRA CoT SFT, RL whose clip acts, equal prompts per step), sized for 15 minutes on 2 CPU cores. 1,000
+    scenes hold out 200, so the 200 evaluation rows are 200 different scenes (dev/LOG.md: the sizing)."""
+    from .data import PAPER_REGIME
+
+    return PipelineConfig(out=out, depths=(4,), methods=DEMO_METHODS, seed=seed, num_policies=4, num_scenes=1000,
+                          **PAPER_REGIME, eval_limit=eval_limit, side_limit=min(100, eval_limit), cpt_steps=120,
+                          sft_steps=240, rl_steps=96, forgetting=True, overrides=dict(PAPER_STAGES), jobs=jobs)
 
 
 def config_record(cfg: PipelineConfig) -> dict:
@@ -316,71 +322,85 @@ def _method(cfg: PipelineConfig, task, overrides: dict, out: Path, row, method: 
     return found
 
 
-def chains(methods: list[str]) -> list[list[str]]:
-    """Methods grouped so that two methods sharing a step (CoT SFT and CoT SFT + GRPO share cot_sft) fall in one
-    group: each group can train in its own process without waiting on another's stage folder."""
-    def steps(m):
-        name, out = METHOD_STAGE[m], set()
-        while name:
-            out.add(name)
-            name = STEPS[name][1]
-        return out
+def method_steps(method: str) -> list[str]:
+    """The steps a method trains, first to last (In-Context: none)."""
+    name, out = METHOD_STAGE[method], []
+    while name:
+        out.insert(0, name)
+        name = STEPS[name][1]
+    return out
 
-    groups: list[tuple[set, list[str]]] = []
+
+def parallel_plan(methods: list[str]) -> list[tuple[str, str, str | None]]:
+    """The tasks a parallel run schedules: ("train", step, the step it needs) for every step any method trains
+    (once, though several methods share it) and ("evaluate", method, its last step), longest chains first. A task
+    starts once what it needs is done, so CoT SFT + GRPO trains while VM-CPT still runs."""
+    below: dict[str, int] = {}
     for m in methods:
-        mine, joined = steps(m), []
-        for g in groups:
-            if g[0] & mine:
-                joined.append(g)
-        merged = (set(mine).union(*(g[0] for g in joined)), [x for g in joined for x in g[1]] + [m])
-        groups = [g for g in groups if not any(g is j for j in joined)] + [merged]
-    return [g[1] for g in groups]
+        chain = method_steps(m)
+        for i, st in enumerate(chain):
+            below[st] = max(below.get(st, 0), len(chain) - i)
+    train = sorted(below, key=lambda st: -below[st])
+    return ([("train", st, STEPS[st][1]) for st in train]
+            + [("evaluate", m, (method_steps(m) or [None])[-1]) for m in methods])
 
 
-def _worker(cfg: PipelineConfig, overrides: dict, out: str, label: str, methods: list[str], context: bool,
-            efficiency: bool, threads: int) -> list[tuple[str, dict]]:
-    """One process's share of a parallel run: its methods one after another, `threads` torch threads."""
+def _task(cfg: PipelineConfig, overrides: dict, out: str, label: str, kind: str, name: str, context: bool,
+          efficiency: bool, threads: int) -> dict:
+    """One task of a parallel run, in a worker process with `threads` torch threads: a step trained (its parents
+    are done, so run_stage reuses them) or a method evaluated (its stages are done)."""
     import torch
 
+    from .progress import library_bars_off
     from .tasks import get_task
 
     torch.set_num_threads(threads)
     task = get_task(cfg.dataset)
     row = next(r for r in task.rows(cfg) if r.label == label)
-    done = []
-    for m in methods:
-        found = _method(cfg, task, overrides, Path(out), row, m, context and not done, efficiency)
-        print(f"pipeline: {label}/{m} done in {found['result']['seconds']:.0f} s", flush=True)
-        done.append((m, found))
-    return done
+    root = Path(out) / label
+    if kind == "train":
+        with library_bars_off():
+            run_stage(name, root, root / "data", cfg, overrides)
+        return {}
+    return _method(cfg, task, overrides, Path(out), row, name, context, efficiency)
 
 
 def _run_parallel(cfg, overrides, out, todo, keep, bar, results) -> None:
-    """`cfg.jobs` processes, each a group of methods (`chains`), the threads split between them; results kept as
-    each group finishes (an interrupted run keeps the finished ones and reruns the rest)."""
+    """`cfg.jobs` worker processes, the threads split between them, fed from `parallel_plan`: each task as soon as
+    the step it needs is done; results kept as each evaluation finishes (an interrupted run keeps those)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     import torch
 
-    rows = {}
+    rows: dict = {}
     for row, m in todo:
         rows.setdefault(row.label, (row, []))[1].append(m)
-    work = [(row, g) for row, ms in rows.values() for g in chains(ms)]
-    work.sort(key=lambda w: -len(w[1]))  # the longest groups first
-    threads = max(1, torch.get_num_threads() // min(cfg.jobs, len(work)))
-    first = True
-    with ProcessPoolExecutor(min(cfg.jobs, len(work)), mp_context=multiprocessing.get_context("spawn")) as ex:
-        futures = {}
-        for row, group in work:
-            eff = row.efficiency_key not in results["efficiency"] and "In-Context" in group
-            futures[ex.submit(_worker, cfg, overrides, str(out), row.label, group,
-                              first and "context" not in results, eff, threads)] = row
-            first = False
-        for f in as_completed(futures):
-            for m, found in f.result():
-                keep(futures[f], m, found)
-                bar.update()
+    pending = [(row, *t) for row, ms in rows.values() for t in parallel_plan(ms)]
+    done: set = set()  # (label, step) trained
+    threads = max(1, torch.get_num_threads() // cfg.jobs)
+    context = "context" not in results
+    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+        running: dict = {}
+        while pending or running:
+            for item in [t for t in pending if t[3] is None or (t[0].label, t[3]) in done]:
+                if len(running) >= cfg.jobs:
+                    break
+                row, kind, name, _ = item
+                pending.remove(item)
+                eff = kind == "evaluate" and row.efficiency_key not in results["efficiency"]
+                running[ex.submit(_task, cfg, overrides, str(out), row.label, kind, name,
+                                  context and kind == "evaluate", eff, threads)] = item
+                context = context and kind != "evaluate"
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                row, kind, name, _ = running.pop(f)
+                found = f.result()
+                if kind == "train":
+                    done.add((row.label, name))
+                else:
+                    keep(row, name, found)
+                    bar.update()
 
 
 def table(results: dict) -> str:

@@ -314,15 +314,17 @@ def test_evaluation_sizes_are_capped_by_the_data_that_exists(base, tmp_path):
     assert r["ns"]["perception"] == 2 * r["n"]  # existence + counting, one question each per held-out row
 
 
-def test_methods_sharing_a_stage_stay_in_one_process():
-    from mpi_kit.pipeline import chains
+def test_a_parallel_run_trains_each_shared_step_once_and_evaluates_after_it():
+    from mpi_kit.pipeline import parallel_plan
 
-    got = chains(["In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO"])
-    assert sorted(map(sorted, got)) == sorted([["In-Context"], ["CoT SFT", "CoT SFT + GRPO"],
-                                               ["TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO"]])
-    # VM-CPT + CoT SFT joins TriMPI's group through vm_cpt; Direct SFT shares nothing
-    got = chains(["TriMPI w/ PoRo-GRPO", "Direct SFT", "VM-CPT + CoT SFT"])
-    assert sorted(map(sorted, got)) == [["Direct SFT"], ["TriMPI w/ PoRo-GRPO", "VM-CPT + CoT SFT"]]
+    plan = parallel_plan(["In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO"])
+    train = [name for kind, name, _ in plan if kind == "train"]
+    assert sorted(train) == sorted(["cot_sft", "cot_sft_grpo", "vm_cpt", "vmcpt_cot_sft", "trimpi_grpo_2g",
+                                    "trimpi_poro_grpo"])  # vmcpt_cot_sft once, for both TriMPI methods
+    assert train[0] == "vm_cpt"  # the longest chain starts first
+    needs = {name: need for _, name, need in plan}
+    assert needs["trimpi_poro_grpo"] == "vmcpt_cot_sft" and needs["In-Context"] is None
+    assert needs["CoT SFT + GRPO"] == "cot_sft_grpo"  # evaluated once its last step is trained
 
 
 def test_methods_in_parallel_processes_give_the_serial_run_s_results(base, tmp_path):
