@@ -345,12 +345,79 @@ COLUMN_NAMES = {"N": "N", "depth": "N (tree depth)", "batch_size": "batch size",
                 "prompt_tokens_in_context": "prompt tokens, policy in context",
                 "prompt_tokens_no_policy": "prompt tokens, no policy", "token_reduction_pct": "fewer tokens (%)",
                 "prefill_s_in_context": "prefill s, policy in context", "prefill_s_no_policy": "prefill s, no policy",
-                "prefill_reduction_pct": "less prefill time (%)"}
+                "prefill_reduction_pct": "less prefill time (%)",
+                "n": "questions", "accuracy": "accuracy (%)", "interval_95": "95% interval (%)",
+                "parsed": "parsed answer", "cited": "conditions cited", "pred": "called tool",
+                "reason": "why not right", "before": "before (%)", "after": "after (%)",
+                "change": "change (points)", "majority": "always the commonest answer (%)",
+                "paper_7b": "paper 7B (%)", "paper_3b": "paper 3B (%)"}
+SETTING_NAMES = {"no_policy": "no policy", "in_context": "policy in context", "override": "Policy Override"}
+NEGATIVE_SAVING = ("A negative prefill saving means the shorter prompt happened to run slower: on a prompt this "
+                   "small the timing noise of the machine is larger than the time the policy costs.")
 
 
 def column_name(key: str) -> str:
     """A results key as a table header a reader can read: the kit's words for it, else its words unjoined."""
     return COLUMN_NAMES.get(key, key.replace("_", " "))
+
+
+def cell_text(value):
+    """One table cell in words: an interval [low, high] as 'low-high', a path of condition ids as '1 → 1.2', a
+    setting in words (`SETTING_NAMES`) and a missing value as 'n/a'; anything else as it is."""
+    if value is None or value != value:  # None or NaN
+        return "n/a"
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+            return f"{value[0]:g}-{value[1]:g}"
+        return " → ".join(map(str, value)) or "none"
+    return SETTING_NAMES.get(value, value) if isinstance(value, str) else value
+
+
+def frame(rows: list[dict], cols=None):
+    """Result rows (one dict each) as a pandas table a class can read: only the columns `cols` (default: every
+    key of the first row), headers in words (`column_name`), cells in words (`cell_text`)."""
+    import pandas as pd
+
+    cols = list(cols or rows[0])
+    return pd.DataFrame([[cell_text(r.get(c)) for c in cols] for r in rows], columns=[column_name(c) for c in cols])
+
+
+def datasets_note(datasets: dict) -> str:
+    """A data build's rows per kind and split (its summary's "datasets", e.g. {'qa': {'train': 144, 'test': 36}})
+    as lines a class reads: 'qa: 144 train, 36 test'."""
+    width = max(map(len, datasets), default=0)
+    return "rows written, per kind and split:\n" + "\n".join(
+        f"  {kind + ':':<{width + 1}} " + ", ".join(f"{n:,} {SETTING_NAMES.get(split, split)}" for split, n in splits.items())
+        for kind, splits in datasets.items())
+
+
+def efficiency_frame(rows: list[dict]):
+    """`evaluate.efficiency` rows as a pandas table of at most seven columns: N, batch size, prompt tokens and
+    prefill time as 'policy in context → no policy', and what leaving the policy out saves (%)."""
+    import pandas as pd
+
+    depth = lambda e: e.get("depth", e.get("N"))  # noqa: E731
+    variants = {e.get("variant") for e in rows}
+    out = [{**({"N (tree depth)": depth(e)} if any(depth(x) is not None for x in rows) else {}),
+            **({"policy text variant": e.get("variant")} if len(variants) > 1 else {}),
+            "batch size": e["batch_size"],
+            "prompt tokens (policy in context → no policy)":
+                f"{e['prompt_tokens_in_context']:,} → {e['prompt_tokens_no_policy']:,}",
+            "fewer tokens (%)": e["token_reduction_pct"],
+            "prefill ms (policy in context → no policy)":
+                f"{1000 * e['prefill_s_in_context']:.1f} → {1000 * e['prefill_s_no_policy']:.1f}",
+            "less prefill time (%)": e["prefill_reduction_pct"]} for e in rows]
+    return pd.DataFrame(out)
+
+
+def efficiency_note(rows: list[dict]) -> str:
+    """What an efficiency table's numbers are, in a sentence, and why a negative prefill saving is no cost of
+    leaving the policy out (timing noise on a small prompt)."""
+    note = ("Prefill is the model's forward pass over the prompt before its first new token (the median of a few "
+            "timed passes after a warm-up).")
+    if any((e.get("prefill_reduction_pct") or 0) < 0 for e in rows):
+        note += " " + NEGATIVE_SAVING
+    return note
 
 
 def efficiency_table(rows: list[dict]) -> str:
@@ -361,9 +428,9 @@ def efficiency_table(rows: list[dict]) -> str:
            + "</tr>" + "".join("<tr>" + "".join(f"<td>{e[c]}</td>" for c in cols) + "</tr>" for e in rows)
            + "</table>")
     if any((e.get("prefill_reduction_pct") or 0) < 0 for e in rows):
-        out += ("<p><i>A negative prefill saving means the shorter prompt happened to run slower: on a prompt this "
-                "small the timing noise of the machine is larger than the time the policy costs.</i></p>")
+        out += f"<p><i>{NEGATIVE_SAVING}</i></p>"
     return out
+
 
 def clevr_table(results: dict) -> str:
     """ClevrPolicy as plain text: methods down, N across, our accuracy with its 95% interval (paper 7B in
