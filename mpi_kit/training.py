@@ -436,6 +436,23 @@ def _train_stage(trainer, stage: str, out, processor, info: dict | None = None, 
     return summary
 
 
+def summary_text(summary: dict) -> str:
+    """A finished stage's summary (what `train_stage` returns and writes to summary.json) in one sentence: steps,
+    loss at the first and last logged step, speed, peak memory and how many of the parameters it trained."""
+    steps = summary["steps"]
+    text = f"{steps} step{'' if steps == 1 else 's'}"
+    if summary.get("loss") and summary.get("final_loss") is not None:
+        text += f", loss {summary['loss'][0]['loss']:.3g} → {summary['final_loss']:.3g}"
+    if summary.get("steps_per_second"):
+        text += f", {summary['steps_per_second']:.2f} steps/s"
+    if summary.get("peak_memory_gib") is not None:
+        text += f", peak memory {summary['peak_memory_gib']:.2f} GiB"
+    p = summary.get("params") or {}
+    if p:
+        text += f"; trained {p['trainable']:,} of {p['total']:,} parameters ({p['trainable_pct']:.1f}%)"
+    return text
+
+
 def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
     """A plotly figure of one or more stages' loss curves (name -> summary), steps ticked at whole numbers."""
     import plotly.graph_objects as go
@@ -455,4 +472,4 @@ def loss_figure(summaries: dict[str, dict], title: str = "training loss"):
 
 __all__ = ["StageError", "StateError", "check_rows", "stage_recipe", "load_stage_model", "freeze_vision",
            "trainer_kwargs", "train_stage", "open_run", "run_settings", "run_stage_in", "ResumeFix", "last_checkpoint",
-           "loss_figure", "is_adapter_dir", "tiny_or_random"]
+           "loss_figure", "summary_text", "is_adapter_dir", "tiny_or_random"]
