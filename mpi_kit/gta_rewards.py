@@ -42,6 +42,22 @@ class CallScore:
     reason: str = ""
     per_arg: dict = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        """What print shows: the paper's three scores, each argument's score and why it lost points, in words (the
+        dataclass repr stays for debugging)."""
+        per = ", ".join(f"{k} {v:.2f}" for k, v in self.per_arg.items())
+        text = f"Tool Acc {self.tool:g} · Arg Score {self.args:.2f}" + (f" ({per})" if per else "")
+        return text + f" · Overall {self.overall:.2f}" + (f" · why it lost points: {self.reason}" if self.reason else "")
+
+
+def call_text(call: dict | None) -> str:
+    """A tool call in words for a reader, e.g. 'OCR_v4 with image "image/image_1.jpg"'; the model itself writes it
+    as JSON. 'no call' when there is none."""
+    if not call:
+        return "no call"
+    args = ", ".join(f"{k} {json.dumps(v)}" for k, v in (call.get("arguments") or {}).items())
+    return f"{call.get('name')} with " + (args or "no arguments")
+
 
 # ------------------------------------------------------------------------------------------------- parsing
 
@@ -275,5 +291,5 @@ def gta_format_reward(completions, **kwargs) -> list[float]:
 GTA_REWARD_FUNCS = (gta_format_reward, gta_reward)
 GTA_REWARD_WEIGHTS = REWARD_WEIGHTS  # 0.1 format, 0.9 accuracy, as for ClevrPolicy
 
-__all__ = ["CallScore", "parse_call", "score_call", "arg_score", "safe_eval", "token_f1", "iou", "parse_bbox",
+__all__ = ["CallScore", "call_text", "parse_call", "score_call", "arg_score", "safe_eval", "token_f1", "iou", "parse_bbox",
            "gta_reward", "gta_format_reward", "GTA_REWARD_FUNCS", "GTA_REWARD_WEIGHTS", "EXACT", "TEXT"]

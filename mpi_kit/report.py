@@ -348,7 +348,7 @@ COLUMN_NAMES = {"N": "N", "depth": "N (tree depth)", "batch_size": "batch size",
                 "prefill_reduction_pct": "less prefill time (%)",
                 "n": "questions", "accuracy": "accuracy (%)", "interval_95": "95% interval (%)",
                 "parsed": "parsed answer", "cited": "conditions cited", "pred": "called tool",
-                "reason": "why not right", "before": "before (%)", "after": "after (%)",
+                "reason": "why it lost points", "before": "before (%)", "after": "after (%)",
                 "change": "change (points)", "majority": "always the commonest answer (%)",
                 "paper_7b": "paper 7B (%)", "paper_3b": "paper 3B (%)"}
 SETTING_NAMES = {"no_policy": "no policy", "in_context": "policy in context", "override": "Policy Override"}
@@ -585,7 +585,8 @@ def gta_table(results: dict) -> str:
 
     paper = results["paper"]
     cols = (("tool", None, 0), ("args", None, 1), ("overall", None, 2), ("override", "overall", 2))
-    lines = [f"{'method':<22}" + "".join(f"{c if c != 'override' else 'override overall':>18}" for c, _, _ in cols)]
+    names = {"tool": "Tool Acc", "args": "Arg Score", "overall": "Overall", "override": "Override Overall"}
+    lines = [f"{'method':<22}" + "".join(f"{names[c]:>18}" for c, _, _ in cols)]
     for m in METHODS:
         r = results["methods"].get(f"GTA/{m}")
         if not r:
@@ -595,7 +596,7 @@ def gta_table(results: dict) -> str:
             ours = r.get(c, {}).get(sub) if sub else r.get(c)
             ref = (paper["gta_override_7b"] if c == "override" else paper["gta_7b"]).get(m)
             p = ref[i] if ref else None
-            cells.append(("-" if ours is None else f"{ours:6.1f}") + (f" ({p:5.1f})" if p is not None else " " * 8))
+            cells.append(("-" if ours is None else f"{ours:6.1f}") + (f"({p:.1f})".rjust(8) if p is not None else " " * 8))
         lines.append(f"{m:<22}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines) + ("\n(GTAPolicy, ours: % with no policy in context; In-Context has it; override: the "
                                "changed rules in context; paper Qwen2.5-VL-7B in brackets, Tables 1-3)")

@@ -233,3 +233,42 @@ def test_the_control_rows_wrap_on_a_narrow_screen():
     ins = RolloutInspector(ASSET_RUN)
     assert ins.children[1].layout.flex_flow == "row wrap" and ins.children[2].layout.flex_flow == "row wrap"
     assert ins.cards.layout.flex == "1 1 0%"  # the cards take the width beside the scene
+
+
+# ------------------------------------------------------------------------------------------ printed output
+
+RAW_REPR = re.compile(r"\{'|\['|\b[A-Z]\w*\(\w+=")  # a dict's, a list's or a dataclass's repr
+
+
+def test_result_tables_read_in_words(results):
+    from mpi_kit.report import efficiency_frame, efficiency_note, frame
+
+    rows = [{"method": "CoT SFT", "setting": "no_policy", "depth": 2, "n": 4, "accuracy": 25.0,
+             "interval_95": [4.6, 69.9], "cited": ["1", "1.1"], "majority": None}]
+    t = frame(rows, ["setting", "depth", "n", "accuracy", "interval_95", "cited", "majority"])
+    assert not [c for c in t.columns if "_" in c]
+    assert t.iloc[0].tolist() == ["no policy", 2, 4, 25.0, "4.6-69.9", "1 → 1.1", "n/a"]
+    eff = [dict(e, N=int(n)) for n, es in results["efficiency"].items() for e in es]
+    e = efficiency_frame(eff)
+    assert len(e.columns) <= 7 and not [c for c in e.columns if "_" in c]
+    assert "negative prefill saving" not in efficiency_note(eff)
+    assert "negative prefill saving" in efficiency_note([dict(eff[0], prefill_reduction_pct=-18.6)])
+
+
+def test_summaries_print_as_sentences_not_reprs():
+    from mpi_kit.gta_rewards import call_text, score_call
+    from mpi_kit.report import datasets_note, error_parts_text
+    from mpi_kit.training import summary_text
+
+    gold = {"name": "Calculator", "arguments": {"expression": "9"}}
+    texts = [str(score_call('{"name": "Calculator", "arguments": {"expression": "2 * 3.5 + 2"}}', gold)),
+             str(score_call("not a call", gold)), call_text(gold), call_text(None),
+             datasets_note({"qa": {"train": 144, "test": 36}, "eval": {"no_policy": 36, "in_context": 36}}),
+             error_parts_text({"yes_no": 8}),
+             summary_text({"steps": 24, "loss": [{"step": 1, "loss": 7.25}], "final_loss": 0.98,
+                           "steps_per_second": 2.8, "peak_memory_gib": 1.2,
+                           "params": {"total": 4933504, "trainable": 3631616, "trainable_pct": 73.6}})]
+    assert not [t for t in texts if RAW_REPR.search(t) or "_" in t.replace("_v", "")], texts
+    assert texts[0].startswith("Tool Acc 1 · Arg Score 1.00") and "why it lost points: the answer" in texts[1]
+    assert texts[2] == 'Calculator with expression "9"' and "qa:   144 train, 36 test" in texts[4]
+    assert texts[5] == "yes/no (scene misread) 8" and "3,631,616 of 4,933,504 parameters" in texts[6]
