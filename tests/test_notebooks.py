@@ -1,6 +1,7 @@
 """Every notebook runs top to bottom headless on the tiny recipe, and is committed without outputs."""
 import ast
 import json
+import re
 import time
 import tomllib
 from pathlib import Path
@@ -34,6 +35,39 @@ def test_install_cell_pins_match_pyproject(path):
     assert set(pins) <= set(project), f"{path.name}: install-cell pins differ from pyproject.toml"
 
 
+# What a class reads as an error or as noise in a printed line: a dict's or list's repr, a dataclass repr, a
+# summary dumped as JSON (nested objects, or indented one key a line). A notebook prints a sentence or a table.
+RAW = {"a dict's repr": re.compile(r"\{'|\{\d+: "), "a list's repr": re.compile(r"\['"),
+       "a dataclass repr": re.compile(r"\b[A-Z]\w*\(\w+="),
+       "JSON": re.compile(r'\{"\w+": \{|^\s*[{}]\s*$|^\s*"\w+": [^,]*,?$')}
+MAX_COLUMNS = 7  # a wider table is clipped at the right of a notebook
+# 00 and 06 are edited in another change; they join these checks once their raw output is gone (issue 32)
+NOT_YET_CHECKED = {"00_quickstart.ipynb", "06_policy_rollout.ipynb"}
+
+
+def raw_output(nb) -> list[str]:
+    """Printed lines (stdout streams only) that read as raw Python or JSON rather than a sentence."""
+    lines = [line for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout"
+             for line in "".join(o["text"]).splitlines()]
+    return [f"{what}: {line[:160]}" for line in lines for what, pattern in RAW.items() if pattern.search(line)]
+
+
+def unreadable_tables(nb) -> list[str]:
+    """Displayed pandas tables with a snake_case header or more than MAX_COLUMNS columns."""
+    out = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            page = "".join(o.get("data", {}).get("text/html", ""))
+            if 'class="dataframe"' not in page:
+                continue
+            head = page.split("<tbody>")[0]
+            snake = [h for h in re.findall(r"<th[^>]*>([^<]*)</th>", head) if "_" in h]
+            body = page.split("<tbody>")[1].split("</tr>")[0] if "<tbody>" in page else ""
+            if snake or body.count("<td") > MAX_COLUMNS:
+                out.append(f"{c.id}: headers {snake}, {body.count('<td')} columns")
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
@@ -45,6 +79,9 @@ def test_notebook_runs(path, tmp_path):
     # a warning box reads as an error to a class: no cell may write to stderr on the tiny recipe
     stderr = [o["text"][:200] for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not stderr, f"{path.name} writes to stderr: {stderr}"
+    if path.name not in NOT_YET_CHECKED:  # a sentence or a readable table, never a repr or a clipped table
+        assert not raw_output(nb), f"{path.name} prints raw output: {raw_output(nb)}"
+        assert not unreadable_tables(nb), f"{path.name}: {unreadable_tables(nb)}"
     print(f"{path.name}: {time.time() - t0:.1f} s")
 
 
