@@ -47,7 +47,8 @@ class CallScore:
         dataclass repr stays for debugging)."""
         per = ", ".join(f"{k} {v:.2f}" for k, v in self.per_arg.items())
         text = f"Tool Acc {self.tool:g} · Arg Score {self.args:.2f}" + (f" ({per})" if per else "")
-        return text + f" · Overall {self.overall:.2f}" + (f" · why it lost points: {self.reason}" if self.reason else "")
+        why = f" · why it lost points: {self.reason}" if self.reason else ""
+        return text + f" · Overall {self.overall:.2f}" + why
 
 
 def call_text(call: dict | None) -> str:
@@ -291,5 +292,5 @@ def gta_format_reward(completions, **kwargs) -> list[float]:
 GTA_REWARD_FUNCS = (gta_format_reward, gta_reward)
 GTA_REWARD_WEIGHTS = REWARD_WEIGHTS  # 0.1 format, 0.9 accuracy, as for ClevrPolicy
 
-__all__ = ["CallScore", "call_text", "parse_call", "score_call", "arg_score", "safe_eval", "token_f1", "iou", "parse_bbox",
-           "gta_reward", "gta_format_reward", "GTA_REWARD_FUNCS", "GTA_REWARD_WEIGHTS", "EXACT", "TEXT"]
+__all__ = ["CallScore", "call_text", "parse_call", "score_call", "arg_score", "safe_eval", "token_f1", "iou",
+           "parse_bbox", "gta_reward", "gta_format_reward", "GTA_REWARD_FUNCS", "GTA_REWARD_WEIGHTS", "EXACT", "TEXT"]

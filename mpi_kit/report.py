@@ -386,9 +386,9 @@ def datasets_note(datasets: dict) -> str:
     """A data build's rows per kind and split (its summary's "datasets", e.g. {'qa': {'train': 144, 'test': 36}})
     as lines a class reads: 'qa: 144 train, 36 test'."""
     width = max(map(len, datasets), default=0)
+    counts = lambda splits: ", ".join(f"{n:,} {SETTING_NAMES.get(s, s)}" for s, n in splits.items())  # noqa: E731
     return "rows written, per kind and split:\n" + "\n".join(
-        f"  {kind + ':':<{width + 1}} " + ", ".join(f"{n:,} {SETTING_NAMES.get(split, split)}" for split, n in splits.items())
-        for kind, splits in datasets.items())
+        f"  {kind + ':':<{width + 1}} {counts(splits)}" for kind, splits in datasets.items())
 
 
 def efficiency_frame(rows: list[dict]):
@@ -596,7 +596,8 @@ def gta_table(results: dict) -> str:
             ours = r.get(c, {}).get(sub) if sub else r.get(c)
             ref = (paper["gta_override_7b"] if c == "override" else paper["gta_7b"]).get(m)
             p = ref[i] if ref else None
-            cells.append(("-" if ours is None else f"{ours:6.1f}") + (f"({p:.1f})".rjust(8) if p is not None else " " * 8))
+            paper_cell = f"({p:.1f})".rjust(8) if p is not None else " " * 8
+            cells.append(("-" if ours is None else f"{ours:6.1f}") + paper_cell)
         lines.append(f"{m:<22}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines) + ("\n(GTAPolicy, ours: % with no policy in context; In-Context has it; override: the "
                                "changed rules in context; paper Qwen2.5-VL-7B in brackets, Tables 1-3)")
