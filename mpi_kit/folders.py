@@ -29,6 +29,12 @@ class StateError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- state files
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text(path, text: str) -> Path:
     """Write `text` to `path` atomically: readers see the old content or the new, never a part."""
     path = Path(path)
@@ -38,6 +44,7 @@ def write_text(path, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # a plain file's mode (mkstemp makes it private to its owner)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

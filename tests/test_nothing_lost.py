@@ -253,3 +253,17 @@ def test_a_build_cut_short_is_cleaned_without_touching_the_users_files_beside_it
     build_datasets(out=str(out), **SMALL_DATA)
     assert (out / "notes.txt").read_text() == "my notes" and (out / "mine" / "plot.png").read_bytes() == b"png"
     assert not (out / "cot" / "data-00000-of-00001.arrow").exists() and (out / "summary.json").exists()
+
+
+def test_state_files_get_a_plain_file_s_mode(tmp_path):
+    """Written atomically through a private temporary file, results.json still gets the mode any new file gets
+    (umask applied), so a teammate or a web server can read it."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
