@@ -234,6 +234,8 @@ def test_the_shipped_demo_results_are_todays_demo():
     assert {k: demo["config"][k] for k in today} == today
     assert all(r["n"] >= 200 for r in demo["methods"].values())
     assert set(demo["methods"]) == {f"N4/{m}" for m in demo_config().methods}
+    report = (ASSETS_DIR / "demo" / "report.html").read_text()  # the demo's report ships beside its results
+    assert "<title>" in report and all(m in report for m in demo_config().methods)
 
 
 def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path, capsys):
