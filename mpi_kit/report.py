@@ -350,7 +350,14 @@ COLUMN_NAMES = {"N": "N", "depth": "N (tree depth)", "batch_size": "batch size",
                 "parsed": "parsed answer", "cited": "conditions cited", "pred": "called tool",
                 "reason": "why it lost points", "before": "before (%)", "after": "after (%)",
                 "change": "change (points)", "majority": "always the commonest answer (%)",
-                "paper_7b": "paper 7B (%)", "paper_3b": "paper 3B (%)"}
+                "paper_7b": "paper 7B (%)", "paper_3b": "paper 3B (%)",
+                "reward_mean": "mean reward", "frac_zero_std": "share of groups with equal rewards",
+                "reward_no_policy": "reward, no-policy half", "reward_policy_aware": "reward, policy-aware half",
+                "rescued_groups": "groups rescued", "mean_length": "mean length (tokens)",
+                "acc_no_policy": "right, no-policy half", "acc_policy_aware": "right, policy-aware half",
+                "advantage_of_correct": "advantage of the right answer", "prompt_id": "prompt",
+                "group_size": "completions per group", "steps_per_second": "steps/s",
+                "peak_memory_gib": "peak memory (GiB)", "seconds": "seconds"}
 SETTING_NAMES = {"no_policy": "no policy", "in_context": "policy in context", "override": "Policy Override"}
 NEGATIVE_SAVING = ("A negative prefill saving means the shorter prompt happened to run slower: on a prompt this "
                    "small the timing noise of the machine is larger than the time the policy costs.")
