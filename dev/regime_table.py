@@ -6,6 +6,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from mpi_kit.report import error_parts_text
 from mpi_kit.stats import discordant, mcnemar_exact
 
 PAIRS = [("CoT SFT + GRPO", "CoT SFT"), ("TriMPI w/ PoRo-GRPO", "TriMPI w/ GRPO-2G"),
@@ -56,14 +57,14 @@ for (res, ms), s in zip(runs, seeds):
     q = p["rollouts"][: len(p["rollouts"]) // 4]
     mean = lambda k: sum(x[k] for x in q) / len(q)  # noqa: E731
     resc = round(sum(x["frac_rescued"] * x["groups"] for x in q))
-    groups = sum(x["groups"] for x in q)
+    groups = round(sum(x["groups"] for x in q))
     stage = Path(res["methods"]["N4/TriMPI w/ PoRo-GRPO"]["stage_dir"])
     clip = None
     if (stage / "summary.json").exists():
         c = json.loads((stage / "summary.json").read_text()).get("clipped") or []
         clip = (sum(x["share"] > 0 for x in c), len(c), max((x["share"] for x in c), default=0))
-    wrong = {m: ms[m]["errors"] for m in methods}
+    wrong = "; ".join(f"{m}: {error_parts_text(ms[m]['errors'])}" for m in methods)
     print(f"- seed {s}: PoRo's first {len(q)} steps: reward no-policy half {mean('reward_no_policy'):.2f}, "
           f"policy-aware half {mean('reward_policy_aware'):.2f}; rescued {resc} of {groups} groups"
           + (f"; clipped tokens on {clip[0]} of {clip[1]} steps (at most {100 * clip[2]:.1f}%)" if clip else "")
-          + f"; wall {res['seconds_this_run']:.0f} s; wrong answers first broke at {wrong}")
+          + f"; wall {res['seconds_this_run']:.0f} s. Wrong answers first broke at: {wrong}")

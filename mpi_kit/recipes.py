@@ -159,8 +159,8 @@ class SFTSettings(StageSettings):
         "help": "Share of CoT SFT rows shown with the policy in the prompt (the same scene and CoT, from the VM-CPT "
                 "rows), in [0, 1). 0 = the paper's CoT SFT, which never shows the policy. A small model trained "
                 "only without its policy unlearns reading one, and PolicyRollout's policy-aware half then has "
-                "nothing to rescue with; replay keeps the reading at the cost of slower internalization (README, "
-                "'Where PolicyRollout does help'). Not a TRL argument; CoT SFT only."})
+                "nothing to rescue with; replay keeps the reading at the cost of slower internalization "
+                "(docs/results.md, 'Where PolicyRollout does help'). Not a TRL argument; CoT SFT only."})
 
     def validate(self):
         super().validate()
@@ -330,24 +330,20 @@ class Recipe(_Section):
 
 
 def _tiny() -> Recipe:
-    """The shipped tiny model on the CPU: fp32, full fine-tune, steps sized by measurement (`make demo`, dev/LOG.md).
+    """The shipped tiny model on the CPU: fp32, full fine-tune, steps sized by measurement (docs/results.md).
 
-    CoT SFT gets the steps it needs to internalize four N = 4 policies, which leaves RL nothing to fix; RL keeps a
-    low learning rate for its few steps. PolicyRollout pays off on this model only from an SFT that still reads
-    its policy (`sft_cot.policy_replay`) and with hundreds of steps at a higher rate (README: where it helps).
+    These are the stage defaults a notebook or a single `mpi-kit` stage uses; the demo runs the paper's stage recipe
+    on top of them (`pipeline.PAPER_STAGES`: LoRA CoT SFT, RL whose clip acts). RL samples at temperature 0.7: the
+    tiny model's chains fall apart at 1.0.
     """
     small = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, warmup_ratio=0.0)
     return Recipe(
         name="tiny", model=str(TINY_MODEL_DIR), device="cpu", precision="fp32", quantization="none",
         min_pixels=32 * 32, max_pixels=128 * 128, render_size=[96, 64],
         lora=LoraSettings(enabled=False, r=8, alpha=16, dropout=0.0),
-        # 30 steps (~2 s each: the policy is in every sequence); 30 before a 240-step SFT left its accuracy unchanged
         vm_cpt=StageSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=30, **small),
-        # 480 steps: at N = 4 (4 policies x 208 scenes) 80 steps give 15.5% with no policy, 240 give 77%, 480 93.5%
         sft_cot=SFTSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=480, **small),
         sft_direct=SFTSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=480, **small),
-        # temperature 0.7: sampled at 1.0, the tiny model's CoTs fall apart (demo, N=4: 0 of 64 rollouts well-formed)
-        # 24 steps at 1e-5: RL that barely moves the SFT model (higher rates: see the docstring)
         grpo=RLSettings(learning_rate=1e-5, max_steps=24, per_device_train_batch_size=8, num_generations=4,
                         max_completion_length=48, warmup_ratio=0.0, temperature=0.7, fast_rollouts=True),
         dapo=RLSettings(learning_rate=1e-5, max_steps=24, per_device_train_batch_size=8, num_generations=4,

@@ -153,12 +153,12 @@ def _pipeline(s: _Sum, depth, num_policies, num_scenes, methods, cpt_steps, sft_
     train, test = _rows(num_policies, num_scenes)
     base = s.img + t["query"] + s.tmpl
     new = max_new_tokens or 24 + 24 * depth
-    stages = {"CoT SFT": ["cot_sft"], "CoT SFT + GRPO": ["cot_sft", "cot_sft_grpo"],
-              "TriMPI w/ PoRo-GRPO": ["vm_cpt", "vmcpt_cot_sft", "trimpi_poro_grpo"], "In-Context": []}
+    from .pipeline import DOUBLE_G, method_steps
+
     done = set()
     rl_new = max(s.recipe.grpo.max_completion_length, new)
     for m in methods:
-        for st in stages[m]:
+        for st in method_steps(m):
             if st in done:
                 continue
             done.add(st)
@@ -168,9 +168,10 @@ def _pipeline(s: _Sum, depth, num_policies, num_scenes, methods, cpt_steps, sft_
             elif st.endswith("sft"):
                 s.train(f"N={depth} {st}", "sft_cot", train, sft_steps, base + t["cot"], completion_tokens=t["cot"])
             else:
+                G = s.recipe.grpo.num_generations * (2 if st in DOUBLE_G else 1)  # GRPO-2G: 2G no-policy samples
                 s.train(f"N={depth} {st}", "grpo", train, rl_steps, base + rl_new, completion_tokens=rl_new,
                         prompt_tokens=base, policy_tokens=t["policy"], policy_rollout="poro" in st,
-                        overrides={"grpo.max_completion_length": rl_new})
+                        overrides={"grpo.max_completion_length": rl_new, "grpo.num_generations": G})
         n = _limit(eval_limit, test)
         settings = ["in_context", "override"] + ([] if m == "In-Context" else ["no_policy"])
         for setting in settings:
@@ -274,7 +275,7 @@ def estimate_notebook(notebook: str, scale: str = "tutorial", recipe="qwen2.5-vl
 
 
 def notebook_minutes(scale: str = "tutorial", recipe="qwen2.5-vl-3b", gpu: str = "T4") -> dict[str, float]:
-    """Estimated minutes of every GPU notebook at a scale (the README's Colab table)."""
+    """Estimated minutes of every GPU notebook at a scale (docs/colab.md's table)."""
     return {nb: round(sum(sec for _, sec in estimate_notebook(nb, scale, recipe, gpu)) / 60, 1)
             for nb in GPU_NOTEBOOKS}
 
