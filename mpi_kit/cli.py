@@ -7,6 +7,7 @@
     mpi-kit sft --recipe tiny --data runs/data --out runs/sft_cot --mode cot [--init runs/vm_cpt]
     mpi-kit rl --recipe tiny --data runs/data --out runs/poro --algo grpo --policy-rollout --init runs/sft_cot
     mpi-kit rl --recipe tiny --data runs/gta --out runs/gta_poro --policy-rollout [--reward auto|clevr|gta]
+    mpi-kit distill --recipe tiny --data runs/data --out runs/distill [--source teacher|cot] [--init runs/vm_cpt]
     mpi-kit pipeline --recipe tiny --dataset gta --out runs/gta_pipeline
     mpi-kit inspect runs/poro
 """
@@ -225,6 +226,17 @@ def cmd_rl(args) -> int:
     return _run_stage(args, run)
 
 
+def cmd_distill(args) -> int:
+    def run():
+        kw = _stage_kwargs(args)
+        _check_backend(args, kw)
+        from .distill import run_distill
+
+        return run_distill(args.recipe, args.data, args.out, source=args.source, **kw)
+
+    return _run_stage(args, run)
+
+
 def _reward_kwargs(args) -> dict:
     """--reward: the rewards of the task named (clevr: format + answer accuracy; gta: format + tool-call score);
     auto: those of the task that built --data (`rl_trainer` asks `mpi_kit.tasks.task_of`)."""
@@ -290,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", choices=["auto", *TASKS], default="auto", help="clevr: format + answer "
                    "accuracy; gta: format + tool-call score (gta_rewards); auto: by what built --data (default)")
     p.set_defaults(func=cmd_rl)
+    p = sub.add_parser("distill", help="policy distillation (beside TriMPI): the model with its policy in context "
+                                       "teaches itself without it, on the rl data; no labels needed")
+    _stage_args(p)
+    p.add_argument("--source", choices=["teacher", "cot"], default="teacher", help="teacher: completions the "
+                   "model writes with its policy in context (default); cot: the data's CoT rows")
+    p.set_defaults(func=cmd_distill)
     p = sub.add_parser("inspect", help="per-step summary of an RL run's rollout log (completions/*.parquet)")
     p.add_argument("run_dir", help="an RL run folder (or a packed one, e.g. assets/rollouts)")
     p.add_argument("--record", action="store_true", help="first re-record the shipped demo run into RUN_DIR "

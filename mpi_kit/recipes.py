@@ -1,9 +1,9 @@
 """Recipes: one dataclass names everything a TriMPI run needs to know about its model.
 
 A recipe is the model (hub id or local path), image size caps, precision, quantization, LoRA settings and the
-hyperparameters of each stage (VM-CPT, CoT/Direct SFT, GRPO/DAPO). Stage fields use TRL's argument names, so
-`recipe.sft_cot.trl_kwargs()` feeds `SFTConfig(**...)` directly. `get_recipe("qwen2.5-vl-3b", lr=...)` starts
-from a named recipe; `Recipe.from_dict` / `to_dict` round-trip JSON with the same validation.
+hyperparameters of each stage (VM-CPT, CoT/Direct SFT, GRPO/DAPO, policy distillation). Stage fields use TRL's
+argument names, so `recipe.sft_cot.trl_kwargs()` feeds `SFTConfig(**...)` directly. `get_recipe("qwen2.5-vl-3b",
+lr=...)` starts from a named recipe; `Recipe.from_dict` / `to_dict` round-trip JSON with the same validation.
 
 Paper numbers (Table 5, App. B) are for full fine-tuning on 8x H100. The consumer-GPU recipes train one LoRA
 adapter through all three stages (paper: full FT for VM-CPT and RL, LoRA r=8 for SFT), so their learning rates
@@ -235,6 +235,25 @@ class RLSettings(StageSettings):
 
 
 @dataclass
+class DistillSettings(StageSettings):
+    """Policy distillation (`mpi_kit.distill`): the model with its policy in context teaches itself without it."""
+
+    NOT_TRL = ("max_completion_length", "temperature")
+    max_completion_length: int = field(default=256, metadata={
+        "help": "Most new tokens the teacher writes per completion (source 'teacher'); the pipeline raises it to "
+                "the task's evaluation budget, so a chain is not cut before its answer. Not a TRL argument."})
+    temperature: float = field(default=0.0, metadata={
+        "help": "How the teacher writes its completions (source 'teacher'): 0 = greedy, its most likely answer, the "
+                "same each time a row comes back; > 0 = sampled at this temperature, so the student sees more of the "
+                "teacher's distribution. Not a TRL argument."})
+
+    def validate(self):
+        super().validate()
+        _check(self.max_completion_length >= 1, "max_completion_length: must be >= 1")
+        _check(self.temperature >= 0, f"temperature: must be >= 0 (0 = greedy), got {self.temperature}")
+
+
+@dataclass
 class Recipe(_Section):
     """Everything about the model side of a TriMPI run: what to load, how, and how hard to train each stage."""
 
@@ -274,6 +293,8 @@ class Recipe(_Section):
     dapo: RLSettings = field(default_factory=lambda: RLSettings(loss_type="dapo", epsilon_high=0.28, beta=0.0,
                                                                 dynamic_sampling_retries=20),
                              metadata={"help": "Stage 3 with DAPO (optionally PoRo)."})
+    distill: DistillSettings = field(default_factory=DistillSettings, metadata={
+        "help": "Policy distillation, beside TriMPI: no labels, the policy-reading model is the teacher."})
 
     def __post_init__(self):
         try:
@@ -349,6 +370,8 @@ def _tiny() -> Recipe:
         dapo=RLSettings(learning_rate=1e-5, max_steps=24, per_device_train_batch_size=8, num_generations=4,
                         max_completion_length=48, warmup_ratio=0.0, loss_type="dapo", epsilon_high=0.28, beta=0.0,
                         dynamic_sampling_retries=20, temperature=0.7, fast_rollouts=True),
+        distill=DistillSettings(learning_rate=3e-4, num_train_epochs=5, max_steps=120, max_completion_length=120,
+                                **small),
     )
 
 
@@ -373,6 +396,7 @@ def _qwen(name: str, model: str, batch: int, accum: int, max_pixels: int, min_pi
         sft_direct=SFTSettings(learning_rate=1e-4, num_train_epochs=2, **stage),
         grpo=RLSettings(loss_type="grpo", epsilon=0.2, epsilon_high=0.3, beta=0.01, **rl),
         dapo=RLSettings(loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0, dynamic_sampling_retries=20, **rl),
+        distill=DistillSettings(learning_rate=1e-4, num_train_epochs=2, max_completion_length=512, **stage),
     )
 
 

@@ -72,6 +72,15 @@ CAPTIONS = {  # what each chart measures, shown under its title
 PERCENT = ("accuracy", "override", "policy_in_context", "branching_error", "perception")
 
 
+def method_order(names) -> list[str]:
+    """Method names in table order: the paper's methods in its order, then the kit's own (policy distillation) in
+    the order given."""
+    from .paper import METHODS
+
+    names = list(dict.fromkeys(names))
+    return [m for m in METHODS if m in names] + [m for m in names if m not in METHODS]
+
+
 def comparison_figures(results: dict) -> list:
     """One plotly bar chart per evaluation in a pipeline's `results`: ours per method and N (bars, with 95%
     intervals where known), the paper's Qwen2.5-VL-7B number beside it where it reports one (diamonds). Each says
@@ -79,11 +88,9 @@ def comparison_figures(results: dict) -> list:
     has are left out."""
     import plotly.graph_objects as go
 
-    from .paper import METHODS
-
     rows = list(results["methods"].values())
     depths = sorted({r["depth"] for r in rows})
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    methods = method_order(r["method"] for r in rows)
     row = lambda m, d: next((r for r in rows if r["method"] == m and r["depth"] == d), {})  # noqa: E731
     paper = results.get("paper", {})
     figs = []
@@ -302,11 +309,9 @@ def gta_pipeline_report(out: str | Path, results: dict) -> Path:
     policy back in context; the prompt-cost table; the configuration."""
     import plotly.graph_objects as go
 
-    from .paper import METHODS
-
     out = Path(out)
     rows = {r["method"]: r for r in results["methods"].values()}
-    methods = [m for m in METHODS if m in rows]
+    methods = method_order(rows)
     paper = results["paper"]
     figs = []
     for title, key, ref in (("Next tool call with no policy in context (In-Context: policy in the prompt)", None,
@@ -442,12 +447,12 @@ def efficiency_table(rows: list[dict]) -> str:
 def clevr_table(results: dict) -> str:
     """ClevrPolicy as plain text: methods down, N across, our accuracy with its 95% interval (paper 7B in
     brackets), the differences beyond the intervals, and what the RL groups saw."""
-    from .paper import METHODS
-
     depths = sorted({r["depth"] for r in results["methods"].values()})
     acc = results["paper"]["accuracy_7b"]
-    lines = [f"{'method':<22}" + "".join(f"{'N=' + str(d):>26}" for d in depths)]
-    for m in METHODS:
+    methods = method_order(r["method"] for r in results["methods"].values())
+    w = max([22] + [len(m) + 1 for m in methods])
+    lines = [f"{'method':<{w}}" + "".join(f"{'N=' + str(d):>26}" for d in depths)]
+    for m in methods:
         cells = []
         for d in depths:
             r = results["methods"].get(f"N{d}/{m}")
@@ -455,7 +460,7 @@ def clevr_table(results: dict) -> str:
             ci = f" [{r['interval_95'][0]:4.1f}-{r['interval_95'][1]:4.1f}]" if r and "interval_95" in r else ""
             cells.append(f"{r['accuracy']:5.1f}{ci}" + (f" ({p:4.1f})" if p is not None else "") if r else "-")
         if any(c != "-" for c in cells):
-            lines.append(f"{m:<22}" + "".join(f"{c:>26}" for c in cells))
+            lines.append(f"{m:<{w}}" + "".join(f"{c:>26}" for c in cells))
     ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
     return ("\n".join(lines) + f"\n(ours: accuracy % with no policy in context, In-Context has it; [95% Wilson "
             f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" + differences_note(results)
@@ -506,13 +511,11 @@ def differences_note(results: dict) -> str:
 def markdown_table(results: dict) -> str:
     """ClevrPolicy results as a Markdown table for a README or a card: methods down, N across, each cell our accuracy
     with its 95% interval and the paper's Qwen2.5-VL-7B number beside it."""
-    from .paper import METHODS
-
     depths = sorted({r["depth"] for r in results["methods"].values()})
     acc = results["paper"]["accuracy_7b"]
     lines = ["| method | " + " | ".join(f"N = {d}: ours (95% interval) | paper 7B" for d in depths) + " |",
              "|---|" + "---|---|" * len(depths)]
-    for m in METHODS:
+    for m in method_order(r["method"] for r in results["methods"].values()):
         rows = [results["methods"].get(f"N{d}/{m}") for d in depths]
         if not any(rows):
             continue
@@ -588,13 +591,13 @@ def errors_note(results: dict) -> str:
 
 def gta_table(results: dict) -> str:
     """GTAPolicy: methods down; Tool Acc, Arg Score, Overall and Override overall across (paper 7B in brackets)."""
-    from .paper import METHODS
-
     paper = results["paper"]
     cols = (("tool", None, 0), ("args", None, 1), ("overall", None, 2), ("override", "overall", 2))
     names = {"tool": "Tool Acc", "args": "Arg Score", "overall": "Overall", "override": "Override Overall"}
-    lines = [f"{'method':<22}" + "".join(f"{names[c]:>18}" for c, _, _ in cols)]
-    for m in METHODS:
+    methods = method_order(r["method"] for r in results["methods"].values())
+    w = max([22] + [len(m) + 1 for m in methods])
+    lines = [f"{'method':<{w}}" + "".join(f"{names[c]:>18}" for c, _, _ in cols)]
+    for m in methods:
         r = results["methods"].get(f"GTA/{m}")
         if not r:
             continue
@@ -605,7 +608,7 @@ def gta_table(results: dict) -> str:
             p = ref[i] if ref else None
             paper_cell = f"({p:.1f})".rjust(8) if p is not None else " " * 8
             cells.append(("-" if ours is None else f"{ours:6.1f}") + paper_cell)
-        lines.append(f"{m:<22}" + "".join(f"{c:>18}" for c in cells))
+        lines.append(f"{m:<{w}}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines) + ("\n(GTAPolicy, ours: % with no policy in context; In-Context has it; override: the "
                                "changed rules in context; paper Qwen2.5-VL-7B in brackets, Tables 1-3)")
 

@@ -2,7 +2,9 @@
 
 A stage's name is what its summary.json says (`"stage"`), what `run_settings` records, and the Recipe section that
 holds its hyperparameters (PolicyRollout runs use their algorithm's section). `kind` says which module trains it
-(`cpt`, `sft`, `rl`), `data` which dataset kind it trains on, and `phases` what the memory planner predicts for it.
+(`cpt`, `sft`, `rl`, `distill`), `data` which dataset kind it trains on, and `phases` what the memory planner predicts
+for it. Policy distillation is not the paper's: a stage beside TriMPI (`mpi_kit.distill`); the planner counts it as
+VM-CPT, whose sequences carry the policy as the teacher's do.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 class Stage:
     name: str            # summary.json's "stage"
     title: str           # the paper's words
-    kind: str            # the module that trains it: cpt, sft or rl
+    kind: str            # the module that trains it: cpt, sft, rl or distill
     section: str         # the Recipe section with its hyperparameters
     data: str            # the dataset kind it trains on (`mpi_kit.data.load_kit_data`)
     phases: tuple        # memory-planner phases (`mpi_kit.memory.plan`)
@@ -32,6 +34,7 @@ STAGES = {s.name: s for s in (
           policy_rollout=True),
     Stage("poro_dapo", "PoRo-DAPO", "rl", "dapo", "rl", ("rl_generation", "rl_update"), algo="dapo",
           policy_rollout=True),
+    Stage("distill", "Policy Distillation", "distill", "distill", "rl", ("vm_cpt",)),
 )}
 PHASES = tuple(dict.fromkeys(p for s in STAGES.values() for p in s.phases))  # vm_cpt, sft, rl_generation, rl_update
 
