@@ -513,7 +513,7 @@ def test_gta_pipeline_end_to_end(gta_small, tmp_path, capsys):
     assert rl["reward_funcs"] == ["gta_format_reward", "gta_reward"] and rl["policy_rollout"]
     assert saved["paper"]["gta_7b"]["TriMPI w/ PoRo-GRPO"][2] == 81.06
     assert saved["context"]["in_context_prompt_tokens"] > 0 and saved["efficiency"]["GTA"]
-    assert "( 81.1)" in next(line for line in printed.out.splitlines() if line.startswith("TriMPI w/ PoRo-GRPO"))
+    assert "(81.1)" in next(line for line in printed.out.splitlines() if line.startswith("TriMPI w/ PoRo-GRPO"))
     assert (out / "report.html").stat().st_size > 10_000
     # prompts past the model's trained positions still run; the check says so (the tiny model: ~4.4k > 4096)
     from mpi_kit.models import load_model
