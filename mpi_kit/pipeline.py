@@ -186,13 +186,18 @@ def open_pipeline(out: Path, settings: dict) -> None:
     write_json(run_file, settings)  # the methods asked now, a superset of those before
 
 
-def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overrides: dict) -> Path:
-    """Run (or reuse) step `name` and the steps it starts from under `root`; returns its folder."""
+def run_stage(name: str, root: Path, data_dir: Path, cfg: PipelineConfig, overrides: dict,
+              done: frozenset = frozenset()) -> Path:
+    """Run (or reuse) step `name` and the steps it starts from under `root`; returns its folder. Steps in `done`
+    were trained by this run already and are taken as they are: a parallel run's processes would otherwise queue
+    on the lock of a stage two of them reuse at once."""
     from .stages import STAGES
 
+    if name in done:
+        return root / name
     stage, parent = STEPS[name]
     st = STAGES[stage]
-    init = run_stage(parent, root, data_dir, cfg, overrides) if parent else None
+    init = run_stage(parent, root, data_dir, cfg, overrides, done) if parent else None
     out = root / name  # a finished stage with the same settings is reused; one with others is refused (open_run)
     common = dict(init=str(init) if init else None, **overrides)
     if st.kind == "sft":
@@ -323,13 +328,13 @@ def _run(cfg: PipelineConfig, task, recipe, overrides: dict, out: Path) -> dict:
 
 
 def _method(cfg: PipelineConfig, task, overrides: dict, out: Path, row, method: str, context: bool,
-            efficiency: bool) -> dict:
+            efficiency: bool, done: frozenset = frozenset()) -> dict:
     """Train (or reuse) one method's stages and evaluate it: {"result": its results entry} plus, when asked, the
     run's context check and the row's efficiency (measured on the base model)."""
     t_method = time.time()
     root, data_dir = out / row.label, out / row.label / "data"
     stage = METHOD_STAGE[method]
-    stage_dir = run_stage(stage, root, data_dir, cfg, overrides) if stage else None
+    stage_dir = run_stage(stage, root, data_dir, cfg, overrides, done) if stage else None
     model, processor = load_for_eval(cfg, stage_dir, overrides)
     found = {}
     if context:
@@ -352,7 +357,12 @@ def _method(cfg: PipelineConfig, task, overrides: dict, out: Path, row, method: 
 
 def method_steps(method: str) -> list[str]:
     """The steps a method trains, first to last (In-Context: none)."""
-    name, out = METHOD_STAGE[method], []
+    return method_steps_of_step(METHOD_STAGE[method])
+
+
+def method_steps_of_step(name: str | None) -> list[str]:
+    """Step `name` and the steps it starts from, first to last."""
+    out = []
     while name:
         out.insert(0, name)
         name = STEPS[name][1]
@@ -376,7 +386,7 @@ def parallel_plan(methods: list[str]) -> list[tuple[str, str, str | None]]:
 def _task(cfg: PipelineConfig, overrides: dict, out: str, label: str, kind: str, name: str, context: bool,
           efficiency: bool, threads: int) -> dict:
     """One task of a parallel run, in a worker process with `threads` torch threads: a step trained (its parents
-    are done, so run_stage reuses them) or a method evaluated (its stages are done)."""
+    are done and taken as they are) or a method evaluated (its stages are done)."""
     import torch
 
     from .progress import library_bars_off
@@ -386,11 +396,13 @@ def _task(cfg: PipelineConfig, overrides: dict, out: str, label: str, kind: str,
     task = get_task(cfg.dataset)
     row = next(r for r in task.rows(cfg) if r.label == label)
     root = Path(out) / label
-    if kind == "train":
+    if kind == "train":  # its parents are done: the scheduler started it after them
+        parents = frozenset(method_steps_of_step(STEPS[name][1])) if STEPS[name][1] else frozenset()
         with library_bars_off():
-            run_stage(name, root, root / "data", cfg, overrides)
+            run_stage(name, root, root / "data", cfg, overrides, parents)
         return {}
-    return _method(cfg, task, overrides, Path(out), row, name, context, efficiency)
+    done = frozenset(method_steps(name))  # an evaluation starts once its method's last step is trained
+    return _method(cfg, task, overrides, Path(out), row, name, context, efficiency, done)
 
 
 def _run_parallel(cfg, overrides, out, todo, keep, bar, results) -> None:

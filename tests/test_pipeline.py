@@ -354,3 +354,25 @@ def test_methods_in_parallel_processes_give_the_serial_run_s_results(base, tmp_p
     t = stage.stat().st_mtime_ns
     again = run_pipeline(PipelineConfig(out=str(tmp_path / "par"), jobs=1, **common))
     assert stage.stat().st_mtime_ns == t and again["methods"].keys() == par["methods"].keys()
+
+
+def test_a_parallel_task_takes_its_trained_parents_without_their_lock(base, tmp_path):
+    """Two processes reusing one finished stage at once queue on its lock (the first full comparison stopped on
+    it); a task whose parents this run has trained takes them as they are, so it runs while another holds them."""
+    from mpi_kit.folders import lock
+    from mpi_kit.pipeline import run_stage
+    from mpi_kit.recipes import as_recipe
+    from mpi_kit.tasks import get_task
+
+    cfg = PipelineConfig(out=str(tmp_path / "run"), depths=(2,), methods=("CoT SFT + GRPO",), num_policies=2,
+                         num_scenes=8, sft_steps=1, rl_steps=1, eval_limit=2, forgetting=False, model=base)
+    root = tmp_path / "run" / "N2"
+    task = get_task("clevr")
+    task.build_data(cfg, task.rows(cfg)[0], root / "data", as_recipe("tiny", model=base))
+    overrides = {"model": base}
+    run_stage("cot_sft", root, root / "data", cfg, overrides)
+    with lock(root / "cot_sft", "a stage another process is reusing"):
+        with pytest.raises(StateError, match="in use"):
+            run_stage("cot_sft_grpo", root, root / "data", cfg, overrides)  # re-entering the parent: refused
+        out = run_stage("cot_sft_grpo", root, root / "data", cfg, overrides, frozenset({"cot_sft"}))
+    assert (out / "summary.json").exists()
