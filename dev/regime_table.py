@@ -9,7 +9,8 @@ from pathlib import Path
 from mpi_kit.report import error_parts_text
 from mpi_kit.stats import discordant, mcnemar_exact
 
-PAIRS = [("CoT SFT + GRPO", "CoT SFT"), ("TriMPI w/ PoRo-GRPO", "TriMPI w/ GRPO-2G"),
+PAIRS = [("CoT SFT + GRPO", "CoT SFT"), ("TriMPI w/ GRPO-2G", "VM-CPT + CoT SFT"),
+         ("TriMPI w/ PoRo-GRPO", "VM-CPT + CoT SFT"), ("TriMPI w/ PoRo-GRPO", "TriMPI w/ GRPO-2G"),
          ("TriMPI w/ PoRo-GRPO", "CoT SFT + GRPO"), ("TriMPI w/ PoRo-GRPO", "In-Context")]
 
 
@@ -67,4 +68,4 @@ for (res, ms), s in zip(runs, seeds):
     print(f"- seed {s}: PoRo's first {len(q)} steps: reward no-policy half {mean('reward_no_policy'):.2f}, "
           f"policy-aware half {mean('reward_policy_aware'):.2f}; rescued {resc} of {groups} groups"
           + (f"; clipped tokens on {clip[0]} of {clip[1]} steps (at most {100 * clip[2]:.1f}%)" if clip else "")
-          + f"; wall {res['seconds_this_run']:.0f} s. Wrong answers first broke at: {wrong}")
+          + f". Wrong answers first broke at: {wrong}")

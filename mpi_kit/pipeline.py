@@ -57,7 +57,8 @@ METHOD_STAGE = {"In-Context": None, "Direct SFT": "direct_sft", "CoT SFT": "cot_
 BEYOND_PAPER = ("Policy Distillation", "VM-CPT + Policy Distillation")
 # GRPO-2G, the control for PolicyRollout: PoRo's start and sample count (2G no-policy completions a prompt), no policy
 DOUBLE_G = {"trimpi_grpo_2g"}
-DEMO_METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO")
+DEMO_METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "VM-CPT + CoT SFT", "TriMPI w/ GRPO-2G",
+                "TriMPI w/ PoRo-GRPO")  # VM-CPT + CoT SFT: where both TriMPI methods start
 # the paper's stage recipe on `tiny` (its data regime is data.PAPER_REGIME): CoT SFT as LoRA r = 8, merged before RL;
 # RL full fine-tune with no KL term, each rollout batch of 4 prompts updated in 2 optimizer steps (the clip acts)
 PAPER_STAGES = {"sft_cot.lora_r": 8, "sft_cot.learning_rate": 2e-3, "grpo.beta": 0.0, "grpo.rollout_prompts": 4,
@@ -112,9 +113,9 @@ class PipelineConfig:
 
 
 def demo_config(out: str = "runs/demo", seed: int = 0, eval_limit: int = 200, jobs: int = 1) -> PipelineConfig:
-    """`make demo`: TriMPI, its GRPO-2G control and the key baselines at N = 4 in the paper's regime (scarce forward
-    CoT, LoRA CoT SFT, RL whose clip acts, equal prompts per step), sized for 15 minutes on 2 CPU cores. 1,000
-    scenes hold out 200, so the 200 evaluation rows are 200 different scenes (dev/LOG.md: the sizing)."""
+    """`make demo`: TriMPI, its start, its GRPO-2G control and the key baselines at N = 4 in the paper's regime
+    (scarce forward CoT, LoRA CoT SFT, RL whose clip acts, equal prompts per step), sized for 15 minutes on 2 CPU
+    cores. 1,000 scenes hold out 200, so the 200 evaluation rows are 200 different scenes (docs/results.md)."""
     from .data import PAPER_REGIME
 
     return PipelineConfig(out=out, depths=(4,), methods=DEMO_METHODS, seed=seed, num_policies=4, num_scenes=1000,
