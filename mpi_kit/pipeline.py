@@ -100,9 +100,9 @@ class PipelineConfig:
                 "tiny-tokenizer tokens)"})
     forgetting: bool = field(default=True, metadata={"help": "measure perception/counting before and after"})
     jobs: int = field(default=1, metadata={
-        "help": "methods trained and evaluated at once, each in its own process with cores / jobs torch threads "
-                "(methods that share a stage run in the same one); 1: one after another. Not a setting of the "
-                "results: a rerun with other jobs reuses every finished stage"})
+        "help": "worker processes training and evaluating at once, each with cores / jobs torch threads (a stage "
+                "several methods share is trained once, before any of them goes on); 1: one after another. Not a "
+                "setting of the results: a rerun with other jobs reuses every finished stage"})
     model: str | None = field(default=None, metadata={"help": "override the recipe's model path"})
     dataset: str = field(default="clevr", metadata={
         "help": "the task (`mpi_kit.tasks`): clevr (ClevrPolicy, one row per N) or gta (GTAPolicy tool calls, one "
@@ -398,7 +398,7 @@ def _task(cfg: PipelineConfig, overrides: dict, out: str, label: str, kind: str,
     row = next(r for r in task.rows(cfg) if r.label == label)
     root = Path(out) / label
     if kind == "train":  # its parents are done: the scheduler started it after them
-        parents = frozenset(method_steps_of_step(STEPS[name][1])) if STEPS[name][1] else frozenset()
+        parents = frozenset(method_steps_of_step(STEPS[name][1]))
         with library_bars_off():
             run_stage(name, root, root / "data", cfg, overrides, parents)
         return {}
