@@ -458,7 +458,8 @@ def clevr_table(results: dict) -> str:
             r = results["methods"].get(f"N{d}/{m}")
             p = acc.get(str(d), acc.get(d, {})).get(m)
             ci = f" [{r['interval_95'][0]:4.1f}-{r['interval_95'][1]:4.1f}]" if r and "interval_95" in r else ""
-            cells.append(f"{r['accuracy']:5.1f}{ci}" + (f" ({p:4.1f})" if p is not None else "") if r else "-")
+            paper = f" ({p:4.1f})" if p is not None else f" ({'-':>4})"  # the same width: columns stay aligned
+            cells.append(f"{r['accuracy']:5.1f}{ci}{paper}" if r else "-")
         if any(c != "-" for c in cells):
             lines.append(f"{m:<{w}}" + "".join(f"{c:>26}" for c in cells))
     ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
