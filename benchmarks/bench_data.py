@@ -8,9 +8,9 @@ import shutil
 import tempfile
 import time
 
-from mpi_kit.data import DataConfig, build_datasets
-from mpi_kit.policy import sample_policy
-from mpi_kit.scenes import render_scene, sample_scenes
+from mpi_kit.tasks.clevr.data import DataConfig, build_datasets
+from mpi_kit.tasks.clevr.policy import sample_policy
+from mpi_kit.tasks.clevr.scenes import render_scene, sample_scenes
 
 
 def rate(fn, items) -> float:

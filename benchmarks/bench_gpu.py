@@ -148,7 +148,7 @@ def rl_steps(path: str, work: Path, size: dict, precision: str) -> dict:
     import torch
 
     from bench_rl import one_step, prepare
-    from mpi_kit.data import DataConfig, build_datasets
+    from mpi_kit.tasks.clevr.data import DataConfig, build_datasets
     from mpi_kit.rl import rl_trainer
 
     G = size["G"]

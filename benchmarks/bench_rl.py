@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from mpi_kit.data import DataConfig, build_datasets
+from mpi_kit.tasks.clevr.data import DataConfig, build_datasets
 from mpi_kit.recipes import get_recipe
 from mpi_kit.rl import rl_trainer
 from mpi_kit.training import tiny_or_random

@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rl import one_step, prepare  # noqa: E402
 
-from mpi_kit.data import DataConfig, build_datasets, load_kit_data, with_policy  # noqa: E402
+from mpi_kit.tasks.clevr.data import DataConfig, build_datasets  # noqa: E402
+from mpi_kit.data import load_kit_data, with_policy
 from mpi_kit.decode import decode_generate  # noqa: E402
 from mpi_kit.models import vision_token_ids  # noqa: E402
 from mpi_kit.recipes import get_recipe  # noqa: E402

@@ -2,7 +2,7 @@
 of one VM-CPT step for a Qwen2.5-VL-3B-shaped model (real sizes, random weights, 4-bit NF4 + LoRA, gradient
 checkpointing, as the `qwen2.5-vl-3b` recipe) on one N=6 ClevrPolicy-T sequence, on this machine's CPU or GPU.
 
-    python benchmarks/bench_stages.py                 # tiny: VM-CPT, CoT SFT, Direct SFT (~1-3 min on 2 cores)
+    python benchmarks/bench_stages.py                 # tiny: VM-CPT, CoT SFT, Direct SFT (minutes on 2 cores)
     python benchmarks/bench_stages.py --3b            # + the 3B-shaped step (minutes, ~10 GB RAM and disk)
 
 Each measurement runs in a fresh process, so peak RSS (ru_maxrss never resets) belongs to that stage alone.
@@ -104,7 +104,8 @@ def _build_3b(folder: Path, texts: list[str]) -> None:
 
 def _prepare_3b(work: Path):
     """(an N=6 VM-CPT row, the 3B-shaped checkpoint folder), built once under `work`."""
-    from mpi_kit.data import build_datasets, load_kit_data
+    from mpi_kit.tasks.clevr.data import build_datasets
+    from mpi_kit.data import load_kit_data
 
     data = work / "data"
     if not (data / "vmcpt").exists():
@@ -192,7 +193,7 @@ def main() -> None:
         return _child(args)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_stages_"))
     if not args.only_3b:
-        from mpi_kit.data import build_datasets
+        from mpi_kit.tasks.clevr.data import build_datasets
         from mpi_kit.recipes import get_recipe
 
         data = work / "data"

@@ -10,7 +10,7 @@ import sys
 import torch
 
 import mpi_kit
-from mpi_kit.data import DataConfig, build_datasets
+from mpi_kit.tasks.clevr.data import DataConfig, build_datasets
 from mpi_kit.sft import run_sft
 
 out, steps = pathlib.Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 480

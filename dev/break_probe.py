@@ -1,12 +1,13 @@
 """Where does a no-policy CoT break: a question recalled wrong (the policy not internalized), a yes/no seen wrong
 (perception), or a go-to / case id wrong (the tree not recalled)? Greedy on n held-out eval rows per model; the
-first wrong part of each wrong answer (`mpi_kit.evaluate.error_parts`, what the pipeline records per method).
+first wrong part of each wrong answer (`mpi_kit.tasks.clevr.evaluate.error_parts`, what the pipeline records per method).
 Usage: python dev/break_probe.py DATA RUN [RUN ...] [--n 200] [--setting no_policy] [--max-new-tokens 120]"""
 import argparse, json
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from mpi_kit.evaluate import error_parts, evaluate_accuracy
+from mpi_kit.tasks.clevr.evaluate import error_parts
+from mpi_kit.evaluate import evaluate_accuracy
 from mpi_kit.pipeline import load_for_eval, PipelineConfig
 
 ap = argparse.ArgumentParser()

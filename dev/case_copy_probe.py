@@ -13,7 +13,7 @@ import re
 import torch
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from mpi_kit.abilities import make_example
+from mpi_kit.tasks.clevr.abilities import make_example
 from mpi_kit.tiny import load_tiny
 
 

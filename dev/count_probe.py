@@ -6,8 +6,8 @@ import argparse, json
 from collections import Counter, defaultdict
 import torch
 torch.set_num_threads(1)
-from mpi_kit.abilities import make_example
-from mpi_kit.evaluate import generate_completions
+from mpi_kit.tasks.clevr.abilities import make_example
+from mpi_kit.generation import generate_completions
 from mpi_kit.pipeline import load_for_eval, PipelineConfig
 from mpi_kit.tiny import IMAGE_SIZE
 

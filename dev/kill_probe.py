@@ -297,7 +297,8 @@ def build_small(root: Path) -> dict:
     to start RL from: the random model writes no well-formed answer, so every reward would be 0."""
     import torch
 
-    from mpi_kit.data import build_datasets, load_kit_data
+    from mpi_kit.tasks.clevr.data import build_datasets
+    from mpi_kit.data import load_kit_data
     from mpi_kit.progress import library_bars_off
     from mpi_kit.tiny import build_tiny, save_tiny
 

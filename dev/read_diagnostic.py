@@ -18,7 +18,7 @@ import time
 import torch
 from pretrain_tiny import set_threads
 from mpi_kit.tiny import load_tiny, IMAGE_SIZE
-from mpi_kit.scenes import sample_scene, render_scene, ATTRIBUTES
+from mpi_kit.tasks.clevr.scenes import sample_scene, render_scene, ATTRIBUTES
 from mpi_kit.data import assistant
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 set_threads(int(__import__("os").environ.get("T","1")))

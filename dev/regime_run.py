@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from mpi_kit.data import PAPER_REGIME
+from mpi_kit.tasks.clevr.data import PAPER_REGIME
 from mpi_kit.pipeline import PipelineConfig, run_pipeline, table
 
 METHODS = ("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ GRPO-2G", "TriMPI w/ PoRo-GRPO")

@@ -8,7 +8,8 @@ import torch
 torch.set_num_threads(1)
 import mpi_kit.sft as sft
 from mpi_kit.data import load_kit_data
-from mpi_kit.evaluate import evaluate_accuracy, summarize
+from mpi_kit.evaluate import evaluate_accuracy
+from mpi_kit.tasks.clevr.evaluate import summarize
 from mpi_kit.pipeline import load_for_eval, PipelineConfig
 
 ap = argparse.ArgumentParser()

@@ -22,7 +22,7 @@ import time
 import torch
 from pretrain_tiny import set_threads
 from mpi_kit.tiny import load_tiny, IMAGE_SIZE
-from mpi_kit.scenes import sample_scene, render_scene, ATTRIBUTES
+from mpi_kit.tasks.clevr.scenes import sample_scene, render_scene, ATTRIBUTES
 set_threads(1)
 variant, steps, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 model, proc = load_tiny(os.environ.get("SEE", "runs/pretrain/see/final"))

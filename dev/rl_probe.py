@@ -5,7 +5,8 @@ import argparse, json, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from mpi_kit.evaluate import evaluate_accuracy, summarize
+from mpi_kit.evaluate import evaluate_accuracy
+from mpi_kit.tasks.clevr.evaluate import summarize
 from mpi_kit.pipeline import load_for_eval, PipelineConfig, rollout_steps
 from mpi_kit.rl import run_rl
 

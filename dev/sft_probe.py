@@ -4,7 +4,8 @@
 import argparse, json, time
 import torch
 torch.set_num_threads(1)
-from mpi_kit.evaluate import evaluate_accuracy, summarize
+from mpi_kit.evaluate import evaluate_accuracy
+from mpi_kit.tasks.clevr.evaluate import summarize
 from mpi_kit.pipeline import load_for_eval, PipelineConfig
 from mpi_kit.sft import run_sft
 

@@ -56,7 +56,7 @@ def _dataclass_from_args(cls, args: argparse.Namespace):
 
 
 def cmd_data(args) -> int:
-    from .data import DataConfig, build_datasets
+    from .tasks.clevr.data import DataConfig, build_datasets
 
     summary = build_datasets(_dataclass_from_args(DataConfig, args))
     print(json.dumps({k: summary[k] for k in ("policies", "num_scenes", "datasets", "seconds")}, indent=1))
@@ -65,7 +65,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_gta_data(args) -> int:
-    from .gta_data import GTADataConfig, build_gta_datasets
+    from .tasks.gta.data import GTADataConfig, build_gta_datasets
 
     summary = build_gta_datasets(_dataclass_from_args(GTADataConfig, args))
     print(json.dumps({k: summary[k] for k in ("source", "num_instances", "datasets", "seconds")}, indent=1))
@@ -79,7 +79,7 @@ def cmd_demo(args) -> int:
     from .recipes import TINY_MODEL_DIR
 
     if not (TINY_MODEL_DIR / "config.json").exists():  # a checkout without the shipped model: data only
-        from .data import DataConfig, build_datasets
+        from .tasks.clevr.data import DataConfig, build_datasets
         from .report import data_report
 
         print(f"no tiny model at {TINY_MODEL_DIR}; building data and a data report only "
@@ -255,7 +255,7 @@ def cmd_inspect(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DataConfig
+    from .tasks.clevr.data import DataConfig
     from .tasks import TASKS
 
     parser = argparse.ArgumentParser(prog="mpi-kit", description="Multimodal Policy Internalization kit")
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build ClevrPolicy policies and datasets")
     _add_dataclass_args(p, DataConfig)
     p.set_defaults(func=cmd_data)
-    from .gta_data import GTADataConfig
+    from .tasks.gta.data import GTADataConfig
 
     p = sub.add_parser("gta-data", help="build GTAPolicy next-tool-call datasets (generated, or from GTA's files)")
     _add_dataclass_args(p, GTADataConfig)
@@ -299,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-rollout", action="store_true", help="PolicyRollout: G no-policy + G policy-aware "
                    "rollouts pooled per prompt, all trained on the no-policy prompt")
     p.add_argument("--num-generations", type=int, default=None, help="G (default: the recipe's); PoRo samples 2G")
-    p.add_argument("--reward", choices=["auto", *TASKS], default="auto", help="clevr: format + answer "
-                   "accuracy; gta: format + tool-call score (gta_rewards); auto: by what built --data (default)")
+    p.add_argument("--reward", choices=["auto", *TASKS], default="auto", help="whose rewards (the task "
+                   "folder's rewards.py: format + accuracy); auto: the task that built --data (default)")
     p.set_defaults(func=cmd_rl)
     p = sub.add_parser("distill", help="policy distillation (beside TriMPI): the model with its policy in context "
                                        "teaches itself without it, on the rl data; no labels needed")
@@ -320,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .folders import StateError
     from .models import BackendUnavailableError
-    from .policy import PolicyError
+    from .tasks.clevr.policy import PolicyError
     from .recipes import RecipeError
-    from .scenes import SceneError
+    from .tasks.clevr.scenes import SceneError
     from .training import StageError
 
     args = build_parser().parse_args(argv)

@@ -8,6 +8,8 @@ import time
 
 import torch
 
+SETTINGS = ("no_policy", "in_context", "override")  # the eval splits: the MPI setting, In-Context, Policy Override
+
 
 @torch.no_grad()
 def generate_completions(model, processor, rows, max_new_tokens: int = 256, batch_size: int = 8,
@@ -41,3 +43,23 @@ def generate_completions(model, processor, rows, max_new_tokens: int = 256, batc
             stats["tokens"] = stats.get("tokens", 0) + int(ended.sum()) + len(chunk)
         out += processor.batch_decode(new, skip_special_tokens=True)
     return out
+
+
+def answer(model, processor, rows, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+    """Greedy completions for rows of a no-policy dataset (eval `no_policy`, cot/qa `test`): image + query only."""
+    was_training = model.training
+    model.eval()
+    try:
+        return generate_completions(model, processor, rows, max_new_tokens, batch_size)
+    finally:
+        model.train(was_training)  # a model that was training stays in training mode
+
+
+def held_out(data_dir, setting: str = "no_policy", limit: int | None = None):
+    """The eval split of one setting ('no_policy', 'in_context' or 'override'), `limit` rows spread over every
+    policy and as many scenes as it can (`data.spread`), in the order they are evaluated."""
+    from .data import load_kit_data, spread
+
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    return spread(load_kit_data(data_dir, "eval")[setting], limit)

@@ -203,7 +203,7 @@ def _scene_lookup(data_dir):
     """(scene_id -> Scene, policy name -> Policy, image size) from a data folder; empty when there is none."""
     if data_dir is None:
         return {}, {}, None
-    from .data import load_policies, load_scenes
+    from .tasks.clevr.data import load_policies, load_scenes
 
     scenes = {s.scene_id: s for s in load_scenes(data_dir)}
     try:
@@ -374,7 +374,7 @@ class RolloutInspector(_Box):
 
     def _scene_html(self, row) -> str:
         from .widgets import image_html, scene_alt, tree_svg
-        from .scenes import scene_image
+        from .tasks.clevr.scenes import scene_image
 
         g = self.current_group()
         head = (f"<b>{html.escape(str(row['prompt_id']))}</b><br>step {row['step']} · attempt {row['attempt']} · "

@@ -363,7 +363,7 @@ def longest_policy_tokens(recipe, data_dir) -> int:
     `policy_tokens` to plan VM-CPT and PolicyRollout's policy-aware rollouts with (policy images not counted)."""
     from transformers import AutoTokenizer
 
-    from .data import load_policies
+    from .tasks.clevr.data import load_policies
     from .models import as_recipe
 
     tok = AutoTokenizer.from_pretrained(as_recipe(recipe).model)

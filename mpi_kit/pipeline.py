@@ -114,9 +114,9 @@ class PipelineConfig:
 
 def demo_config(out: str = "runs/demo", seed: int = 0, eval_limit: int = 200, jobs: int = 1) -> PipelineConfig:
     """`make demo`: TriMPI, its start, its GRPO-2G control and the key baselines at N = 4 in the paper's regime
-    (scarce forward CoT, LoRA CoT SFT, RL whose clip acts, equal prompts per step), sized for 15 minutes on 2 CPU
-    cores. 1,000 scenes hold out 200, so the 200 evaluation rows are 200 different scenes (docs/results.md)."""
-    from .data import PAPER_REGIME
+    (scarce forward CoT, LoRA CoT SFT, RL whose clip acts, equal prompts per step), sized to a 15-minute budget on 2
+    CPU cores. 1,000 scenes hold out 200, so the 200 evaluation rows are 200 different scenes (docs/results.md)."""
+    from .tasks.clevr.data import PAPER_REGIME
 
     return PipelineConfig(out=out, depths=(4,), methods=DEMO_METHODS, seed=seed, num_policies=4, num_scenes=1000,
                           **PAPER_REGIME, eval_limit=eval_limit, side_limit=min(100, eval_limit), cpt_steps=120,

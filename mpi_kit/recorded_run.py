@@ -91,7 +91,7 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
     PoRo-GRPO steps on `rl_limit` prompts (so the step slider sees each prompt again); packed into `dest` (a few
     hundred KB) with the settings in its summary.json ("recorded_with"). Minutes on 2 CPU cores; a finished SFT in
     `work` is reused. The settings are `DEMO` (overridable here)."""
-    from .data import DataConfig, build_datasets
+    from .tasks.clevr.data import DataConfig, build_datasets
     from .recipes import get_recipe
     from .rl import run_rl
     from .sft import run_sft

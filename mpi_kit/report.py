@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from .charts import PATTERNS, SUBPLOT_TITLE, percent_axis, step_axis, title_layout
-from .data import load_policies, load_scenes
-from .scenes import scene_image
+from .tasks.clevr.data import load_policies, load_scenes
+from .tasks.clevr.scenes import scene_image
 from .widgets import image_html, scene_alt, tree_figure, walk_html
 
 
@@ -208,7 +208,7 @@ def errors_figure(results: dict):
     rows = [(k, r) for k, r in results["methods"].items() if r.get("errors") is not None]
     if not rows:
         return None
-    from .evaluate import ERROR_PARTS
+    from .tasks.clevr.evaluate import ERROR_PARTS
 
     fig = go.Figure()
     for i, part in enumerate(ERROR_PARTS):  # hatched as well as coloured: told apart without colour too
@@ -253,7 +253,7 @@ def limits_note(results: dict) -> str:
 
 def efficiency_figure(rows: list[dict], paper: dict | None = None):
     """Prompt tokens and prefill time with the policy in context vs without it, as a function of N: `rows` are
-    `evaluate.efficiency` rows (several N, one or more batch sizes). The paper's best reductions go in the
+    `efficiency.efficiency` rows (several N, one or more batch sizes). The paper's best reductions go in the
     subtitle."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -404,7 +404,7 @@ def datasets_note(datasets: dict) -> str:
 
 
 def efficiency_frame(rows: list[dict]):
-    """`evaluate.efficiency` rows as a pandas table of at most seven columns: N, batch size, prompt tokens and
+    """`efficiency.efficiency` rows as a pandas table of at most seven columns: N, batch size, prompt tokens and
     prefill time as 'policy in context → no policy', and what leaving the policy out saves (%)."""
     import pandas as pd
 
@@ -433,7 +433,7 @@ def efficiency_note(rows: list[dict]) -> str:
 
 
 def efficiency_table(rows: list[dict]) -> str:
-    """`evaluate.efficiency` rows as an HTML table with readable headers; a negative saving gets a note, as the
+    """`efficiency.efficiency` rows as an HTML table with readable headers; a negative saving gets a note, as the
     shorter prompt running slower is timing noise, not a cost of leaving the policy out."""
     cols = [c for c in rows[0] if c != "N" or "depth" not in rows[0]]
     out = ("<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(column_name(c))}</th>" for c in cols)

@@ -11,13 +11,12 @@ sampling, stopping criteria, logits processors and LoRA adapters all behave as u
 `generate` then compiles its decoding step (`torch.compile`, the library's auto-compile for static caches); on a
 CPU it runs the same static cache uncompiled, and only for long prompts (>= STATIC_MIN_PROMPT tokens): there a
 `DynamicCache` re-copies the whole cache at every step (`torch.cat`), while for short prompts the static cache's
-fixed-size attention costs more than it saves (tiny recipe, G=4, 48 new tokens: decoding 19% slower with a static
-cache at ~100-token prompts, 8% faster at ~650, 5 interleaved steps each in one process).
+fixed-size attention costs more than it saves (measured: docs/results.md, "Rollout speed on the CPU").
 
 On the CPU it also swaps, for the duration of the call, the language model's attention for `decode_attention`:
 one new token per row attends to the cache with the KV heads grouped in a matmul, instead of SDPA's CPU kernel
 on a cache first copied `num_heads / num_kv_heads` times (`repeat_kv`, which transformers does whenever there is a
-padding mask). With a ~650-token policy in context that halves the decoding time of the tiny model (bench_rl).
+padding mask): the longer the policy in context, the more it saves (docs/results.md).
 
 Results: greedy decoding gives the same tokens as plain `generate` (tested). With sampling, the same seed draws
 the same random numbers in the same order (decoding runs at the full batch either way), so tokens match unless a

@@ -71,9 +71,9 @@ def notebook_scale(notebook: str, scale: str = "tutorial") -> dict:
 def _texts(depth: int) -> dict:
     """Estimated Qwen tokens (timing.approx_tokens) of a depth-N policy, its gold CoT (mean over scenes), the
     query and a Direct answer."""
-    from .data import query_text
-    from .policy import sample_policy
-    from .scenes import sample_scene
+    from .tasks.clevr.data import query_text
+    from .tasks.clevr.policy import sample_policy
+    from .tasks.clevr.scenes import sample_scene
     from .timing import approx_tokens
 
     p = sample_policy(depth=depth, rng=0)
@@ -84,8 +84,8 @@ def _texts(depth: int) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _gta_texts() -> dict:
-    from .gta_data import generate_instances
-    from .gta_policy import BASE_POLICY
+    from .tasks.gta.data import generate_instances
+    from .tasks.gta.policy import BASE_POLICY
     from .timing import approx_tokens
 
     ins = generate_instances(16, seed=0)

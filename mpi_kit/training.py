@@ -160,7 +160,8 @@ def freeze_vision(model) -> int:
 def trainer_kwargs(recipe: Recipe, stage: StageSettings, out, max_steps: int | None = None,
                    save_steps: int | None = None, progress: bool = False) -> dict:
     """TrainingArguments / SFTConfig keywords for a stage: the recipe's hyperparameters, precision matching the
-    recipe (fp32 on a CPU: bf16 there is ~15x slower), per-step loss logging, periodic checkpoints, fixed seeds."""
+    recipe (fp32 on a CPU: bf16 there is far slower on most CPUs), per-step loss logging, periodic checkpoints,
+    fixed seeds."""
     kw = stage.trl_kwargs()
     if recipe.memory_budget_gib:  # the memory planner sets micro-batch x accumulation (same effective batch)
         from .memory import apply_plan

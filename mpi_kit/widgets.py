@@ -12,8 +12,8 @@ import io
 import re
 from pathlib import Path
 
-from .policy import Policy
-from .scenes import Scene, scene_image
+from .tasks.clevr.policy import Policy
+from .tasks.clevr.scenes import Scene, scene_image
 
 YES, NO, HOT, COLD = "#2a9d3f", "#c0392b", "#f39c12", "#b8b8b8"
 
@@ -265,7 +265,7 @@ def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
     """Browse a built dataset folder: each scene with its scene graph and every policy's answer and CoT."""
     import ipywidgets as w
 
-    from .data import load_policies, load_scenes
+    from .tasks.clevr.data import load_policies, load_scenes
 
     policies = list(load_policies(out).values())
     scenes = load_scenes(out, split)
@@ -294,7 +294,7 @@ def rule_explorer(policy=None, override: dict | None = None):
     version of every tool the rules give and which rule decides it, beside the version under an override."""
     import ipywidgets as w
 
-    from .gta_policy import ACCOUNT_TYPES, BASE_POLICY, DEFAULT_OVERRIDE, UserProfile
+    from .tasks.gta.policy import ACCOUNT_TYPES, BASE_POLICY, DEFAULT_OVERRIDE, UserProfile
 
     base = policy or BASE_POLICY
     updated = base.with_override(override or DEFAULT_OVERRIDE)

@@ -10,7 +10,7 @@ on a plateau where it ignores the image). Stage "follow": it learns to follow a 
 text + image + query -> gold CoT + boxed case, N = 2, 4, 6), with perception replay and taught retrieval.
 Every scene is drawn from a "PRETRAIN/<task>/..." seed and every policy from the "base/<stage>/..." seed family,
 never the policies that the kit later internalizes (`mpi_kit.data` draws those from "policies/<seed>/...").
-The examples are `mpi_kit.abilities`'; the card's numbers are `mpi_kit.evaluate.general_abilities`'.
+The examples are `mpi_kit.tasks.clevr.abilities`'; the card's numbers are `mpi_kit.tasks.clevr.evaluate.general_abilities`'.
 
     python scripts/pretrain_tiny.py --out assets/tiny-vlm      # train (resumable), evaluate, write the card
     python scripts/pretrain_tiny.py --eval assets/tiny-vlm     # re-measure the card's numbers
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpi_kit.abilities import PLURAL, STEP_PARTS, make_example
-from mpi_kit.evaluate import general_abilities as evaluate
-from mpi_kit.scenes import ATTRIBUTES, Scene, render_scene, sample_scene
+from mpi_kit.tasks.clevr.abilities import PLURAL, STEP_PARTS, make_example
+from mpi_kit.tasks.clevr.evaluate import general_abilities as evaluate
+from mpi_kit.tasks.clevr.scenes import ATTRIBUTES, Scene, render_scene, sample_scene
 from mpi_kit.tiny import IMAGE_SIZE, MERGE, PATCH
 
 VALUES = [(a, v) for a in ATTRIBUTES for v in ATTRIBUTES[a]]  # 15 attribute values, the dense probe's classes
@@ -363,7 +363,7 @@ FOLLOW = (
 
 @dataclass
 class PretrainConfig:
-    """Steps, batch sizes and learning rates of the three stages; the defaults fit ~30 min on 2 CPU cores."""
+    """Steps, batch sizes and learning rates of the three stages; the defaults are sized for a 2-core CPU."""
     out: str = "assets/tiny-vlm"
     work: str = "runs/pretrain"             # checkpoints (resume from here)
     seed: int = 0
@@ -397,7 +397,7 @@ def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
             e = make_example(t, f"tokenizer/{i}")
             texts += [e["prompt"][0]["content"][1]["text"], e["answer"]]
     texts.append("You are a helpful assistant.")
-    from mpi_kit.gta_data import BASE_POLICY, generate_instances  # GTA prompts would overrun the context otherwise
+    from mpi_kit.tasks.gta.data import BASE_POLICY, generate_instances  # GTA prompts would overrun the context otherwise
 
     texts.append(BASE_POLICY.text())
     for inst in generate_instances(cfg.tokenizer_gta, seed=cfg.seed, prefix="tokenizer"):

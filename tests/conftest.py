@@ -22,7 +22,8 @@ def small_rl_setup(tmp_path_factory):
     """(root, base): N=2 rl + vmcpt data under root/data and a random SMALL model (tokenizer trained on that data)."""
     import torch
 
-    from mpi_kit.data import build_datasets, load_kit_data
+    from mpi_kit.tasks.clevr.data import build_datasets
+    from mpi_kit.data import load_kit_data
     from mpi_kit.tiny import build_tiny, save_tiny
 
     torch.set_num_threads(2)

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from mpi_kit.cli import main
-from mpi_kit.data import DataConfig, DataError, build_datasets, load_kit_data, load_policies, require_columns
-from mpi_kit.policy import Policy, PolicyError, sample_policy
-from mpi_kit.scenes import Scene, SceneError, load_clevr_scenes, scene_image
+from mpi_kit.tasks.clevr.data import DataConfig, build_datasets, load_policies
+from mpi_kit.data import DataError, load_kit_data, require_columns
+from mpi_kit.tasks.clevr.policy import Policy, PolicyError, sample_policy
+from mpi_kit.tasks.clevr.scenes import Scene, SceneError, load_clevr_scenes, scene_image
 
 OBJ = {"shape": "cube", "color": "red", "size": "small", "material": "metal", "x": 0.5, "y": 0.5}
 
@@ -136,7 +137,7 @@ def test_cli_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
 
 
 def test_accuracy_reward_wants_one_case_per_completion():
-    from mpi_kit.rewards import accuracy_reward
+    from mpi_kit.tasks.clevr.rewards import accuracy_reward
 
     with pytest.raises(ValueError, match="got 3 completions but 1 gold cases"):
         accuracy_reward(["a", "b", "c"], case=["Case 1"])
@@ -144,7 +145,7 @@ def test_accuracy_reward_wants_one_case_per_completion():
 
 def test_general_evaluation_with_a_tiny_limit():
     """`pipeline --eval-limit 2` died after training: the caption task got 2 // 4 = 0 examples."""
-    from mpi_kit.evaluate import general_abilities as evaluate
+    from mpi_kit.tasks.clevr.evaluate import general_abilities as evaluate
     from mpi_kit.tiny import build_tiny
 
     from conftest import SMALL

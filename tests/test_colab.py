@@ -176,7 +176,8 @@ def test_stage_facts_carry_precision_and_the_time_estimate(gpu, capsys):
 
 def test_summary_json_records_the_resolved_precision(tmp_path):
     from conftest import SMALL, message_text
-    from mpi_kit.data import build_datasets, load_kit_data
+    from mpi_kit.tasks.clevr.data import build_datasets
+    from mpi_kit.data import load_kit_data
     from mpi_kit.sft import run_sft
     from mpi_kit.tiny import build_tiny, save_tiny
 

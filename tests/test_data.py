@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from mpi_kit.data import (DataError, build_datasets, load_kit_data, load_policies, load_scenes,
-                          require_columns, with_policy)
+from mpi_kit.data import DataError, load_kit_data, require_columns, with_policy
+from mpi_kit.tasks.clevr.data import build_datasets, load_policies, load_scenes
 
 SMALL = dict(num_policies=2, num_scenes=12, depth=2, progress=False)
 

@@ -6,8 +6,9 @@ import re
 import pytest
 from PIL import Image
 
-from mpi_kit.data import PAPER_REGIME, DataConfig, DataError, build_datasets, load_kit_data, load_policies, load_scenes
-from mpi_kit.forward_cot import cot_budget, forward_cots
+from mpi_kit.tasks.clevr.data import PAPER_REGIME, DataConfig, build_datasets, load_policies, load_scenes
+from mpi_kit.data import DataError, load_kit_data
+from mpi_kit.tasks.clevr.forward_cot import cot_budget, forward_cots
 from mpi_kit.rewards import completion_text
 
 from test_data import _same_tree

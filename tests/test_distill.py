@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import SMALL, message_text
-from mpi_kit.data import DataError, build_datasets, load_kit_data
+from mpi_kit.data import DataError, load_kit_data
+from mpi_kit.tasks.clevr.data import build_datasets
 from mpi_kit.distill import (completion_logits, distill_data, distill_trainer, encode, policy_kl, run_distill)
 from mpi_kit.models import load_model, vision_token_ids
 from mpi_kit.training import StageError

@@ -1,9 +1,10 @@
 """Evaluations on fixtures whose right value is known by construction."""
 import pytest
 
-from mpi_kit.data import build_datasets, load_kit_data, load_policies
-from mpi_kit.evaluate import (RuleJudge, branching_error, cited_conditions, error_parts, referral_scores,
-                              score_rows, summarize)
+from mpi_kit.tasks.clevr.data import build_datasets, load_policies
+from mpi_kit.data import load_kit_data
+from mpi_kit.tasks.clevr.evaluate import (RuleJudge, branching_error, cited_conditions, error_parts, referral_scores,
+                                          score_rows, summarize)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_rule_judge(data):
 def test_forgetting_of_an_unchanged_model_is_zero():
     from pathlib import Path
 
-    from mpi_kit.evaluate import forgetting
+    from mpi_kit.tasks.clevr.evaluate import forgetting
     from mpi_kit.tiny import load_tiny
 
     shipped = Path(__file__).resolve().parents[1] / "assets" / "tiny-vlm"
@@ -146,7 +147,7 @@ def test_eval_limit_draws_distinct_scenes_before_repeating_one(data):
 
 
 def test_wilson_interval_on_known_cases():
-    from mpi_kit.evaluate import wilson_interval
+    from mpi_kit.stats import wilson_interval
 
     lo, hi = wilson_interval(0, 24)
     assert lo == 0.0 and hi == pytest.approx(0.1380, abs=1e-4)  # 0 of 24 is not "exactly 0%"

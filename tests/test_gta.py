@@ -9,11 +9,11 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from mpi_kit.data import DataError, load_kit_data
-from mpi_kit.gta_data import TASKS, build_gta_datasets, generate_instances, load_gta, override_instances
-from mpi_kit.gta_policy import (BASE_POLICY, DEFAULT_OVERRIDE, RULES, TOOLS, GTAPolicy, PolicyError, UserProfile,
-                                rule_leaves, tool_version)
-from mpi_kit.gta_rewards import arg_score, gta_format_reward, gta_reward, parse_call, safe_eval, score_call
-from mpi_kit.tasks.gta import score_rows, summarize
+from mpi_kit.tasks.gta.data import TASKS, build_gta_datasets, generate_instances, load_gta, override_instances
+from mpi_kit.tasks.gta.policy import (BASE_POLICY, DEFAULT_OVERRIDE, RULES, TOOLS, GTAPolicy, PolicyError, UserProfile,
+                                      rule_leaves, tool_version)
+from mpi_kit.tasks.gta.rewards import arg_score, gta_format_reward, gta_reward, parse_call, safe_eval, score_call
+from mpi_kit.tasks.gta.task import score_rows, summarize
 
 P = UserProfile
 MATH = {"math_image": True}
@@ -442,7 +442,7 @@ def gta_small(tmp_path_factory):
 def test_task_of_a_data_folder(tmp_path):
     import json as _json
 
-    from mpi_kit.data import build_datasets
+    from mpi_kit.tasks.clevr.data import build_datasets
     from mpi_kit.tasks import task_of
 
     build_gta_datasets(out=str(tmp_path / "g"), num_instances=4, kinds=("qa",))

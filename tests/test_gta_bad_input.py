@@ -9,7 +9,7 @@ from PIL import Image
 
 from mpi_kit.cli import main
 from mpi_kit.data import DataError
-from mpi_kit.gta_data import load_gta
+from mpi_kit.tasks.gta.data import load_gta
 
 
 def _query() -> dict:

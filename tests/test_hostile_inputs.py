@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mpi_kit.policy import Policy, PolicyError, sample_policy
-from mpi_kit.scenes import Scene, SceneError, load_clevr_scenes
+from mpi_kit.tasks.clevr.policy import Policy, PolicyError, sample_policy
+from mpi_kit.tasks.clevr.scenes import Scene, SceneError, load_clevr_scenes
 
 ATTRS = [("color", "red"), ("size", "small"), ("material", "metal"), ("shape", "cube")]
 

@@ -16,7 +16,7 @@ from mpi_kit.cli import main
 from mpi_kit.inspector import (ASSET_RUN, CHECKOUT, RolloutInspector, advantage_note, completion_card, filter_groups,
                                filter_rows, find_data_dir, group_html, group_table, load_rollouts, pack_run,
                                policy_rescues, rescore, rollout_figures, step_stats)
-from mpi_kit.rewards import total_reward
+from mpi_kit.tasks.clevr.rewards import total_reward
 from mpi_kit.rl import NO_POLICY, POLICY_AWARE, rl_trainer
 from mpi_kit.training import train_stage
 
@@ -249,7 +249,7 @@ def test_rl_interrupted_then_resumed_equals_uninterrupted(small_rl_setup, tmp_pa
 def _gta_log(run_dir):
     """A hand-written GTAPolicy rollout log, as TRL writes it: one PoRo group of 4 at one step, columns named after
     the GTA reward functions. Three completions call the right tool with the right arguments, one does not."""
-    from mpi_kit.gta_rewards import gta_format_reward, gta_reward
+    from mpi_kit.tasks.gta.rewards import gta_format_reward, gta_reward
 
     gold = json.dumps({"name": "OCR_v2", "arguments": {"image": "image/1.png"}})
     texts = ['<think>Rule A.1 applies.</think>{"name": "OCR_v2", "arguments": {"image": "image/1.png"}}'] * 3 + [

@@ -91,7 +91,7 @@ def test_recipes_use_the_plan_by_default_and_tiny_does_not(tmp_path):
 
 
 def test_no_budget_predicts_peaks_and_keeps_the_recipes_split(tmp_path):
-    from mpi_kit.data import build_datasets
+    from mpi_kit.tasks.clevr.data import build_datasets
     from mpi_kit.memory import longest_policy_tokens
 
     p = plan("tiny")  # memory_budget_gib = 0

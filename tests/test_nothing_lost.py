@@ -14,7 +14,8 @@ import torch
 
 from conftest import hashed_reward
 from mpi_kit.cli import main
-from mpi_kit.data import DataError, build_datasets
+from mpi_kit.data import DataError
+from mpi_kit.tasks.clevr.data import build_datasets
 from mpi_kit.folders import MANIFEST, StateError, lock, read_json, write_json
 from mpi_kit.training import last_checkpoint, open_run
 
@@ -200,7 +201,7 @@ def test_resuming_a_finished_rl_run_trains_no_step_more(tmp_path, small_rl_setup
 
 
 def test_gta_data_replaces_only_an_earlier_gta_build(tmp_path, capsys):
-    from mpi_kit.gta_data import build_gta_datasets
+    from mpi_kit.tasks.gta.data import build_gta_datasets
 
     out = tmp_path / "gta"
     build_gta_datasets(out=str(out), num_instances=12, kinds=("qa",))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import SMALL
-from mpi_kit.data import build_datasets, load_kit_data
+from mpi_kit.tasks.clevr.data import build_datasets
+from mpi_kit.data import load_kit_data
 from mpi_kit.folders import StateError
 from mpi_kit.pipeline import PipelineConfig, run_pipeline, table
 
@@ -94,7 +95,7 @@ def test_unknown_method_is_a_clear_error(tmp_path, capsys):
 
 def test_table_shows_intervals_and_what_lies_beyond_them():
     from mpi_kit.paper import paper_table
-    from mpi_kit.evaluate import wilson_percent
+    from mpi_kit.stats import wilson_percent
     from mpi_kit.report import beyond
 
     assert wilson_percent(150, 200) == [68.6, 80.5]  # Wilson, 150 of 200: 74.5 -+ 6.0 by hand
@@ -241,7 +242,7 @@ def test_the_shipped_demo_results_are_todays_demo():
 def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path, capsys):
     """A toy task registered beside ClevrPolicy and GTAPolicy runs through the unchanged pipeline: its rows, its
     data, its evaluation, its table and its report; training stages are the pipeline's own."""
-    from mpi_kit.evaluate import generate_completions
+    from mpi_kit.generation import generate_completions
     from mpi_kit.tasks import TASKS, Row, Task, register_task, task_of
 
     class Echo(Task):

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from mpi_kit.policy import Policy, PolicyError, override_policy, sample_policies, sample_policy
-from mpi_kit.scenes import Scene, SceneObject, sample_scene
+from mpi_kit.tasks.clevr.policy import Policy, PolicyError, override_policy, sample_policies, sample_policy
+from mpi_kit.tasks.clevr.scenes import Scene, SceneObject, sample_scene
 
 O = SceneObject
 

@@ -79,8 +79,8 @@ def test_the_summary_line_says_stopped_resumed_and_reused(small_rl_setup, tmp_pa
 
 def test_building_data_quietly_prints_nothing(tmp_path, capfd):
     """progress=False means no "Saving the dataset" bars from `datasets` either."""
-    from mpi_kit.data import build_datasets
-    from mpi_kit.gta_data import build_gta_datasets
+    from mpi_kit.tasks.clevr.data import build_datasets
+    from mpi_kit.tasks.gta.data import build_gta_datasets
 
     capfd.readouterr()
     build_datasets(out=str(tmp_path / "c"), num_policies=1, num_scenes=4, depth=2, progress=False)

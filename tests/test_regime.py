@@ -50,7 +50,7 @@ def test_cot_sft_as_lora_alone_is_merged_into_full_weights_for_rl(small_rl_setup
     from mpi_kit.models import load_model
     from mpi_kit.sft import run_sft
 
-    from mpi_kit.data import build_datasets
+    from mpi_kit.tasks.clevr.data import build_datasets
 
     _, base = small_rl_setup
     build_datasets(out=str(tmp_path / "d"), num_policies=2, num_scenes=6, depth=2, progress=False, kinds=("cot",))

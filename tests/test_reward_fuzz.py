@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from mpi_kit.gta_rewards import arg_score, gta_format_reward, gta_reward, parse_call, score_call
-from mpi_kit.rewards import accuracy_reward, format_reward, total_reward
+from mpi_kit.tasks.gta.rewards import arg_score, gta_format_reward, gta_reward, parse_call, score_call
+from mpi_kit.tasks.clevr.rewards import accuracy_reward, format_reward, total_reward
 
 LIMIT = 0.5  # seconds one reward call may take; rewards run on every completion of every RL step
 

@@ -1,6 +1,6 @@
 from hypothesis import given, settings, strategies as st
 
-from mpi_kit.rewards import accuracy_reward, format_reward, parse_answer, total_reward
+from mpi_kit.tasks.clevr.rewards import accuracy_reward, format_reward, parse_answer, total_reward
 
 GOOD = "<think>Condition 1: Is there a cyan object? Yes, go to Condition 1.1.</think>\\boxed{Case 3}"
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mpi_kit.scenes import (ATTRIBUTES, COLOR_RGB, RADIUS, Scene, SceneError, SceneObject, attribute_crop,
-                            crop_object, load_clevr_scenes, render_scene, sample_scene, sample_scenes, scene_image)
+from mpi_kit.tasks.clevr.scenes import (ATTRIBUTES, COLOR_RGB, RADIUS, Scene, SceneError, SceneObject, attribute_crop,
+                                        crop_object, load_clevr_scenes, render_scene, sample_scene, sample_scenes,
+                                        scene_image)
 
 
 def test_sampler_counts_no_overlap_and_determinism():

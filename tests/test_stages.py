@@ -15,7 +15,8 @@ from conftest import SMALL, interrupted_then_resumed
 from mpi_kit.cli import main
 from mpi_kit.cpt import VMCPTCollator, check_vmcpt, run_cpt
 from mpi_kit.models import vision_token_ids
-from mpi_kit.data import DataError, build_datasets, load_kit_data
+from mpi_kit.data import DataError, load_kit_data
+from mpi_kit.tasks.clevr.data import build_datasets
 from mpi_kit.models import load_model
 from mpi_kit.sft import run_sft, sft_trainer
 from mpi_kit.training import StageError, load_stage_model, stage_recipe

@@ -11,12 +11,13 @@ import sys
 import pytest
 import torch
 
-from mpi_kit import abilities, tiny
+from mpi_kit import tiny
+from mpi_kit.tasks.clevr import abilities
 from mpi_kit.generation import generate_completions
 from mpi_kit.models import count_parameters
-from mpi_kit.rewards import parse_answer
-from mpi_kit.policy import sample_policy
-from mpi_kit.scenes import sample_scene
+from mpi_kit.tasks.clevr.rewards import parse_answer
+from mpi_kit.tasks.clevr.policy import sample_policy
+from mpi_kit.tasks.clevr.scenes import sample_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import pretrain_tiny as pt  # noqa: E402  (the tiny model's training: scripts/pretrain_tiny.py)

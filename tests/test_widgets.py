@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mpi_kit.policy import sample_policy
-from mpi_kit.scenes import sample_scene, sample_scenes
+from mpi_kit.tasks.clevr.policy import sample_policy
+from mpi_kit.tasks.clevr.scenes import sample_scene, sample_scenes
 from mpi_kit.widgets import cot_steps, excerpt, policy_explorer, tree_svg, walk_html
 
 ROOT = Path(__file__).resolve().parent.parent

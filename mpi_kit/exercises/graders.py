@@ -77,8 +77,8 @@ def _walk(policy, scene, swap: bool = False) -> tuple[str, list[str]]:
 @functools.lru_cache(maxsize=None)
 def walk_policy_cases() -> list[Case]:
     """Policies of depth 1 to 4, each with scenes that reach different cases, so every branch gets walked."""
-    from ..policy import sample_policy
-    from ..scenes import sample_scenes
+    from ..tasks.clevr.policy import sample_policy
+    from ..tasks.clevr.scenes import sample_scenes
 
     scenes = sample_scenes(150, seed=36, prefix="exercise")
     cases = []
@@ -241,7 +241,7 @@ THINK = "<think>Condition 1: Is there a cyan object in the image? Yes, the respo
 
 @functools.lru_cache(maxsize=None)
 def format_reward_cases() -> list[Case]:
-    from ..rewards import format_reward
+    from ..tasks.clevr.rewards import format_reward
 
     texts = [
         (THINK + "\\boxed{Case 2}", "the well-formed completion"),
@@ -266,7 +266,7 @@ def format_reward_cases() -> list[Case]:
 
 @functools.lru_cache(maxsize=None)
 def accuracy_reward_cases() -> list[Case]:
-    from ..rewards import accuracy_reward
+    from ..tasks.clevr.rewards import accuracy_reward
 
     rows = [
         (THINK + "\\boxed{Case 2}", "Case 2", "the right answer"),

@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..scenes import short_repr
+from ..tasks.clevr.scenes import short_repr
 from .graders import Case, Exercise
 
 TIME_LIMIT = 10.0  # seconds per hidden case; the references take milliseconds

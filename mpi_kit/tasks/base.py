@@ -80,6 +80,16 @@ class Task:
         """One tidy dict per (row, completion): gold, the parsed answer, its scores (`evaluate_accuracy` calls it)."""
         raise NotImplementedError
 
+    def evaluate_accuracy(self, model, processor, data_dir, setting: str = "no_policy", method: str = "",
+                          limit: int | None = None, max_new_tokens: int = 256, batch_size: int = 8,
+                          progress: bool = False) -> list[dict]:
+        """Greedy completions on the eval split of `setting` (`generation.held_out`), scored by `score_rows`."""
+        from ..generation import generate_completions, held_out
+
+        rows = held_out(data_dir, setting, limit)
+        completions = generate_completions(model, processor, rows, max_new_tokens, batch_size, progress)
+        return self.score_rows(rows, completions, method, setting)
+
     def summarize(self, rows: list[dict]) -> list[dict]:
         """`score_rows`' dicts grouped per (method, setting, ...) into the task's numbers, each with its n."""
         raise NotImplementedError
@@ -90,8 +100,8 @@ class Task:
 
     def efficiency(self, model, processor, data_dir: Path) -> list[dict]:
         """Prompt tokens and prefill time with the policy in context vs without it, on the data's eval split
-        (`evaluate.efficiency`; both paper tasks write `no_policy` and `in_context` rows)."""
-        from ..evaluate import efficiency
+        (`mpi_kit.efficiency`; both paper tasks write `no_policy` and `in_context` rows)."""
+        from ..efficiency import efficiency
 
         return efficiency(model, processor, data_dir)
 

@@ -1,9 +1,9 @@
-"""GTAPolicy: the next tool call of an agent under versioned tool rules and user profiles (paper §5.1, App. C).
+"""GTAPolicy: the next tool call of an agent under versioned tool rules and user profiles (paper App. C.2).
 The answer is one JSON call `{"name": ..., "arguments": {...}}`, scored by Tool Acc, Arg Score and Overall
-(`mpi_kit.gta_rewards`), which is also the RL reward. One row of a comparison, "GTA".
+(`rewards.py`), which is also the RL reward. One row of a comparison, "GTA".
 
-Data: `mpi_kit.gta_data` (generated instances, or GTA's own files with `gta_root`); the policy document:
-`mpi_kit.gta_policy`.
+Data: `data.py` (generated instances, or GTA's own files with `gta_root`); the policy document:
+`policy.py`.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import re
 import sys
 from pathlib import Path
 
-from ..gta_rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS, parse_call, score_call
-from ..rewards import completion_text
-from .base import Row, Task
+from .rewards import GTA_REWARD_FUNCS, GTA_REWARD_WEIGHTS, parse_call, score_call
+from ...rewards import completion_text
+from ..base import Row, Task
 
 NEW_TOKENS = 256  # the longest GTA reverse CoT + call is ~250 tiny-tokenizer tokens
 
@@ -57,7 +57,7 @@ class GTAPolicyTask(Task):
         return [Row("GTA")]
 
     def build_data(self, cfg, row: Row, data_dir: Path, recipe) -> None:
-        from ..gta_data import GTADataConfig, build_gta_datasets
+        from .data import GTADataConfig, build_gta_datasets
 
         build_gta_datasets(GTADataConfig(out=str(data_dir), gta_root=cfg.gta_root, seed=cfg.seed,
                                          num_instances=cfg.num_instances, image_size=tuple(recipe.render_size)))
@@ -88,13 +88,12 @@ class GTAPolicyTask(Task):
     def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
         """Tool Acc, Arg Score and Overall (%) with no policy (In-Context: with it), under the override and, for
         trained methods, with the policy back in context; forgetting as for ClevrPolicy."""
-        from ..evaluate import evaluate_accuracy, perception
+        from ..clevr.evaluate import perception
 
-        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method,
-                  task=self)
+        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method)
 
         def scores(setting: str) -> tuple[list, dict]:
-            rows = evaluate_accuracy(model, processor, data_dir, setting, **kw)
+            rows = self.evaluate_accuracy(model, processor, data_dir, setting, **kw)
             return rows, {k: summarize(rows)[0][k] for k in ("tool", "args", "overall")}
 
         rows, main = scores("in_context" if method == "In-Context" else "no_policy")
@@ -115,7 +114,7 @@ class GTAPolicyTask(Task):
         past the trained length is out of distribution, so a warning says so and results.json records it."""
         from trl.data_utils import prepare_multimodal_messages
 
-        from ..data import load_kit_data
+        from ...data import load_kit_data
 
         ev = load_kit_data(data_dir, "eval")["in_context"]
         rows = ev.select(range(min(limit or len(ev), len(ev))))
@@ -135,16 +134,16 @@ class GTAPolicyTask(Task):
 
     # ---------------------------------------------------------------- results
     def paper_table(self) -> dict:
-        from ..paper import gta_paper_table
+        from ...paper import gta_paper_table
 
         return gta_paper_table()
 
     def table(self, results: dict) -> str:
-        from ..report import gta_table
+        from ...report import gta_table
 
         return gta_table(results)
 
     def report(self, out: Path, results: dict) -> Path:
-        from ..report import gta_pipeline_report
+        from ...report import gta_pipeline_report
 
         return gta_pipeline_report(out, results)

@@ -22,8 +22,8 @@ import reprlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .gta_policy import TOOL_NAMES, TOOLS
-from .rewards import REWARD_WEIGHTS, after_think, completion_text, one_gold_each
+from .policy import TOOL_NAMES, TOOLS
+from ...rewards import REWARD_WEIGHTS, after_think, completion_text, one_gold_each
 
 EXACT = ("image", "position", "color", "k", "top1")
 TEXT = ("attribute", "text", "query", "command", "annotation", "keywords", "instruction")

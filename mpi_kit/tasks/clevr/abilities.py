@@ -1,5 +1,5 @@
 """The general abilities a base VLM brings to MPI, as examples that teach them (the tiny model's pretraining,
-`scripts/pretrain_tiny.py`) and measure them (`mpi_kit.evaluate.general_abilities`, forgetting): perception
+`scripts/pretrain_tiny.py`) and measure them (`evaluate.general_abilities`, forgetting): perception
 (captions, existence, counting on a fresh scene) and following a policy given in context (policy + image + query
 -> gold CoT + boxed case). Every example is fully determined by its key: scenes from "PRETRAIN/<task>/..." seeds,
 policies from the "base/..." seed family, never the policies the kit later internalizes ("policies/<seed>/...").
@@ -10,11 +10,12 @@ import random
 import re
 from collections import Counter
 
-from .data import assistant, policy_parts, query_text, user_prompt
+from ...data import assistant, policy_parts, user_prompt
+from .data import query_text
 from .policy import ATTR_ORDER, sample_policy
 from .rewards import parse_answer
 from .scenes import ATTRIBUTES, Scene, render_scene, sample_scene
-from .tiny import IMAGE_SIZE
+from ...tiny import IMAGE_SIZE
 
 TASKS = ("describe", "exist", "count", "count_balanced", "policy")
 PLURAL = {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", "object": "objects"}

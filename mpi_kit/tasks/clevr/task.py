@@ -1,15 +1,16 @@
-"""ClevrPolicy: decision trees over CLEVR-style scenes (paper §5.1). A policy of depth N routes an (image, query)
+"""ClevrPolicy: decision trees over CLEVR-style scenes (paper §3.1). A policy of depth N routes an (image, query)
 to one of its cases; the answer is `\\boxed{Case k}`. One row of a comparison per N.
 
-Data: `mpi_kit.data` (policies `policy`, scenes `scenes`); rewards: `mpi_kit.rewards`; evaluations:
-`mpi_kit.evaluate`. This file is what ties them to the pipeline, RL and the inspector.
+Data: `data.py` (policies `policy.py`, scenes `scenes.py`); rewards: `rewards.py`; evaluations: `evaluate.py`.
+This file is what ties them to the pipeline, RL and the inspector.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..rewards import REWARD_FUNCS, REWARD_WEIGHTS, parse_answer
-from .base import Row, Task
+from .rewards import REWARD_FUNCS, parse_answer
+from ...rewards import REWARD_WEIGHTS
+from ..base import Row, Task
 
 
 class ClevrPolicyTask(Task):
@@ -22,14 +23,14 @@ class ClevrPolicyTask(Task):
 
     @property
     def methods(self) -> tuple:
-        from ..paper import METHODS
+        from ...paper import METHODS
 
         return tuple(METHODS)
 
     # ---------------------------------------------------------------- data
     def check(self, cfg) -> None:
-        from ..data import DataError
-        from ..policy import MAX_DEPTH
+        from ...data import DataError
+        from .policy import MAX_DEPTH
 
         bad = [d for d in cfg.depths if not 1 <= d <= MAX_DEPTH]
         if bad:
@@ -39,8 +40,8 @@ class ClevrPolicyTask(Task):
         return [Row(f"N{d}", (("depth", d),)) for d in cfg.depths]
 
     def build_data(self, cfg, row: Row, data_dir: Path, recipe) -> None:
-        from ..data import DataConfig, build_datasets
-        from ..forward_cot import recipe_generator
+        from .data import DataConfig, build_datasets
+        from .forward_cot import recipe_generator
 
         build_datasets(DataConfig(out=str(data_dir), num_policies=cfg.num_policies, num_scenes=cfg.num_scenes,
                                   depth=dict(row.fields)["depth"], variant=cfg.variant, seed=cfg.seed,
@@ -50,7 +51,7 @@ class ClevrPolicyTask(Task):
 
     def completion_budget(self, cfg, data_dir: Path) -> int:
         """A gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens: 24 + 24 N leaves room."""
-        from ..folders import read_json
+        from ...folders import read_json
 
         depth = int(read_json(Path(data_dir) / "summary.json", "Rebuild the data there.")["config"]["depth"])
         return cfg.max_new_tokens or 24 + 24 * depth
@@ -64,26 +65,24 @@ class ClevrPolicyTask(Task):
 
     # ---------------------------------------------------------------- evaluation
     def score_rows(self, rows, completions, method: str = "", setting: str = "no_policy") -> list[dict]:
-        from ..evaluate import score_rows
+        from .evaluate import score_rows
 
         return score_rows(rows, completions, method, setting)
 
     def summarize(self, rows: list[dict]) -> list[dict]:
-        from ..evaluate import summarize
+        from .evaluate import summarize
 
         return summarize(rows)
 
     def evaluate(self, method: str, model, processor, data_dir: Path, cfg) -> dict:
         """Accuracy with no policy (In-Context: with it), branching error and referral on the main rows; the
         secondary evaluations (policy back in context, override, perception) each with its own n and interval."""
-        from ..data import load_policies
-        from ..evaluate import (branching_error, error_parts, evaluate_accuracy, perception, referral_scores,
-                                summarize)
+        from .data import load_policies
+        from .evaluate import branching_error, error_parts, perception, referral_scores, summarize
 
-        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method,
-                  task=self)
-        rows = evaluate_accuracy(model, processor, data_dir, "in_context" if method == "In-Context" else "no_policy",
-                                 **kw)
+        kw = dict(limit=cfg.eval_limit, max_new_tokens=self.completion_budget(cfg, data_dir), method=method)
+        setting = "in_context" if method == "In-Context" else "no_policy"
+        rows = self.evaluate_accuracy(model, processor, data_dir, setting, **kw)
         main = summarize(rows)[0]
         res = {"accuracy": main["accuracy"], "n": len(rows), "interval_95": main["interval_95"],
                "errors": error_parts(rows),  # where the wrong chains broke first: what the model gets wrong
@@ -94,8 +93,9 @@ class ClevrPolicyTask(Task):
                "rows": [{"id": r["id"], "correct": bool(r["correct"])} for r in rows]}
         res["ns"], res["intervals"] = {}, {}
         for key in (["policy_in_context"] if method != "In-Context" else []) + ["override"]:
-            srows = evaluate_accuracy(model, processor, data_dir, "in_context" if key == "policy_in_context" else key,
-                                      **{**kw, "limit": cfg.side_limit or cfg.eval_limit})
+            setting = "in_context" if key == "policy_in_context" else key
+            srows = self.evaluate_accuracy(model, processor, data_dir, setting,
+                                           **{**kw, "limit": cfg.side_limit or cfg.eval_limit})
             s = summarize(srows)[0]
             res[key], res["ns"][key], res["intervals"][key] = s["accuracy"], len(srows), s["interval_95"]
         if cfg.forgetting:
@@ -106,16 +106,16 @@ class ClevrPolicyTask(Task):
 
     # ---------------------------------------------------------------- results
     def paper_table(self) -> dict:
-        from ..paper import paper_table
+        from ...paper import paper_table
 
         return paper_table()
 
     def table(self, results: dict) -> str:
-        from ..report import clevr_table
+        from ...report import clevr_table
 
         return clevr_table(results)
 
     def report(self, out: Path, results: dict) -> Path:
-        from ..report import pipeline_report
+        from ...report import pipeline_report
 
         return pipeline_report(out, results)

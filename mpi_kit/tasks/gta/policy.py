@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from .policy import PolicyError
+from ..clevr.policy import PolicyError
 
 POLICY_NAME = "GTA-Toolbox"
 ACCOUNT_TYPES = ("A", "B", "C", "D")

@@ -22,12 +22,12 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageDraw
 
-from .data import FEATURES, DataError, _png, assistant, policy_parts, user_prompt, writable_dir
-from .folders import claim, finish_manifest, lock, start_manifest, write_json
-from .progress import library_bars_off
-from .gta_policy import (BASE_POLICY, DEFAULT_OVERRIDE, GTAPolicy, PolicyError, UserProfile, _cond_text,
-                         rule_leaves, sample_profile, tool_type)
-from .scenes import CLEVR_SIZE, RADIUS, Scene, sample_scene, scene_image
+from ...data import FEATURES, DataError, _png, assistant, policy_parts, user_prompt, writable_dir
+from ...folders import claim, finish_manifest, lock, start_manifest, write_json
+from ...progress import library_bars_off
+from .policy import (BASE_POLICY, DEFAULT_OVERRIDE, GTAPolicy, PolicyError, UserProfile, _cond_text, rule_leaves,
+                     sample_profile, tool_type)
+from ..clevr.scenes import CLEVR_SIZE, RADIUS, Scene, sample_scene, scene_image
 
 KINDS = ("qa", "cot", "vmcpt", "rl", "eval")
 INSTRUCTION = ("Following Policy: {name}, determine the appropriate tool to use at the current step and respond "

@@ -22,7 +22,7 @@ def cot_budget(depth: int) -> int:
 
 def model_generator(model, processor) -> Generate:
     """Greedy completions of a loaded model (eval mode while it generates), batched as the caller slices rows."""
-    from .generation import generate_completions
+    from ...generation import generate_completions
 
     def generate(rows, max_new_tokens):
         was_training = model.training
@@ -42,7 +42,7 @@ def recipe_generator(recipe="tiny") -> Generate:
 
     def generate(rows, max_new_tokens):
         if not loaded:
-            from .models import load_model
+            from ...models import load_model
 
             loaded.append(model_generator(*load_model(recipe, lora=False)))
         return loaded[0](rows, max_new_tokens)
