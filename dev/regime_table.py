@@ -6,7 +6,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from mpi_kit.report import error_parts_text
+from mpi_kit.tasks.clevr.report import error_parts_text
 from mpi_kit.stats import discordant, mcnemar_exact
 
 PAIRS = [("CoT SFT + GRPO", "CoT SFT"), ("TriMPI w/ GRPO-2G", "VM-CPT + CoT SFT"),

@@ -56,20 +56,11 @@ def _dataclass_from_args(cls, args: argparse.Namespace):
 
 
 def cmd_data(args) -> int:
-    from .tasks.clevr.data import DataConfig, build_datasets
-
-    summary = build_datasets(_dataclass_from_args(DataConfig, args))
-    print(json.dumps({k: summary[k] for k in ("policies", "num_scenes", "datasets", "seconds")}, indent=1))
-    print(f"wrote {args.out} (summary.json beside the datasets)")
-    return 0
-
-
-def cmd_gta_data(args) -> int:
-    from .tasks.gta.data import GTADataConfig, build_gta_datasets
-
-    summary = build_gta_datasets(_dataclass_from_args(GTADataConfig, args))
-    print(json.dumps({k: summary[k] for k in ("source", "num_instances", "datasets", "seconds")}, indent=1))
-    print(f"wrote {args.out} (summary.json, policy.txt, instances.jsonl beside the datasets)")
+    """`mpi-kit <task's data command>`: build that task's datasets from its settings' flags."""
+    task = args.task
+    summary = task.build(_dataclass_from_args(task.data_settings(), args))
+    print(json.dumps({k: summary[k] for k in task.summary_keys if k in summary}, indent=1))
+    print(f"wrote {args.out} ({task.data_files} beside the datasets)")
     return 0
 
 
@@ -79,14 +70,14 @@ def cmd_demo(args) -> int:
     from .recipes import TINY_MODEL_DIR
 
     if not (TINY_MODEL_DIR / "config.json").exists():  # a checkout without the shipped model: data only
-        from .tasks.clevr.data import DataConfig, build_datasets
-        from .report import data_report
+        from .tasks import get_task
 
         print(f"no tiny model at {TINY_MODEL_DIR}; building data and a data report only "
               f"(train it with `python scripts/pretrain_tiny.py`)", file=sys.stderr)
-        build_datasets(DataConfig(out=str(Path(args.out) / "data"), num_policies=4, num_scenes=200, depth=4,
-                                  seed=args.seed))
-        print(f"report: {data_report(Path(args.out) / 'data')}")
+        clevr = get_task("clevr")
+        clevr.build(clevr.data_settings()(out=str(Path(args.out) / "data"), num_policies=4, num_scenes=200, depth=4,
+                                          seed=args.seed))
+        print(f"report: {clevr.data_report(Path(args.out) / 'data')}")
         return 0
     t0 = time.time()
     results = run_pipeline(demo_config(args.out, args.seed, args.eval_limit, args.jobs))
@@ -255,19 +246,15 @@ def cmd_inspect(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .tasks.clevr.data import DataConfig
     from .tasks import TASKS
 
     parser = argparse.ArgumentParser(prog="mpi-kit", description="Multimodal Policy Internalization kit")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("data", help="build ClevrPolicy policies and datasets")
-    _add_dataclass_args(p, DataConfig)
-    p.set_defaults(func=cmd_data)
-    from .tasks.gta.data import GTADataConfig
-
-    p = sub.add_parser("gta-data", help="build GTAPolicy next-tool-call datasets (generated, or from GTA's files)")
-    _add_dataclass_args(p, GTADataConfig)
-    p.set_defaults(func=cmd_gta_data)
+    for task in TASKS.values():  # each task's data command (`Task.data_command`), flags from its settings
+        if task.data_command:
+            p = sub.add_parser(task.data_command, help=task.data_help)
+            _add_dataclass_args(p, task.data_settings())
+            p.set_defaults(func=cmd_data, task=task)
     p = sub.add_parser("demo", help="run the main job on the tiny recipe and write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -320,16 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .folders import StateError
     from .models import BackendUnavailableError
-    from .tasks.clevr.policy import PolicyError
     from .recipes import RecipeError
-    from .tasks.clevr.scenes import SceneError
+    from .tasks import TASKS
     from .training import StageError
 
     args = build_parser().parse_args(argv)
+    task_errors = tuple(e for t in TASKS.values() for e in t.errors)
     try:
         return args.func(args)
-    except (DataError, PolicyError, SceneError, FileNotFoundError, BackendUnavailableError, RecipeError,
-            StageError, StateError) as e:
+    except (DataError, *task_errors, FileNotFoundError, BackendUnavailableError, RecipeError, StageError,
+            StateError) as e:
         print(f"mpi-kit {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -199,24 +199,6 @@ def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame 
 
 # ------------------------------------------------------------------------------------------------ the widget
 
-def _scene_lookup(data_dir):
-    """(scene_id -> Scene, policy name -> Policy, image size) from a data folder; empty when there is none."""
-    if data_dir is None:
-        return {}, {}, None
-    from .tasks.clevr.data import load_policies, load_scenes
-
-    scenes = {s.scene_id: s for s in load_scenes(data_dir)}
-    try:
-        policies = load_policies(data_dir)
-    except Exception:
-        policies = {}
-    from .folders import read_json
-
-    cfg = read_json(Path(data_dir) / "summary.json", "Rebuild the data into that folder.").get("config", {}) \
-        if (Path(data_dir) / "summary.json").exists() else {}
-    return scenes, policies, tuple(cfg.get("image_size", (96, 64)))
-
-
 def arithmetic_html(a: dict) -> str:
     """The selected group's advantage arithmetic as a small table: each completion's half, reward and advantage
     (recomputed by `mpi_kit.advantages`, beside the one the run logged), with the group's mean and std."""
@@ -256,8 +238,11 @@ class RolloutInspector(_Box):
         self.run_dir = None if isinstance(run, pd.DataFrame) else Path(run)
         self.df = run if isinstance(run, pd.DataFrame) else load_rollouts(run)
         self.data_dir = find_data_dir(self.run_dir, data_dir) if self.run_dir else data_dir
-        self.scenes, self.policies, self.image_size = _scene_lookup(self.data_dir)
         self.image_width = image_width
+        from .tasks import task_of_log
+
+        self.view = None if self.data_dir is None else \
+            task_of_log(self.df.columns).prompt_view(self.data_dir, image_width)  # ClevrPolicy: the scene
         self.groups = group_table(self.df)
         self.visible = self.groups
         self._quiet = False  # set while a handler updates other controls, so their observers wait
@@ -373,23 +358,14 @@ class RolloutInspector(_Box):
         self._load_playground()
 
     def _scene_html(self, row) -> str:
-        from .widgets import image_html, scene_alt, tree_svg
-        from .tasks.clevr.scenes import scene_image
-
         g = self.current_group()
         head = (f"<b>{html.escape(str(row['prompt_id']))}</b><br>step {row['step']} · attempt {row['attempt']} · "
                 f"gold <b>{html.escape(answer_text(row['gold'], 'unknown'))}</b><br>reward {g['reward'].mean():.2f} ± "
                 f"{g['reward'].std(ddof=0):.2f}{' · <b>zero std</b>' if g['reward'].nunique() <= 1 else ''}<br>")
-        scene = self.scenes.get(row["scene_id"])
-        if scene is None:
+        view = self.view(row) if self.view is not None else None
+        if view is None:
             return head + "<i>(no scene image: data folder not found)</i>"
-        out = head + image_html(scene_image(scene, self.image_size), self.image_width, scene_alt(scene))
-        policy = self.policies.get(str(row["prompt_id"]).split("/")[0])
-        if policy is not None:
-            case, path = policy.evaluate(scene)
-            out += f"<br><small>{policy.name}: gold path {' → '.join(path)} → {case}</small><br>"
-            out += tree_svg(policy, path, case, width=self.image_width, height=120)
-        return f"<div style='width:{self.image_width + 10}px'>{out}</div>"
+        return f"<div style='width:{self.image_width + 10}px'>{head + view}</div>"
 
     def _load_playground(self, _=None):
         if self.pick.value is None or self.pick.value not in self.df.index:

@@ -363,11 +363,11 @@ def longest_policy_tokens(recipe, data_dir) -> int:
     `policy_tokens` to plan VM-CPT and PolicyRollout's policy-aware rollouts with (policy images not counted)."""
     from transformers import AutoTokenizer
 
-    from .tasks.clevr.data import load_policies
     from .models import as_recipe
+    from .tasks import task_of
 
     tok = AutoTokenizer.from_pretrained(as_recipe(recipe).model)
-    return max(len(tok(p.text(), add_special_tokens=False)["input_ids"]) for p in load_policies(data_dir).values())
+    return max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in task_of(data_dir).policy_texts(data_dir))
 
 
 def _fits(recipe, stage, w, shape, budget, n) -> bool:

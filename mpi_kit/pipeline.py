@@ -116,11 +116,12 @@ def demo_config(out: str = "runs/demo", seed: int = 0, eval_limit: int = 200, jo
     """`make demo`: TriMPI, its start, its GRPO-2G control and the key baselines at N = 4 in the paper's regime
     (scarce forward CoT, LoRA CoT SFT, RL whose clip acts, equal prompts per step), sized to a 15-minute budget on 2
     CPU cores. 1,000 scenes hold out 200, so the 200 evaluation rows are 200 different scenes (docs/results.md)."""
-    from .tasks.clevr.data import PAPER_REGIME
+    from .tasks import get_task
 
     return PipelineConfig(out=out, depths=(4,), methods=DEMO_METHODS, seed=seed, num_policies=4, num_scenes=1000,
-                          **PAPER_REGIME, eval_limit=eval_limit, side_limit=min(100, eval_limit), cpt_steps=120,
-                          sft_steps=240, rl_steps=96, forgetting=True, overrides=dict(PAPER_STAGES), jobs=jobs)
+                          **get_task("clevr").paper_regime, eval_limit=eval_limit, side_limit=min(100, eval_limit),
+                          cpt_steps=120, sft_steps=240, rl_steps=96, forgetting=True, overrides=dict(PAPER_STAGES),
+                          jobs=jobs)
 
 
 def config_record(cfg: PipelineConfig) -> dict:

@@ -91,7 +91,7 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
     PoRo-GRPO steps on `rl_limit` prompts (so the step slider sees each prompt again); packed into `dest` (a few
     hundred KB) with the settings in its summary.json ("recorded_with"). Minutes on 2 CPU cores; a finished SFT in
     `work` is reused. The settings are `DEMO` (overridable here)."""
-    from .tasks.clevr.data import DataConfig, build_datasets
+    from .tasks import get_task
     from .recipes import get_recipe
     from .rl import run_rl
     from .sft import run_sft
@@ -104,9 +104,10 @@ def record_demo_run(dest=ASSET_RUN, work="runs/record-rollouts", recipe="tiny", 
     work = Path(work)
     rec = get_recipe(recipe, seed=o["seed"]) if isinstance(recipe, str) else recipe
     data = work / "data"
-    build_datasets(DataConfig(out=str(data), num_policies=o["num_policies"], num_scenes=o["num_scenes"],
-                              depth=o["depth"], seed=o["seed"], image_size=tuple(rec.render_size),
-                              kinds=("cot", "rl")), progress=False)
+    clevr = get_task("clevr")
+    clevr.build(clevr.data_settings()(out=str(data), num_policies=o["num_policies"], num_scenes=o["num_scenes"],
+                                      depth=o["depth"], seed=o["seed"], image_size=tuple(rec.render_size),
+                                      kinds=("cot", "rl")), progress=False)
     rec = tiny_or_random(rec, data, work / "base")
     sft = run_sft(rec, data, work / "sft_cot", "cot", max_steps=o["sft_steps"],
                   **{"sft_cot.learning_rate": o["sft_learning_rate"]})

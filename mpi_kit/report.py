@@ -1,4 +1,5 @@
-"""HTML reports: a self-contained page per run (plotly figures inlined once, images embedded)."""
+"""HTML reports: a self-contained page per run (plotly figures inlined once, images embedded), and the charts,
+tables and notes every task's report shares. Each task's own page is in its folder (`tasks/<task>/report.py`)."""
 from __future__ import annotations
 
 import html
@@ -6,38 +7,6 @@ import json
 from pathlib import Path
 
 from .charts import PATTERNS, SUBPLOT_TITLE, percent_axis, step_axis, title_layout
-from .tasks.clevr.data import load_policies, load_scenes
-from .tasks.clevr.scenes import scene_image
-from .widgets import image_html, scene_alt, tree_figure, walk_html
-
-
-def data_report(out: str | Path, num_scenes: int = 6, image_size=(240, 160)) -> Path:
-    """Write `out/report.html`: the data summary, each policy's tree, and test scenes with their answers."""
-    out = Path(out)
-    from .folders import read_json
-
-    summary = read_json(out / "summary.json", f"Rebuild the data with `mpi-kit data --out {out}`.")
-    policies = list(load_policies(out).values())
-    scenes = load_scenes(out, "test")[:num_scenes]
-    parts = [f"<h1>mpi-kit data report</h1><p>{len(policies)} policies, "
-             f"{summary['num_scenes']['train']} train / {summary['num_scenes']['test']} test scenes, "
-             f"depth N = {summary['config']['depth']}, variant -{summary['config']['variant']}.</p>",
-             "<h2>Datasets</h2><table border=1 cellpadding=4><tr><th>kind</th><th>split</th><th>rows</th></tr>"]
-    for kind, splits in summary["datasets"].items():
-        parts += [f"<tr><td>{kind}</td><td>{s}</td><td>{n}</td></tr>" for s, n in splits.items()]
-    parts.append("</table><h2>Policies</h2>")
-    for i, p in enumerate(policies):
-        c = summary["cases"][p.name]
-        parts.append(f"<h3>{p.name}</h3><p>{c['num_cases']} cases ({c['cases_seen']} occur in the scenes), "
-                     f"largest case share {c['majority_share']:.0%}, {c['policy_chars']} characters.</p>")
-        parts.append(tree_figure(p).to_html(full_html=False, include_plotlyjs=(i == 0)))
-    parts.append(f"<h2>Policy text: {policies[0].name}</h2><pre>{html.escape(policies[0].text())}</pre>")
-    parts.append("<h2>Held-out scenes</h2>")
-    for s in scenes:
-        parts.append(f"<div style='display:flex;gap:16px;margin:8px 0'>"
-                     f"{image_html(scene_image(s, image_size), 240, scene_alt(s))}"
-                     f"<div>{'<br>'.join(walk_html(p, s) for p in policies)}</div></div>")
-    return write_page(out / "report.html", parts, "mpi-kit data report")
 
 
 NEEDS_JS = ("Charts need JavaScript: in JupyterLab press 'Trust HTML' at the top of this file, or open it in a "
@@ -69,6 +38,8 @@ CAPTIONS = {  # what each chart measures, shown under its title
     "referral": "How accurately the reasoning cites the policy, scored 0-10 by the rule judge.",
     "perception": "The base abilities a method may forget: existence and counting questions (%), no policy involved.",
 }
+
+
 PERCENT = ("accuracy", "override", "policy_in_context", "branching_error", "perception")
 
 
@@ -117,13 +88,13 @@ def comparison_figures(results: dict) -> list:
                                          mode="markers", marker=dict(symbol="diamond", size=11)))
         ns = sorted({n for m in methods for d in depths if (n := _n(row(m, d), key))})
         sub = CAPTIONS.get(key, "") + (f" n = {'/'.join(map(str, ns))} per bar, 95% Wilson intervals." if ns else "")
-        fig.update_layout(**title_layout(title, _wrap(sub)), barmode="group", yaxis_title=ytitle, height=460)
+        fig.update_layout(**title_layout(title, wrap(sub)), barmode="group", yaxis_title=ytitle, height=460)
         if key in PERCENT or key == "referral":
             fig.update_yaxes(**percent_axis(100 if key in PERCENT else 10))
         for a in not_measured([[row(m, d).get(key) for m in methods] for d in depths]):
             fig.add_annotation(a)
         if all(not v for v in values):  # all zero: say why instead of an empty chart
-            fig.add_annotation(text=_wrap("Every bar is 0 here: no method got any of these right. " +
+            fig.add_annotation(text=wrap("Every bar is 0 here: no method got any of these right. " +
                                           limits_note(results)), x=0.5, y=0.5, xref="paper", yref="paper",
                                showarrow=False, font=dict(size=14), bgcolor="#fff8e0")
         figs.append(fig)
@@ -192,42 +163,14 @@ def rollout_figure(results: dict):
            "nothing; solved: zero variance because every completion was right. Rescued: no no-policy completion was "
            "right but a policy-aware one was, so the pooled group still has a signal, trained on the no-policy "
            "prompt.")
-    fig.update_layout(**title_layout("PolicyRollout made visible: what the RL groups saw", _wrap(sub),
+    fig.update_layout(**title_layout("PolicyRollout made visible: what the RL groups saw", wrap(sub),
                                      above_plot=SUBPLOT_TITLE), height=520)
     fig.update_yaxes(**percent_axis(), row=1, col=1)
     fig.update_xaxes(title_text="RL step", **step_axis([x["step"] for r in runs for x in r["rollouts"]]))
     return fig
 
 
-def errors_figure(results: dict):
-    """Where the wrong answers broke, per method and N: stacked bars of the first wrong part of each wrong chain
-    of thought (`evaluate.error_parts`). A policy error (question, go-to, case) is what internalization can still
-    fix; a misread scene (yes/no) is the base model's perception. None when no method recorded them."""
-    import plotly.graph_objects as go
-
-    rows = [(k, r) for k, r in results["methods"].items() if r.get("errors") is not None]
-    if not rows:
-        return None
-    from .tasks.clevr.evaluate import ERROR_PARTS
-
-    fig = go.Figure()
-    for i, part in enumerate(ERROR_PARTS):  # hatched as well as coloured: told apart without colour too
-        fig.add_trace(go.Bar(name=PART_WORDS[part], x=[k for k, _ in rows],
-                             y=[r["errors"].get(part, 0) for _, r in rows],
-                             marker_pattern_shape=PATTERNS[i % len(PATTERNS)]))
-    if not any(sum(r["errors"].values()) for _, r in rows):
-        fig.add_annotation(text="No wrong answers: every method got every question right.", x=0.5, y=0.5,
-                           xref="paper", yref="paper", showarrow=False, font=dict(size=14), bgcolor="#fff8e0")
-    ns = sorted({r["n"] for _, r in rows})
-    sub = ("Each wrong answer counted once, at the first part of its chain of thought that differs from the gold one: "
-           "a question or a go-to / case id is the policy not recalled; a yes/no is the scene misread. "
-           f"n = {'/'.join(map(str, ns))} questions per bar.")
-    fig.update_layout(**title_layout("Where the wrong answers broke", _wrap(sub)), barmode="stack",
-                      yaxis_title="wrong answers", height=440)
-    return fig
-
-
-def _wrap(text: str, width: int = 110) -> str:
+def wrap(text: str, width: int = 110) -> str:
     import textwrap
 
     return "<br>".join(textwrap.wrap(text, width))
@@ -276,76 +219,6 @@ def efficiency_figure(rows: list[dict], paper: dict | None = None):
     return fig
 
 
-def pipeline_report(out: str | Path, results: dict) -> Path:
-    """Write `out/report.html`: the comparison against the paper, one plotly chart per evaluation."""
-    out = Path(out)
-    paper = results["paper"]
-    figs = comparison_figures(results)
-    for extra in (errors_figure(results), rollout_figure(results)):
-        if extra is not None:
-            figs.append(extra)
-    eff = [dict(e, N=int(n)) for n, es in results.get("efficiency", {}).items() for e in es]
-    if eff:
-        figs.append(efficiency_figure(eff, paper.get("efficiency")))
-    parts = ["<h1>mpi-kit: the paper's comparison on the "
-             f"{results['config']['recipe']} recipe</h1><pre>{html.escape(clevr_table(results))}</pre>"]
-    best = max((r.get("accuracy") or 0 for r in results["methods"].values()), default=0)
-    if best < 50:
-        parts.append(f"<p style='background:#fff8e0;padding:8px'><b>Why these numbers are low.</b> "
-                     f"{html.escape(limits_note(results))}</p>")
-    parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
-    if eff:
-        parts.append("<h2>Efficiency: prompt tokens and prefill time, with vs without the policy</h2>"
-                     + efficiency_table(eff) + f"<p>Paper (7B): up to "
-                     f"{paper['efficiency']['prompt_token_reduction_pct']}% fewer prompt tokens, "
-                     f"{paper['efficiency']['prefill_time_reduction_pct']}% less prefill time.</p>")
-    parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
-    return write_page(out / "report.html", parts, f"mpi-kit report: ClevrPolicy, {results['config']['recipe']} recipe")
-
-
-def gta_pipeline_report(out: str | Path, results: dict) -> Path:
-    """Write `out/report.html` for a GTAPolicy pipeline: Tool Acc / Arg Score / Overall per method (bars) with the
-    paper's Qwen2.5-VL-7B numbers where it reports them (diamonds), with no policy, under override, with the
-    policy back in context; the prompt-cost table; the configuration."""
-    import plotly.graph_objects as go
-
-    out = Path(out)
-    rows = {r["method"]: r for r in results["methods"].values()}
-    methods = method_order(rows)
-    paper = results["paper"]
-    figs = []
-    for title, key, ref in (("Next tool call with no policy in context (In-Context: policy in the prompt)", None,
-                             "gta_7b"), ("Policy Override: changed rules in context", "override", "gta_override_7b"),
-                            ("Policy back in context after training", "policy_in_context",
-                             "gta_in_context_after_7b")):
-        got = {m: (rows[m] if key is None else rows[m].get(key)) or {} for m in methods}
-        if not any(got.values()):
-            continue
-        fig = go.Figure()
-        for i, k in enumerate(("tool", "args", "overall")):
-            fig.add_trace(go.Bar(name=f"ours {k}", x=methods, y=[got[m].get(k) for m in methods]))
-            ys = [(paper.get(ref, {}).get(m) or (None,) * 3)[i] for m in methods]
-            if any(y is not None for y in ys):
-                fig.add_trace(go.Scatter(name=f"paper 7B {k}", x=methods, y=ys, mode="markers",
-                                         marker=dict(symbol="diamond", size=11)))
-        fig.update_layout(**title_layout(title), barmode="group", yaxis_title="%", height=420)
-        fig.update_yaxes(**percent_axis())
-        figs.append(fig)
-    parts = [f"<h1>mpi-kit: GTAPolicy comparison on the {results['config']['recipe']} recipe</h1>"
-             f"<pre>{html.escape(gta_table(results))}</pre>"]
-    parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
-    eff = [e for es in results.get("efficiency", {}).values() for e in es]
-    if eff:
-        parts.append("<h2>Efficiency: prompt tokens and prefill time, with vs without the policy</h2>"
-                     + efficiency_table(eff))
-    if "context" in results:
-        parts.append(f"<h2>Context</h2><pre>{html.escape(json.dumps(results['context'], indent=1))}</pre>")
-    parts.append(f"<h2>Configuration</h2><pre>{html.escape(json.dumps(results['config'], indent=1))}</pre>")
-    return write_page(out / "report.html", parts, f"mpi-kit report: GTAPolicy, {results['config']['recipe']} recipe")
-
-
-# ------------------------------------------------------------------------------------------------ tables
-
 COLUMN_NAMES = {"N": "N", "depth": "N (tree depth)", "batch_size": "batch size", "variant": "policy text variant",
                 "prompt_tokens_in_context": "prompt tokens, policy in context",
                 "prompt_tokens_no_policy": "prompt tokens, no policy", "token_reduction_pct": "fewer tokens (%)",
@@ -363,7 +236,11 @@ COLUMN_NAMES = {"N": "N", "depth": "N (tree depth)", "batch_size": "batch size",
                 "advantage_of_correct": "advantage of the right answer", "prompt_id": "prompt",
                 "group_size": "completions per group", "steps_per_second": "steps/s",
                 "peak_memory_gib": "peak memory (GiB)", "seconds": "seconds"}
+
+
 SETTING_NAMES = {"no_policy": "no policy", "in_context": "policy in context", "override": "Policy Override"}
+
+
 NEGATIVE_SAVING = ("A negative prefill saving means the shorter prompt happened to run slower: on a prompt this "
                    "small the timing noise of the machine is larger than the time the policy costs.")
 
@@ -444,30 +321,6 @@ def efficiency_table(rows: list[dict]) -> str:
     return out
 
 
-def clevr_table(results: dict) -> str:
-    """ClevrPolicy as plain text: methods down, N across, our accuracy with its 95% interval (paper 7B in
-    brackets), the differences beyond the intervals, and what the RL groups saw."""
-    depths = sorted({r["depth"] for r in results["methods"].values()})
-    acc = results["paper"]["accuracy_7b"]
-    methods = method_order(r["method"] for r in results["methods"].values())
-    w = max([22] + [len(m) + 1 for m in methods])
-    lines = [f"{'method':<{w}}" + "".join(f"{'N=' + str(d):>26}" for d in depths)]
-    for m in methods:
-        cells = []
-        for d in depths:
-            r = results["methods"].get(f"N{d}/{m}")
-            p = acc.get(str(d), acc.get(d, {})).get(m)
-            ci = f" [{r['interval_95'][0]:4.1f}-{r['interval_95'][1]:4.1f}]" if r and "interval_95" in r else ""
-            paper = f" ({p:4.1f})" if p is not None else f" ({'-':>4})"  # the same width: columns stay aligned
-            cells.append(f"{r['accuracy']:5.1f}{ci}{paper}" if r else "-")
-        if any(c != "-" for c in cells):
-            lines.append(f"{m:<{w}}" + "".join(f"{c:>26}" for c in cells))
-    ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
-    return ("\n".join(lines) + f"\n(ours: accuracy % with no policy in context, In-Context has it; [95% Wilson "
-            f"interval], n = {'/'.join(map(str, ns))} per cell; paper 7B in brackets)" + differences_note(results)
-            + rl_groups_note(results) + errors_note(results))
-
-
 def paired(results: dict, alpha: float = 0.05) -> list[dict]:
     """Every pair of methods at one N scored on the same rows (their results' per-row outcomes), with its exact
     McNemar p: whether two methods differ is a question about the rows they disagree on, not about two intervals."""
@@ -509,28 +362,6 @@ def differences_note(results: dict) -> str:
             "\nno two methods differ beyond their 95% intervals at this n")
 
 
-def markdown_table(results: dict) -> str:
-    """ClevrPolicy results as a Markdown table for a README or a card: methods down, N across, each cell our accuracy
-    with its 95% interval and the paper's Qwen2.5-VL-7B number beside it."""
-    depths = sorted({r["depth"] for r in results["methods"].values()})
-    acc = results["paper"]["accuracy_7b"]
-    lines = ["| method | " + " | ".join(f"N = {d}: ours (95% interval) | paper 7B" for d in depths) + " |",
-             "|---|" + "---|---|" * len(depths)]
-    for m in method_order(r["method"] for r in results["methods"].values()):
-        rows = [results["methods"].get(f"N{d}/{m}") for d in depths]
-        if not any(rows):
-            continue
-        cells = []
-        for d, r in zip(depths, rows):
-            p = acc.get(str(d), acc.get(d, {})).get(m)
-            ours = f"{r['accuracy']:.1f} ({r['interval_95'][0]:.1f}-{r['interval_95'][1]:.1f})" if r else "-"
-            cells += [ours, "-" if p is None else f"{p:.1f}"]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    ns = sorted({r["n"] for r in results["methods"].values() if "n" in r})
-    return ("\n".join(lines) + f"\n\nn = {'/'.join(map(str, ns))} held-out questions per cell, greedy."
-            + (differences_note(results).replace("\n", "\n\n") if paired(results) else ""))
-
-
 def counted(n: int, word: str) -> str:
     """A count with its noun, plural when it is not one: '1 group', '4 groups'."""
     return f"{n} {word}{'' if n == 1 else 's'}"
@@ -566,52 +397,6 @@ def rl_groups_note(results: dict) -> str:
             line += ": the model RL starts from already answers most prompts, so RL has little left to learn"
         out.append(line)
     return ("\nRL groups: " + "; ".join(out)) if out else ""
-
-
-PART_WORDS = {"question": "question (policy not recalled)", "yes_no": "yes/no (scene misread)",
-              "go_to": "go-to id", "case": "case id", "other": "other"}
-
-
-def error_parts_text(errors: dict) -> str:
-    """Where wrong answers first broke (`evaluate.error_parts`, e.g. {'yes_no': 8}) in words: 'yes/no (scene
-    misread) 8'; 'no wrong answers' when there are none."""
-    return ", ".join(f"{PART_WORDS.get(p, p)} {k}" for p, k in errors.items()) or "no wrong answers"
-
-
-def errors_note(results: dict) -> str:
-    """Where each method's wrong answers first broke in the chain of thought (`evaluate.error_parts`): a question
-    of the policy not recalled, the scene misread, or the tree's go-to / case ids not recalled."""
-    out = []
-    for key, r in results["methods"].items():
-        e = r.get("errors")
-        if e is None:
-            continue
-        out.append(f"{key}: {sum(e.values())} of {r['n']} wrong" + (f" ({error_parts_text(e)})" if e else ""))
-    return ("\nwhere the wrong answers broke first: " + "; ".join(out)) if out else ""
-
-
-def gta_table(results: dict) -> str:
-    """GTAPolicy: methods down; Tool Acc, Arg Score, Overall and Override overall across (paper 7B in brackets)."""
-    paper = results["paper"]
-    cols = (("tool", None, 0), ("args", None, 1), ("overall", None, 2), ("override", "overall", 2))
-    names = {"tool": "Tool Acc", "args": "Arg Score", "overall": "Overall", "override": "Override Overall"}
-    methods = method_order(r["method"] for r in results["methods"].values())
-    w = max([22] + [len(m) + 1 for m in methods])
-    lines = [f"{'method':<{w}}" + "".join(f"{names[c]:>18}" for c, _, _ in cols)]
-    for m in methods:
-        r = results["methods"].get(f"GTA/{m}")
-        if not r:
-            continue
-        cells = []
-        for c, sub, i in cols:
-            ours = r.get(c, {}).get(sub) if sub else r.get(c)
-            ref = (paper["gta_override_7b"] if c == "override" else paper["gta_7b"]).get(m)
-            p = ref[i] if ref else None
-            paper_cell = f"({p:.1f})".rjust(8) if p is not None else " " * 8
-            cells.append(("-" if ours is None else f"{ours:6.1f}") + paper_cell)
-        lines.append(f"{m:<{w}}" + "".join(f"{c:>18}" for c in cells))
-    return "\n".join(lines) + ("\n(GTAPolicy, ours: % with no policy in context; In-Context has it; override: the "
-                               "changed rules in context; paper Qwen2.5-VL-7B in brackets, Tables 1-3)")
 
 
 def beyond(results: dict) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import functools
 
+from .tasks import get_task
+
 SCALES = ("tutorial", "paper")
 # Unsloth's Colab notebooks train LoRA at 2e-4; the tutorial runs use it for their few dozen steps (the recipes'
 # 1e-4 is for full epochs). Effective batch 4 (accumulation 1): a short run takes more, smaller steps.
@@ -68,30 +70,15 @@ def notebook_scale(notebook: str, scale: str = "tutorial") -> dict:
 # ------------------------------------------------------------------------------------------------ the estimate
 
 @functools.lru_cache(maxsize=None)
-def _texts(depth: int) -> dict:
-    """Estimated Qwen tokens (timing.approx_tokens) of a depth-N policy, its gold CoT (mean over scenes), the
-    query and a Direct answer."""
-    from .tasks.clevr.data import query_text
-    from .tasks.clevr.policy import sample_policy
-    from .tasks.clevr.scenes import sample_scene
+def _sizes(task: str, depth: int | None = None) -> dict:
+    """Estimated Qwen tokens (`timing.approx_tokens`) of a task's typical texts (`Task.typical_texts`): its policy,
+    query and answer, and the mean of its CoTs (and, for GTAPolicy, of its queries)."""
     from .timing import approx_tokens
 
-    p = sample_policy(depth=depth, rng=0)
-    cots = [approx_tokens(p.gold_cot(sample_scene(i))) for i in range(16)]
-    return {"policy": approx_tokens(p.text()), "cot": sum(cots) // len(cots), "query": approx_tokens(
-        query_text(p.name)), "answer": approx_tokens("\\boxed{Case 12}")}
-
-
-@functools.lru_cache(maxsize=None)
-def _gta_texts() -> dict:
-    from .tasks.gta.data import generate_instances
-    from .tasks.gta.policy import BASE_POLICY
-    from .timing import approx_tokens
-
-    ins = generate_instances(16, seed=0)
-    return {"policy": approx_tokens(BASE_POLICY.text()), "query": sum(approx_tokens(i.prompt_text()) for i in ins)
-            // len(ins), "cot": sum(approx_tokens(i.cot()) for i in ins) // len(ins)}
-
+    texts = get_task(task).typical_texts(**({} if depth is None else {"depth": depth}))
+    mean = lambda xs: sum(map(approx_tokens, xs)) // len(xs)  # noqa: E731
+    sizes = {k: approx_tokens(v) for k, v in texts.items() if isinstance(v, str)}
+    return {**sizes, "cot": mean(texts["cots"]), **({"query": mean(texts["queries"])} if "queries" in texts else {})}
 
 class _Sum:
     """Accumulates (what, seconds) parts of a notebook's estimate."""
@@ -149,7 +136,7 @@ def _limit(limit, n):
 def _pipeline(s: _Sum, depth, num_policies, num_scenes, methods, cpt_steps, sft_steps, rl_steps, eval_limit,
               max_new_tokens=None, perception=True):
     """The stages and evaluations `run_pipeline` runs for these methods at one N (pipeline.py)."""
-    t = _texts(depth)
+    t = _sizes("clevr", depth)
     train, test = _rows(num_policies, num_scenes)
     base = s.img + t["query"] + s.tmpl
     new = max_new_tokens or 24 + 24 * depth
@@ -198,26 +185,26 @@ def estimate_notebook(notebook: str, scale: str = "tutorial", recipe="qwen2.5-vl
                       S["rl_steps"], S["eval_limit"])
     elif name == "03_in_context":
         for d in (2, 4, 6):
-            t, (_, test) = _texts(d), _rows(S["num_policies"], S["num_scenes"])
+            t, (_, test) = _sizes("clevr", d), _rows(S["num_policies"], S["num_scenes"])
             base = s.img + t["query"] + s.tmpl
             n = _limit(S["limit"], test)
             s.generate(f"N={d} in context", n, base + t["policy"], S["max_new_tokens"])
             s.generate(f"N={d} no policy", n, base, S["max_new_tokens"])
     elif name == "04_vm_cpt":
-        t, (train, _) = _texts(S["depth"]), _rows(S["num_policies"], S["num_scenes"])
+        t, (train, _) = _sizes("clevr", S["depth"]), _rows(S["num_policies"], S["num_scenes"])
         base = s.img + t["query"] + s.tmpl
         s.train("VM-CPT", "vm_cpt", train, S["steps"], base + t["policy"] + t["cot"], S["overrides"],
                 policy_tokens=t["policy"], completion_tokens=t["cot"])
         s.generate("recite, before and after", 2 * S["num_policies"], 40, 120, 1)
     elif name == "05_sft":
-        t, (train, test) = _texts(S["depth"]), _rows(S["num_policies"], S["num_scenes"])
+        t, (train, test) = _sizes("clevr", S["depth"]), _rows(S["num_policies"], S["num_scenes"])
         base = s.img + t["query"] + s.tmpl
         s.train("CoT SFT", "sft_cot", train, S["steps"], base + t["cot"], S["overrides"], completion_tokens=t["cot"])
         s.train("Direct SFT", "sft_direct", train, S["steps"], base + t["answer"], S["overrides"],
                 completion_tokens=t["answer"])
         s.generate("accuracy: base, CoT SFT, Direct SFT", 3 * test, base, S["max_new_tokens"])
     elif name == "06_policy_rollout":
-        t, (train, test) = _texts(S["depth"]), _rows(S["num_policies"], S["num_scenes"])
+        t, (train, test) = _sizes("clevr", S["depth"]), _rows(S["num_policies"], S["num_scenes"])
         base = s.img + t["query"] + s.tmpl
         st, rl = S["steps"], {**S["rl"]}
         new = rl.get("grpo.max_completion_length", s.recipe.grpo.max_completion_length)
@@ -233,7 +220,7 @@ def estimate_notebook(notebook: str, scale: str = "tutorial", recipe="qwen2.5-vl
         d = S["depth"]
         _pipeline(s, d, S["num_policies"], S["num_scenes"], ("In-Context", "CoT SFT"), None, S["sft_steps"], None,
                   S["eval_limit"])
-        t, (_, test) = _texts(d), _rows(S["num_policies"], S["num_scenes"])
+        t, (_, test) = _sizes("clevr", d), _rows(S["num_policies"], S["num_scenes"])
         base = s.img + t["query"] + s.tmpl
         n = _limit(S["limit"], test)
         for setting in ("no_policy", "in_context", "override"):
@@ -242,7 +229,7 @@ def estimate_notebook(notebook: str, scale: str = "tutorial", recipe="qwen2.5-vl
         for who in ("base", "CoT SFT"):
             s.generate(f"forgetting ({who})", 2 * S["n_perception"], s.img + 20 + s.tmpl, 8, 16)
     elif name == "08_tool_policies":
-        g = _gta_texts()
+        g = _sizes("gta")
         train = round(S["num_instances"] * 0.8)
         test = S["num_instances"] - train
         base = s.img + g["query"] + s.tmpl

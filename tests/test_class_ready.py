@@ -11,10 +11,13 @@ import pytest
 from mpi_kit.inspector import (ASSET_RUN, RolloutInspector, completion_card, group_html, is_rescued, load_rollouts,
                                outcome_figure, policy_rescues, rollout_figures)
 from mpi_kit.tasks.clevr.policy import sample_policy
-from mpi_kit.report import comparison_figures, efficiency_figure, errors_figure, pipeline_report, rollout_figure
+from mpi_kit.report import comparison_figures, efficiency_figure, rollout_figure
+from mpi_kit.tasks.clevr.report import errors_figure, pipeline_report
 from mpi_kit.tasks.clevr.scenes import sample_scene
 from mpi_kit.training import loss_figure
-from mpi_kit.widgets import image_html, rule_explorer, tree_figure
+from mpi_kit.widgets import image_html
+from mpi_kit.tasks.gta.widgets import rule_explorer
+from mpi_kit.tasks.clevr.widgets import tree_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo" / "results.json"
@@ -51,7 +54,7 @@ def test_the_report_says_how_to_see_its_charts_and_has_a_title(results, tmp_path
 
 def test_the_data_report_has_a_title_the_banner_and_alt_text(tmp_path):
     from mpi_kit.tasks.clevr.data import build_datasets
-    from mpi_kit.report import data_report
+    from mpi_kit.tasks.clevr.report import data_report
 
     build_datasets(out=str(tmp_path), num_policies=2, num_scenes=4, depth=2, progress=False, kinds=("eval",))
     page = data_report(tmp_path, num_scenes=2).read_text()
@@ -257,7 +260,8 @@ def test_result_tables_read_in_words(results):
 
 def test_summaries_print_as_sentences_not_reprs():
     from mpi_kit.tasks.gta.rewards import call_text, score_call
-    from mpi_kit.report import datasets_note, error_parts_text
+    from mpi_kit.report import datasets_note
+    from mpi_kit.tasks.clevr.report import error_parts_text
     from mpi_kit.training import summary_text
 
     gold = {"name": "Calculator", "arguments": {"expression": "9"}}

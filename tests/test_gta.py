@@ -414,7 +414,7 @@ def test_cli_gta_data(tmp_path, capsys):
 
 
 def test_rule_explorer_and_versions():
-    from mpi_kit.widgets import rule_explorer
+    from mpi_kit.tasks.gta.widgets import rule_explorer
 
     rows = BASE_POLICY.versions(P("B", 600, 30), {"math_image": True})
     assert {r["tool"] for r in rows} == {t for t in TOOLS if TOOLS[t].versions}

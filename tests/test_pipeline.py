@@ -69,7 +69,8 @@ def test_pipeline_results_and_resume(base, tmp_path):
 
 def test_methods_on_the_same_rows_are_compared_with_a_paired_test():
     from mpi_kit.paper import paper_table
-    from mpi_kit.report import markdown_table, paired
+    from mpi_kit.tasks.clevr.report import markdown_table
+    from mpi_kit.report import paired
 
     def method(name, right):  # 20 shared rows, the first `right` of them answered right
         ok = [i < right for i in range(20)]
@@ -153,7 +154,7 @@ def test_table_says_why_rl_had_little_to_work_with():
            "was right 95% of the time)" in text
     assert text.count("little left to learn") == 2
     assert "N4/CoT SFT: 6 of 200 wrong (yes/no (scene misread) 4, case id 2)" in text
-    from mpi_kit.report import errors_figure
+    from mpi_kit.tasks.clevr.report import errors_figure
     fig = errors_figure(res)
     assert [t.name for t in fig.data][:2] == ["question (policy not recalled)", "yes/no (scene misread)"]
     assert list(fig.data[1].x) == ["N4/CoT SFT"] and list(fig.data[1].y) == [4] and list(fig.data[3].y) == [2]
@@ -167,7 +168,8 @@ def test_report_on_empty_metrics_explains_itself(tmp_path):
     """All-zero results (the old demo: 0.0 everywhere) draw no empty -1..1 axis: each chart says what it measures,
     the zeros are called out with what limits them, and accuracy bars carry their intervals."""
     from mpi_kit.paper import paper_table
-    from mpi_kit.report import comparison_figures, pipeline_report
+    from mpi_kit.report import comparison_figures
+    from mpi_kit.tasks.clevr.report import pipeline_report
 
     res = {"config": {"recipe": "tiny"}, "paper": paper_table(), "methods": {
         f"N4/{m}": {"method": m, "depth": 4, "accuracy": 0.0, "n": 200, "interval_95": [0.0, 1.9], "override": 0.0}
@@ -292,7 +294,7 @@ def test_a_third_task_plugs_in_through_the_task_interface(base, tmp_path, capsys
 
 def test_the_markdown_table_shows_ours_with_intervals_beside_the_paper():
     from mpi_kit.paper import paper_table
-    from mpi_kit.report import markdown_table
+    from mpi_kit.tasks.clevr.report import markdown_table
 
     res = {"paper": paper_table(), "methods": {
         "N2/CoT SFT": {"method": "CoT SFT", "depth": 2, "accuracy": 99.5, "n": 200, "interval_95": [97.2, 99.9]},

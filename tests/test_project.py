@@ -1,4 +1,5 @@
 """The project's set-up: one pinned version set, shared by pyproject.toml and environment.yml, that unsloth accepts."""
+import re
 import tomllib
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_the_import_graph_has_no_circle():
     graph = import_graph()
-    assert graph["mpi_kit.pipeline"] >= {"mpi_kit.tasks"} and "mpi_kit.report" in graph["mpi_kit.tasks.clevr.task"]
+    assert graph["mpi_kit.pipeline"] >= {"mpi_kit.tasks"} and "mpi_kit.report" in graph["mpi_kit.tasks.clevr.report"]
 
     def reaches(a, b):
         seen, todo = set(), [a]
@@ -106,3 +107,53 @@ def test_the_import_graph_has_no_circle():
     circles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and reaches(b, a))
     assert not circles, f"modules that import each other (directly or through others): {circles}"
 
+
+# what a measured number looks like in prose: "19% slower", "~15x faster", "~15 min", "240 give 77%", "133 s quiet"
+MEASURED = [re.compile(p) for p in (
+    r"\b\d+(?:\.\d+)?\s?%\s(?:slower|faster|fewer|less|more|of the time)",
+    r"~?\d+(?:\.\d+)?x\s(?:slower|faster)",
+    r"~\s?\d+(?:\.\d+)?\s?(?:s|ms|min|minutes|seconds|hours|h)\b",
+    r"\b(?:gives?|reach(?:es)?|scores?|took|takes)\s~?\d+(?:\.\d+)?\s?(?:%|s\b|min)",
+    r"\b\d+(?:\.\d+)?\s?(?:s|min|minutes|seconds)\s(?:quiet|here|on (?:this|2|a) )")]
+
+
+def _comments_and_docstrings(path: Path):
+    import ast
+    import io
+    import tokenize
+
+    src = path.read_text()
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            yield tok.start[0], tok.string
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                yield node.body[0].lineno, doc
+
+
+def test_no_measured_number_in_code_comments_or_docstrings():
+    """Measured numbers live in docs and cards, written once; code cites them (they go stale in a comment)."""
+    found = []
+    for folder in ("mpi_kit", "scripts", "benchmarks", "tools"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for line, text in _comments_and_docstrings(path):
+                found += [f"{path.relative_to(ROOT)}:{line}: {m.group(0)!r}" for p in MEASURED
+                          for m in p.finditer(text)]
+    assert not found, "measured numbers in code (move them to docs/ and cite the doc):\n" + "\n".join(found)
+    assert MEASURED[3].search("240 steps give 77%, 480 93.5%") and MEASURED[2].search("~15 min")
+
+
+def test_no_module_outside_tasks_imports_a_tasks_internals():
+    """Everything outside `mpi_kit/tasks/` reaches a task through the registry (`mpi_kit.tasks`: get_task,
+    task_of) and the `Task` interface, never a task's own modules, so a third task is one folder and one
+    registration. The exercises are the one exception: like the notebooks, they hand a learner one task's pieces
+    (walking a ClevrPolicy tree, its rewards)."""
+    graph = import_graph()
+    outside = {m: deps for m, deps in graph.items() if not m.startswith("mpi_kit.tasks")
+               and not m.startswith("mpi_kit.exercises")}
+    reach = sorted(f"{m} -> {d}" for m, deps in outside.items() for d in deps
+                   if d.startswith("mpi_kit.tasks.") and d != "mpi_kit.tasks.base")
+    assert not reach, f"modules that import a task's internals: {reach}"
+    assert {"mpi_kit.tasks.clevr.data", "mpi_kit.tasks.gta.data"} <= set(graph)

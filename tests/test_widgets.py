@@ -9,7 +9,8 @@ import pytest
 
 from mpi_kit.tasks.clevr.policy import sample_policy
 from mpi_kit.tasks.clevr.scenes import sample_scene, sample_scenes
-from mpi_kit.widgets import cot_steps, excerpt, policy_explorer, tree_svg, walk_html
+from mpi_kit.tasks.clevr.widgets import cot_steps, policy_explorer, tree_svg, walk_html
+from mpi_kit.widgets import excerpt
 
 ROOT = Path(__file__).resolve().parent.parent
 

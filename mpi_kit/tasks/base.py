@@ -48,6 +48,35 @@ class Task:
         """Write the row's datasets into `data_dir` (with a summary.json that names this task)."""
         raise NotImplementedError
 
+    # the data command, `mpi-kit <data_command>`: its flags are the fields (and help) of `data_settings()`
+    data_command: str = ""   # the CLI subcommand that builds this task's data ("" for none)
+    data_help: str = ""      # its one-line help
+    data_files: str = "summary.json"  # what a build writes beside the datasets, as the command reports it
+    summary_keys: tuple = ()  # what the command prints from the build's summary
+    errors: tuple = ()        # this task's own exception types: a command reports them as a clear error
+
+    def data_settings(self) -> type:
+        """The dataclass of what to build (each field with its help text: the CLI is made from it)."""
+        raise NotImplementedError
+
+    def build(self, settings, progress: bool = True) -> dict:
+        """Build the datasets `settings` (a `data_settings()` instance) describe into `settings.out`, with a
+        progress bar or not; returns the summary it wrote."""
+        raise NotImplementedError
+
+    def policy_texts(self, data_dir: Path) -> list[str]:
+        """The policy documents of a data folder as text (memory plans size the policy-aware prompts by them)."""
+        raise NotImplementedError
+
+    def typical_texts(self, **fields) -> dict:
+        """Typical texts of a row with `fields` (ClevrPolicy: depth): "policy", "query", "answer" (a string each)
+        and "cots" (a few chains of thought): what the notebooks' time estimates (`scales`) count tokens of."""
+        raise NotImplementedError
+
+    def data_report(self, data_dir: Path) -> Path:
+        """Write data_dir/report.html: a page that shows the data (its policies and some held-out examples)."""
+        raise NotImplementedError
+
     def completion_budget(self, cfg, data_dir: Path) -> int:
         """Tokens a model may write for one answer of this data (evaluation and RL rollouts)."""
         raise NotImplementedError
@@ -104,6 +133,11 @@ class Task:
         from ..efficiency import efficiency
 
         return efficiency(model, processor, data_dir)
+
+    def prompt_view(self, data_dir: Path, width: int):
+        """What the rollout inspector shows beside a group: a callable row -> HTML (None when the row's example is
+        not in the data), or None for a task with nothing to show but the text."""
+        return None
 
     def context_check(self, model, processor, data_dir: Path) -> dict | None:
         """A check of the data against the model, recorded once in results.json (none by default)."""

@@ -6,6 +6,7 @@ This file is what ties them to the pipeline, RL and the inspector.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .rewards import REWARD_FUNCS, parse_answer
@@ -35,6 +36,52 @@ class ClevrPolicyTask(Task):
         bad = [d for d in cfg.depths if not 1 <= d <= MAX_DEPTH]
         if bad:
             raise DataError(f"depths must be from 1 to {MAX_DEPTH} (the paper uses 2 4 6), got {bad}")
+
+    data_command = "data"
+    data_help = "build ClevrPolicy policies and datasets"
+    summary_keys = ("policies", "num_scenes", "datasets", "seconds")
+
+    @property
+    def errors(self) -> tuple:
+        from .policy import PolicyError
+        from .scenes import SceneError
+
+        return (PolicyError, SceneError)
+
+    def data_settings(self) -> type:
+        from .data import DataConfig
+
+        return DataConfig
+
+    def build(self, settings, progress: bool = True) -> dict:
+        from .data import build_datasets
+
+        return build_datasets(settings, progress=progress)
+
+    @property
+    def paper_regime(self) -> dict:
+        """The paper's data regime (`data.PAPER_REGIME`): DataConfig fields a comparison in it passes."""
+        from .data import PAPER_REGIME
+
+        return dict(PAPER_REGIME)
+
+    def policy_texts(self, data_dir: Path) -> list[str]:
+        from .data import load_policies
+
+        return [p.text() for p in load_policies(data_dir).values()]
+
+    def typical_texts(self, depth: int = 4) -> dict:
+        return _typical_texts(depth)
+
+    def data_report(self, data_dir: Path) -> Path:
+        from .report import data_report
+
+        return data_report(data_dir)
+
+    def prompt_view(self, data_dir: Path, width: int):
+        from .widgets import SceneView
+
+        return SceneView(data_dir, width)
 
     def rows(self, cfg) -> list[Row]:
         return [Row(f"N{d}", (("depth", d),)) for d in cfg.depths]
@@ -111,11 +158,23 @@ class ClevrPolicyTask(Task):
         return paper_table()
 
     def table(self, results: dict) -> str:
-        from ...report import clevr_table
+        from .report import clevr_table
 
         return clevr_table(results)
 
     def report(self, out: Path, results: dict) -> Path:
-        from ...report import pipeline_report
+        from .report import pipeline_report
 
         return pipeline_report(out, results)
+
+
+@functools.lru_cache(maxsize=None)
+def _typical_texts(depth: int) -> dict:
+    """A depth-N policy, its gold CoTs on 16 scenes, the query and a boxed answer."""
+    from .data import query_text
+    from .policy import sample_policy
+    from .scenes import sample_scene
+
+    p = sample_policy(depth=depth, rng=0)
+    return {"policy": p.text(), "cots": [p.gold_cot(sample_scene(i)) for i in range(16)], "query": query_text(p.name),
+            "answer": "\\boxed{Case 12}"}

@@ -7,6 +7,7 @@ Data: `data.py` (generated instances, or GTA's own files with `gta_root`); the p
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -53,6 +54,38 @@ class GTAPolicyTask(Task):
     reward_weights = GTA_REWARD_WEIGHTS
 
     # ---------------------------------------------------------------- data
+    data_command = "gta-data"
+    data_help = "build GTAPolicy next-tool-call datasets (generated, or from GTA's files)"
+    data_files = "summary.json, policy.txt, instances.jsonl"
+    summary_keys = ("source", "num_instances", "datasets", "seconds")
+
+    @property
+    def errors(self) -> tuple:
+        from .policy import PolicyError
+
+        return (PolicyError,)
+
+    def data_settings(self) -> type:
+        from .data import GTADataConfig
+
+        return GTADataConfig
+
+    def build(self, settings, progress: bool = False) -> dict:
+        from .data import build_gta_datasets
+
+        return build_gta_datasets(settings, progress=progress)
+
+    def policy_texts(self, data_dir: Path) -> list[str]:
+        from ...data import DataError
+
+        path = Path(data_dir) / "policy.txt"
+        if not path.exists():
+            raise DataError(f"no policy at {path}; build the data with `mpi-kit gta-data --out {data_dir}`")
+        return [path.read_text()]
+
+    def typical_texts(self) -> dict:
+        return _typical_texts()
+
     def rows(self, cfg) -> list[Row]:
         return [Row("GTA")]
 
@@ -139,11 +172,21 @@ class GTAPolicyTask(Task):
         return gta_paper_table()
 
     def table(self, results: dict) -> str:
-        from ...report import gta_table
+        from .report import gta_table
 
         return gta_table(results)
 
     def report(self, out: Path, results: dict) -> Path:
-        from ...report import gta_pipeline_report
+        from .report import gta_pipeline_report
 
         return gta_pipeline_report(out, results)
+
+
+@functools.lru_cache(maxsize=None)
+def _typical_texts() -> dict:
+    """The base policy, and 16 generated instances' prompts and CoTs."""
+    from .data import generate_instances
+    from .policy import BASE_POLICY
+
+    ins = generate_instances(16, seed=0)
+    return {"policy": BASE_POLICY.text(), "queries": [i.prompt_text() for i in ins], "cots": [i.cot() for i in ins]}
