@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .data import DataError, load_kit_data
+from .data import DataError, load_kit_data, message_text
 from .models import vision_token_ids
 from .progress import quiet_stage, watch_stage
 from .stages import STAGES
@@ -33,7 +33,7 @@ def policy_name_of(row: dict) -> str:
     """The policy a VM-CPT row teaches: its `policy_name`, else the name its query cites ('Policy: <name>')."""
     name = (row.get("policy_name") or "").strip()
     if not name:
-        text = "".join(p.get("text") or "" for m in row["prompt"] for p in m["content"] if p["type"] == "text")
+        text = message_text(row["prompt"])
         found = _NAME_IN_QUERY.findall(text)
         name = found[-1] if found else ""
     return name

@@ -81,6 +81,11 @@ def with_policy(prompt: list[dict], policy: list[dict], policy_images: list | No
     return [{**first, "content": list(policy) + [{"type": "text", "text": "\n"}] + list(content)}] + list(prompt[1:])
 
 
+def message_text(messages: list[dict]) -> str:
+    """The text parts of chat messages, joined (image parts left out)."""
+    return "".join(p.get("text") or "" for m in messages for p in m["content"] if p.get("type") == "text")
+
+
 def assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
@@ -194,4 +199,5 @@ def _missing_image(ds) -> int | None:
 
 
 __all__ = ["KINDS", "COT_KINDS", "FEATURES", "DataError", "policy_parts", "user_prompt", "with_policy", "assistant",
+           "message_text",
            "writable_dir", "load_kit_data", "spread", "require_columns"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 
-from .data import DataError, load_kit_data, with_policy
+from .data import DataError, load_kit_data, message_text, with_policy
 from .progress import quiet_stage, watch_stage
 from .stages import STAGES
 from .training import (ResumeFix, StageError, check_rows, freeze_vision, is_adapter_dir, load_stage_model,
@@ -215,7 +215,7 @@ def check_distill(ds, stage: str = STAGE.title) -> None:
         if not "".join(p.get("text") or "" for p in policy).strip():
             raise DataError(f"{stage}: row {i} has no policy; the teacher reads the policy the student learns to do "
                             f"without. Use the rl data (`mpi-kit data --kinds rl`), whose rows carry it")
-        text = "".join(p.get("text") or "" for m in prompt for p in m["content"] if p["type"] == "text")
+        text = message_text(prompt)
         if "# Condition" in text:
             raise DataError(f"{stage}: row {i} has the policy in its prompt; the student must read (image, query) "
                             f"alone, with the policy in the `policy` column for the teacher (the rl data)")

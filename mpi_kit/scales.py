@@ -139,7 +139,7 @@ def _pipeline(s: _Sum, depth, num_policies, num_scenes, methods, cpt_steps, sft_
     t = _sizes("clevr", depth)
     train, test = _rows(num_policies, num_scenes)
     base = s.img + t["query"] + s.tmpl
-    new = max_new_tokens or 24 + 24 * depth
+    new = max_new_tokens or get_task("clevr").cot_budget(depth)
     from .pipeline import DOUBLE_G, method_steps
 
     done = set()

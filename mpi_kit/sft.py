@@ -12,7 +12,7 @@ a VM-CPT folder with `init=` (VM-CPT + CoT SFT, the TriMPI order).
 """
 from __future__ import annotations
 
-from .data import DataError, load_kit_data
+from .data import DataError, load_kit_data, message_text
 from .progress import quiet_stage, watch_stage
 from .recipes import as_recipe
 from .stages import sft_stage
@@ -28,7 +28,7 @@ def check_sft(ds, stage: str) -> None:
     """Columns, non-empty, image counts; and no policy document in the prompt (SFT data never shows the policy)."""
     check_rows(ds, stage)
     for i, prompt in enumerate(ds["prompt"]):
-        text = "".join(p.get("text") or "" for m in prompt for p in m["content"] if p["type"] == "text")
+        text = message_text(prompt)
         if "# Condition" in text:
             raise DataError(f"{stage}: row {i} has the policy in its prompt; SFT trains on (image, query) alone. "
                             f"Use the cot or qa datasets (VM-CPT data goes to `mpi-kit cpt`)")

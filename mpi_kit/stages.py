@@ -39,13 +39,6 @@ STAGES = {s.name: s for s in (
 PHASES = tuple(dict.fromkeys(p for s in STAGES.values() for p in s.phases))  # vm_cpt, sft, rl_generation, rl_update
 
 
-def get_stage(name: str) -> Stage:
-    """The registered stage `name`, or a clear error listing the names there are."""
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(STAGES)}")
-    return STAGES[name]
-
-
 def sft_stage(mode: str) -> Stage:
     """The SFT stage of `mode` ('cot' or 'direct')."""
     from .data import DataError
@@ -70,4 +63,4 @@ def section_stage(section: str) -> Stage:
     return next(s for s in STAGES.values() if s.section == section)
 
 
-__all__ = ["Stage", "STAGES", "PHASES", "get_stage", "sft_stage", "rl_stage", "section_stage"]
+__all__ = ["Stage", "STAGES", "PHASES", "sft_stage", "rl_stage", "section_stage"]

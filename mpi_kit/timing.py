@@ -267,7 +267,9 @@ def estimate_stage(recipe, stage: str, steps: int, *, tokens: int, gpu: str | Ca
 # ------------------------------------------------------------------------------------------------ at run time
 
 def _row_tokens(tok, messages, n_image_tokens: int) -> int:
-    text = "".join((p.get("text") or "") for m in messages for p in m["content"] if p.get("type") == "text")
+    from .data import message_text
+
+    text = message_text(messages)
     images = sum(p.get("type") == "image" for m in messages for p in m["content"])
     return len(tok(text, add_special_tokens=False)["input_ids"]) + images * n_image_tokens
 

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .data import DataError, require_columns, writable_dir
+from .data import DataError, message_text, require_columns, writable_dir
 from .folders import StateError, lock, read_json, write_json
 from .models import (VISION_RE, as_recipe, count_parameters, load_model, peak_memory, require_backend, resolve_device,
                      resolve_precision,
@@ -29,10 +29,6 @@ class StageError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ data checks
 
-def _text(messages: list[dict]) -> str:
-    return "".join(p.get("text") or "" for m in messages for p in m["content"] if p["type"] == "text")
-
-
 def _n_images(messages: list[dict]) -> int:
     return sum(p["type"] == "image" for m in messages for p in m["content"])
 
@@ -46,7 +42,7 @@ def check_rows(ds, stage: str, columns=("prompt", "completion", "images")) -> No
         if n != len(images):
             raise DataError(f"{stage}: row {i} has {n} image placeholder(s) in its messages but {len(images)} "
                             f"image(s) in its `images` column; they must match one to one, in order")
-        if not _text(completion).strip():
+        if not message_text(completion).strip():
             raise DataError(f"{stage}: row {i} has an empty completion; there is nothing to learn from it")
 
 

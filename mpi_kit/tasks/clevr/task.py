@@ -70,6 +70,12 @@ class ClevrPolicyTask(Task):
 
         return [p.text() for p in load_policies(data_dir).values()]
 
+    def cot_budget(self, depth: int) -> int:
+        """New tokens a chain of thought of depth N may take (`forward_cot.cot_budget`)."""
+        from .forward_cot import cot_budget
+
+        return cot_budget(depth)
+
     def typical_texts(self, depth: int = 4) -> dict:
         return _typical_texts(depth)
 
@@ -97,11 +103,12 @@ class ClevrPolicyTask(Task):
                        generate=recipe_generator(recipe))  # forward CoT: the pipeline's base model, loaded if needed
 
     def completion_budget(self, cfg, data_dir: Path) -> int:
-        """A gold CoT of depth N is ~22 N + 4 tiny-tokenizer tokens: 24 + 24 N leaves room."""
+        """The recipe's budget if the pipeline sets one, else a forward CoT's (`forward_cot.cot_budget`)."""
         from ...folders import read_json
+        from .forward_cot import cot_budget
 
         depth = int(read_json(Path(data_dir) / "summary.json", "Rebuild the data there.")["config"]["depth"])
-        return cfg.max_new_tokens or 24 + 24 * depth
+        return cfg.max_new_tokens or cot_budget(depth)
 
     # ---------------------------------------------------------------- answers
     def parse(self, completion) -> str | None:
