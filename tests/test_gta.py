@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from mpi_kit.data import DataError, load_kit_data
-from mpi_kit.tasks.gta.data import TASKS, build_gta_datasets, generate_instances, load_gta, override_instances
+from mpi_kit.tasks.gta.data import INSTANCE_TYPES, build_gta_datasets, generate_instances, load_gta, override_instances
 from mpi_kit.tasks.gta.policy import (BASE_POLICY, DEFAULT_OVERRIDE, RULES, TOOLS, GTAPolicy, PolicyError, UserProfile,
                                       rule_leaves, tool_version)
 from mpi_kit.tasks.gta.rewards import arg_score, gta_format_reward, gta_reward, parse_call, safe_eval, score_call
@@ -347,9 +347,9 @@ def _fingerprint(insts):
 
 
 def test_generator_deterministic_and_covers_every_rule_and_tool():
-    a = generate_instances(len(TASKS) * 6, seed=3)
-    assert _fingerprint(a) == _fingerprint(generate_instances(len(TASKS) * 6, seed=3))
-    assert _fingerprint(a) != _fingerprint(generate_instances(len(TASKS) * 6, seed=4))
+    a = generate_instances(len(INSTANCE_TYPES) * 6, seed=3)
+    assert _fingerprint(a) == _fingerprint(generate_instances(len(INSTANCE_TYPES) * 6, seed=3))
+    assert _fingerprint(a) != _fingerprint(generate_instances(len(INSTANCE_TYPES) * 6, seed=4))
     cited = {r for i in a for r in i.cited_rules()}
     assert cited == {r.id for r in RULES}
     assert {(r.id, b) for i in a for _, r, b in [BASE_POLICY.decide(i.tool, i.profile, i.context)] if r} == \

@@ -1,9 +1,10 @@
-"""The paper's datasets behind one interface (`base.Task`): ClevrPolicy (`clevr`) and GTAPolicy (`gta`) side by
-side. The pipeline, RL, the inspector and the report look a task up here instead of branching on its name:
+"""The paper's datasets behind one interface (`base.Task`, with the dataset contract): ClevrPolicy (`clevr/`) and
+GTAPolicy (`gta/`), each in its own folder. The pipeline, RL, the CLI, the inspector and the report look a task up
+here instead of branching on its name, and import nothing from inside a task's folder:
 
     get_task("gta")            by name (what --dataset and summary.json say)
     task_of("runs/gta/data")   the task that built a data folder
-    register_task(MyTask())    plug in a third one
+    register_task(MyTask())    plug in a third one (a folder beside clevr/ and gta/, and one line below)
 """
 from __future__ import annotations
 

@@ -1,10 +1,23 @@
 """The interface every dataset of the paper implements, so that the pipeline, RL, the inspector and the report ask
-the task instead of branching on its name (karpathy/nanochat's `tasks/common.py` is the model).
+the task instead of branching on its name (karpathy/nanochat's `tasks/common.py` is the model). Each task lives in
+its own folder (`clevr/`, `gta/`), whose `task.py` subclasses `Task`; `mpi_kit.tasks` registers it.
 
-A task knows its data (how to build a folder, which rows a comparison has), its answers (the gold column, how a
-completion is parsed and scored, the RL rewards), its evaluation (one trained model -> a dict of numbers) and how
-its results read (the table, the report, the paper's numbers). Two implement it: `clevr.ClevrPolicyTask` and
-`gta.GTAPolicyTask`; a new one plugs in with `mpi_kit.tasks.register_task`.
+The dataset contract, what every task's data folder holds (the stages read nothing else):
+- `summary.json` naming the task ("task": its `name`), written last, so a folder without it is unfinished;
+- the five kinds of `mpi_kit.data.KINDS`, each a saved `datasets.DatasetDict` with the columns of
+  `mpi_kit.data.FEATURES` (a task may add its own): qa (train/test: query -> answer), cot (train/test: query ->
+  `<think>`reasoning`</think>` + answer, no policy in the prompt), vmcpt (train: policy + query -> reasoning +
+  answer), rl (train: the no-policy prompt, the policy in its `policy` / `policy_images` columns) and eval
+  (no_policy / in_context / override: the held-out rows in each setting);
+- every row in TRL's conversational format: `prompt` and `completion` chat messages (`data.user_prompt`,
+  `data.assistant`), its images in `images`, in the order of the prompt's image parts;
+- the gold answer in the `gold_column` the task names (ClevrPolicy: `case`; GTAPolicy: `answer`, the gold call);
+- RL rewards as a (format, accuracy) pair of plain functions `fn(completions, **columns) -> list[float]`
+  (`reward_funcs`), weighted `reward_weights`.
+
+A task also knows its evaluation (one trained model -> a dict of numbers), how its results read (the table, the
+report, the paper's numbers), its data command (`mpi-kit <data_command>`, flags from `data_settings()`) and what
+the rollout inspector shows beside a group (`prompt_view`).
 """
 from __future__ import annotations
 

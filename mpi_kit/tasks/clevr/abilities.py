@@ -17,7 +17,7 @@ from .rewards import parse_answer
 from .scenes import ATTRIBUTES, Scene, render_scene, sample_scene
 from ...tiny import IMAGE_SIZE
 
-TASKS = ("describe", "exist", "count", "count_balanced", "policy")
+EXAMPLE_TYPES = ("describe", "exist", "count", "count_balanced", "policy")
 PLURAL = {"cube": "cubes", "sphere": "spheres", "cylinder": "cylinders", "object": "objects"}
 
 
@@ -87,7 +87,7 @@ def make_example(task: str, key: str, depth: int | None = None, image_size=IMAGE
             q = f"How many {(adj + ' ') if adj else ''}{PLURAL[noun]} are in the image?"
             a = str(scene.count(**subject))
         else:
-            raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+            raise ValueError(f"unknown task {task!r}; tasks: {', '.join(EXAMPLE_TYPES)}")
     return {"prompt": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": q}]}],
             "completion": assistant(a), "images": [image], "task": task, "answer": a, "scene": scene,
             "subject": subject}
@@ -136,5 +136,6 @@ def breaks_at(output: str, gold: str) -> str | None:
     return None if reached == len(COT_STEP.findall(gold)) and parse_answer(output) == parse_answer(gold) else "other"
 
 
-__all__ = ["TASKS", "PLURAL", "STEP_PARTS", "make_example", "subject_words", "random_subject", "describe_answer",
+__all__ = ["EXAMPLE_TYPES",
+           "PLURAL", "STEP_PARTS", "make_example", "subject_words", "random_subject", "describe_answer",
            "majority_share", "cot_steps", "breaks_at"]

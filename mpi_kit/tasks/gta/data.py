@@ -22,14 +22,13 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageDraw
 
-from ...data import FEATURES, DataError, _png, assistant, policy_parts, user_prompt, writable_dir
+from ...data import FEATURES, KINDS, DataError, _png, assistant, policy_parts, user_prompt, writable_dir
 from ...folders import claim, finish_manifest, lock, start_manifest, write_json
 from ...progress import library_bars_off
 from .policy import (BASE_POLICY, DEFAULT_OVERRIDE, GTAPolicy, PolicyError, UserProfile, _cond_text, rule_leaves,
                      sample_profile, tool_type)
 from ..clevr.scenes import CLEVR_SIZE, RADIUS, Scene, sample_scene, scene_image
 
-KINDS = ("qa", "cot", "vmcpt", "rl", "eval")
 INSTRUCTION = ("Following Policy: {name}, determine the appropriate tool to use at the current step and respond "
                'with one JSON tool call {{"name": ..., "arguments": {{...}}}}.')
 OVERRIDE_INTRO = "Suppose some Tool Calling Rules of Policy: {name} have been updated as follows:\n"
@@ -236,12 +235,12 @@ def _task(kind: str, rng: random.Random, scenes: list[Scene], images: list) -> d
         t.update(tool="ImageStylization", arguments={"image": img1, "instruction": f"turn it into {style}"},
                  query=f"Make this picture look like {style}.", why="The user wants the picture restyled.")
     else:
-        raise DataError(f"unknown task kind {kind!r}; kinds: {', '.join(TASKS)}")
+        raise DataError(f"unknown task kind {kind!r}; kinds: {', '.join(INSTANCE_TYPES)}")
     return t
 
 
-TASKS = ("describe", "describe_multi", "ocr", "math_ocr", "solver", "calculator", "count", "search", "locate",
-         "region", "drawbox", "addtext", "plot", "text_to_image", "stylize")
+INSTANCE_TYPES = ("describe", "describe_multi", "ocr", "math_ocr", "solver", "calculator", "count", "search",
+                  "locate", "region", "drawbox", "addtext", "plot", "text_to_image", "stylize")
 
 
 def _profile_for(tool: str, leaf: tuple | None, rng: random.Random, context: dict) -> UserProfile:
@@ -258,8 +257,8 @@ def _profile_for(tool: str, leaf: tuple | None, rng: random.Random, context: dic
 
 def generate_instances(n: int, seed: int = 0, image_size=(96, 64), prefix: str = "gen") -> list[Instance]:
     """`n` instances over rendered scenes, deterministic from `seed` (and `prefix`, which names them). Tasks cycle
-    through `TASKS` (all 14 tools); each versioned task cycles through its rules' branches, so n >= ~80 covers all
-    24 rules."""
+    through `INSTANCE_TYPES` (all 14 tools); each versioned task cycles through its rules' branches, so n >= ~80
+    covers all 24 rules."""
     leaves: dict[str, list] = {}
     for rid, branch, _ in rule_leaves():
         leaves.setdefault(BASE_POLICY.rule(rid).tool, []).append((rid, branch))
@@ -267,7 +266,7 @@ def generate_instances(n: int, seed: int = 0, image_size=(96, 64), prefix: str =
     out = []
     for i in range(n):
         rng = random.Random(f"gta/{prefix}/{seed}/{i}")
-        kind = TASKS[i % len(TASKS)]
+        kind = INSTANCE_TYPES[i % len(INSTANCE_TYPES)]
         k = rng.randint(2, 3) if kind == "describe_multi" else 1
         scenes = [sample_scene(random.Random(f"gta-scene/{prefix}/{seed}/{i}/{j}"), min_objects=3, max_objects=7)
                   for j in range(k)]
@@ -625,5 +624,6 @@ def _build(cfg: GTADataConfig, out: Path, t0: float, progress: bool) -> dict:
     return summary
 
 
-__all__ = ["Instance", "Step", "GTADataConfig", "GTA_FEATURES", "TASKS", "generate_instances", "load_gta",
+__all__ = ["Instance", "Step", "GTADataConfig", "GTA_FEATURES", "INSTANCE_TYPES", "generate_instances",
+           "load_gta",
            "build_gta_datasets", "make_row", "split_groups", "override_instances"]
