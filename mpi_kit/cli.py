@@ -8,6 +8,8 @@
     mpi-kit rl --recipe tiny --data runs/data --out runs/poro --algo grpo --policy-rollout --init runs/sft_cot
     mpi-kit rl --recipe tiny --data runs/gta --out runs/gta_poro --policy-rollout [--reward auto|clevr|gta]
     mpi-kit distill --recipe tiny --data runs/data --out runs/distill [--source teacher|cot] [--init runs/vm_cpt]
+    mpi-kit custom-data --rows rows.jsonl --policy policy.txt --out runs/mine   (your own policy)
+    mpi-kit evaluate --data runs/mine --model runs/distill [--setting no_policy|in_context|override]
     mpi-kit pipeline --recipe tiny --dataset gta --out runs/gta_pipeline
     mpi-kit inspect runs/poro
 """
@@ -228,6 +230,31 @@ def cmd_distill(args) -> int:
     return _run_stage(args, run)
 
 
+def cmd_evaluate(args) -> int:
+    """Held-out accuracy of a model (a stage's folder, or the recipe's base model) on a data folder's eval split,
+    scored by the task that built it, as one sentence with its 95% interval."""
+    from .folders import write_json
+    from .progress import library_bars_off
+    from .tasks import task_of
+    from .training import load_stage_model, stage_recipe
+
+    task = task_of(args.data)  # a folder that is not the kit's data: a DataError before any model loads
+    recipe = stage_recipe(args.recipe, args.model)
+    with library_bars_off():
+        model, processor = load_stage_model(recipe, args.model, trainable=False)
+    model.eval()
+    rows = task.evaluate_accuracy(model, processor, args.data, args.setting, args.model or "base", args.limit,
+                                  args.max_new_tokens)
+    s = task.summarize(rows)[0]
+    lo, hi = s["interval_95"]
+    print(f"{args.model or recipe.name} on {args.data} ({args.setting.replace('_', ' ')}): "
+          f"{s['accuracy']:.1f}% right (95% interval {lo:.1f}-{hi:.1f}%, n = {s['n']})")
+    if args.out:
+        write_json(Path(args.out), {"summary": s, "rows": rows})
+        print(f"wrote {args.out} (every row's completion and score)")
+    return 0
+
+
 def _reward_kwargs(args) -> dict:
     """--reward: the rewards of the task named (clevr: format + answer accuracy; gta: format + tool-call score);
     auto: those of the task that built --data (`rl_trainer` asks `mpi_kit.tasks.task_of`)."""
@@ -295,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=["teacher", "cot"], default="teacher", help="teacher: completions the "
                    "model writes with its policy in context (default); cot: the data's CoT rows")
     p.set_defaults(func=cmd_distill)
+    p = sub.add_parser("evaluate", help="held-out accuracy of a model on a data folder, scored by its task")
+    p.add_argument("--data", required=True, help="data folder (any task's: `mpi-kit data`, `custom-data`, ...)")
+    p.add_argument("--model", default=None, help="a stage's folder (default: the recipe's base model)")
+    p.add_argument("--recipe", default="tiny", help="recipe name, hub id or local model folder (default: tiny)")
+    p.add_argument("--setting", choices=["no_policy", "in_context", "override"], default="no_policy",
+                   help="no_policy: the policy internalized (default); in_context: it in the prompt; override: a new "
+                        "policy in the prompt")
+    p.add_argument("--limit", type=int, default=None, help="evaluate N rows spread over the split (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per answer (default: 256)")
+    p.add_argument("--out", default=None, help="also write every row's completion and score to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("inspect", help="per-step summary of an RL run's rollout log (completions/*.parquet)")
     p.add_argument("run_dir", help="an RL run folder (or a packed one, e.g. assets/rollouts)")
     p.add_argument("--record", action="store_true", help="first re-record the shipped demo run into RUN_DIR "

@@ -208,9 +208,10 @@ def _trainer_class():
 
 # ------------------------------------------------------------------------------------------------ the data
 
-def check_distill(ds, stage: str = STAGE.title) -> None:
-    """Columns, non-empty, image counts, and a policy on every row: the teacher reads it, the student never does."""
-    check_rows(ds, stage, ("prompt", "completion", "images", "policy", "policy_images"))
+def check_distill(ds, stage: str = STAGE.title, source: str = "cot") -> None:
+    """Columns, non-empty, image counts, and a policy on every row: the teacher reads it, the student never does.
+    Source "teacher" needs no completion in the data (the teacher writes them): rows without answers distil too."""
+    check_rows(ds, stage, ("prompt", "completion", "images", "policy", "policy_images"), source != "teacher")
     for i, (prompt, policy) in enumerate(zip(ds["prompt"], ds["policy"])):
         if not "".join(p.get("text") or "" for p in policy).strip():
             raise DataError(f"{stage}: row {i} has no policy; the teacher reads the policy the student learns to do "
@@ -263,7 +264,7 @@ def distill_trainer(recipe="tiny", data_dir=None, out="runs/distill", *, init=No
     ds = dataset if dataset is not None else distill_data(data_dir, source)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    check_distill(ds)
+    check_distill(ds, source=source)
     ds = ds.select_columns(["prompt", "completion", "images", "policy", "policy_images"])
     model, processor = load_stage_model(recipe, init)
     teacher = Teacher(model, init)  # before any step: the teacher is the starting model

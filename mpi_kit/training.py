@@ -33,16 +33,17 @@ def _n_images(messages: list[dict]) -> int:
     return sum(p["type"] == "image" for m in messages for p in m["content"])
 
 
-def check_rows(ds, stage: str, columns=("prompt", "completion", "images")) -> None:
+def check_rows(ds, stage: str, columns=("prompt", "completion", "images"), completions: bool = True) -> None:
     """Columns present, dataset non-empty, and every row's image placeholders match its images (else the model
-    fails later with 'image features and image tokens do not match')."""
+    fails later with 'image features and image tokens do not match'); every completion non-empty unless the stage
+    writes its own (`completions` False)."""
     require_columns(ds, list(columns), stage)
     for i, (prompt, completion, images) in enumerate(zip(ds["prompt"], ds["completion"], ds["images"])):
         n = _n_images(prompt) + _n_images(completion)
         if n != len(images):
             raise DataError(f"{stage}: row {i} has {n} image placeholder(s) in its messages but {len(images)} "
                             f"image(s) in its `images` column; they must match one to one, in order")
-        if not message_text(completion).strip():
+        if completions and not message_text(completion).strip():
             raise DataError(f"{stage}: row {i} has an empty completion; there is nothing to learn from it")
 
 

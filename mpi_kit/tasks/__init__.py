@@ -12,9 +12,10 @@ from pathlib import Path
 
 from .base import Row, Task
 from .clevr import ClevrPolicyTask
+from .custom import CustomPolicyTask
 from .gta import GTAPolicyTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (ClevrPolicyTask(), GTAPolicyTask())}
+TASKS: dict[str, Task] = {t.name: t for t in (ClevrPolicyTask(), GTAPolicyTask(), CustomPolicyTask())}
 
 
 def register_task(task: Task) -> Task:
@@ -73,4 +74,4 @@ def task_of_log(columns) -> Task:
 
 
 __all__ = ["Task", "Row", "TASKS", "register_task", "get_task", "task_of", "task_of_results", "task_of_log",
-           "ClevrPolicyTask", "GTAPolicyTask"]
+           "ClevrPolicyTask", "GTAPolicyTask", "CustomPolicyTask"]

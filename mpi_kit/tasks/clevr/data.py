@@ -73,6 +73,9 @@ class DataConfig:
     clevr_root: str | None = field(default=None, metadata={"help": "real CLEVR_v1.0 folder (else render)"})
     clevr_split: str = field(default="val", metadata={"help": "CLEVR split to read scenes from"})
     policy_prefix: str = field(default="", metadata={"help": "seed family for policies (pretraining uses 'base')"})
+    policy_files: tuple[str, ...] = field(default=(), metadata={
+        "help": "your own policies: JSON files in Policy.to_json's format (notebook 09 writes one), used instead of "
+                "num_policies sampled ones; each keeps its own depth"})
     cot_share: float = field(default=1.0, metadata={
         "help": "share of each policy's training scenes that get a CoT for CoT SFT and VM-CPT (a seeded choice; "
                 "qa and rl keep every pair); the paper: 0.125 (data.PAPER_REGIME)"})
@@ -107,6 +110,14 @@ class DataConfig:
             raise DataError(f"cot_share must be in (0, 1], got {self.cot_share} (the paper uses about 0.125)")
         if self.cot_source not in COT_SOURCES:
             raise DataError(f"cot_source must be one of {', '.join(COT_SOURCES)}, got {self.cot_source!r}")
+        names = [p.name for p in self.own_policies()]
+        if len(set(names)) < len(names):
+            raise DataError(f"policy_files hold two policies with one name ({', '.join(names)}); give each its own "
+                            f"'name'")
+
+    def own_policies(self) -> list[Policy]:
+        """The policies of `policy_files`, read and checked (a PolicyError says what is wrong with a file)."""
+        return [Policy.from_json(Path(f)) for f in self.policy_files]
 
 
 def split_scenes(scenes: list[Scene], test_fraction: float, seed: int) -> tuple[list[Scene], list[Scene]]:
@@ -186,8 +197,10 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, generat
     t0 = time.time()
     out = Path(cfg.out)
     writable_dir(out)
-    config = {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "image_size": list(cfg.image_size),
-              "kinds": list(cfg.kinds)}
+    config = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "policy_files")},
+              "image_size": list(cfg.image_size), "kinds": list(cfg.kinds)}
+    if cfg.policy_files:  # their content, not their paths: an edited policy is a new build
+        config["own_policies"] = [p.to_dict() for p in cfg.own_policies()]
     entries = ("summary.json", "scenes.jsonl", "policies", "overrides", *cfg.kinds)  # what this build writes
     with lock(out, "a data build"):
         previous = out / "summary.json"
@@ -207,7 +220,8 @@ def build_datasets(cfg: DataConfig | None = None, progress: bool = True, generat
 
 def _build(cfg: DataConfig, out: Path, config: dict, progress: bool, t0: float, generate=None) -> dict:
     """Write policies, scenes and the datasets into `out` (already claimed), summary.json last."""
-    policies = sample_policies(cfg.num_policies, cfg.depth, cfg.seed, cfg.variant, prefix=cfg.policy_prefix)
+    policies = cfg.own_policies() or sample_policies(cfg.num_policies, cfg.depth, cfg.seed, cfg.variant,
+                                                     prefix=cfg.policy_prefix)
     if cfg.clevr_root:
         scenes = load_clevr_scenes(cfg.clevr_root, cfg.clevr_split, limit=cfg.num_scenes)
         if len(scenes) < 2:
