@@ -46,6 +46,12 @@ NOTEBOOK_SCALES = {
                          max_new_tokens=24 + 24 * 2 + 64, n_perception=16),
         "paper": dict(depth=4, **_PAPER_DATA, sft_steps=None, eval_limit=None, limit=None,
                       max_new_tokens=24 + 24 * 4 + 256, n_perception=200)},
+    "09_your_policy": {  # "tiny": the built-in model on a CPU, picked by notebook_scale for the tiny recipe
+        "tiny": dict(num_scenes=200, steps=60, limit=40, max_new_tokens=80,
+                     overrides={"distill.max_completion_length": 80}),
+        "tutorial": dict(num_scenes=200, steps=60, limit=40, max_new_tokens=160,
+                         overrides={"distill.learning_rate": 2e-4, "distill.max_completion_length": 160}),
+        "paper": dict(num_scenes=2000, steps=None, limit=None, max_new_tokens=512, overrides={})},
     "08_tool_policies": {
         "tutorial": dict(num_instances=120, methods=("In-Context", "CoT SFT", "TriMPI w/ PoRo-GRPO"),
                          steps=dict(cpt=8, sft=12, rl=4), eval_limit=16,
@@ -56,7 +62,7 @@ NOTEBOOK_SCALES = {
 GPU_NOTEBOOKS = tuple(NOTEBOOK_SCALES)
 
 
-def notebook_scale(notebook: str, scale: str = "tutorial") -> dict:
+def notebook_scale(notebook: str, scale: str = "tutorial", recipe=None) -> dict:
     """The settings a notebook's GPU branch runs with: `notebook_scale("06_policy_rollout", SCALE)["steps"]`.
     Unknown notebooks or scales raise KeyError naming the known ones."""
     name = notebook.removesuffix(".ipynb")
@@ -64,6 +70,8 @@ def notebook_scale(notebook: str, scale: str = "tutorial") -> dict:
         raise KeyError(f"no GPU scale for notebook {notebook!r}; known: {', '.join(NOTEBOOK_SCALES)}")
     if scale not in SCALES:
         raise KeyError(f"SCALE must be one of {SCALES}, got {scale!r}")
+    if recipe is not None and getattr(recipe, "name", recipe) == "tiny" and "tiny" in NOTEBOOK_SCALES[name]:
+        scale = "tiny"  # the built-in model on a CPU: its own sizes, whatever SCALE says
     return copy.deepcopy(NOTEBOOK_SCALES[name][scale])
 
 
@@ -228,6 +236,22 @@ def estimate_notebook(notebook: str, scale: str = "tutorial", recipe="qwen2.5-vl
                        S["max_new_tokens"])
         for who in ("base", "CoT SFT"):
             s.generate(f"forgetting ({who})", 2 * S["n_perception"], s.img + 20 + s.tmpl, 8, 16)
+    elif name == "09_your_policy":
+        t, (train, test) = _sizes("clevr", 2), _rows(1, S["num_scenes"])
+        base = s.img + t["query"] + s.tmpl
+        n = _limit(S["limit"], test)
+        s.generate("before: in context and no policy", n, base + t["policy"], S["max_new_tokens"])
+        s.generate("before: no policy", n, base, S["max_new_tokens"])
+        import math
+
+        d = getattr(as_recipe(recipe, **S["overrides"]), "distill")
+        steps = S["steps"] or math.ceil(train / d.per_device_train_batch_size * d.num_train_epochs)
+        new = min(d.max_completion_length, t["cot"])
+        s.generate("distillation: the teacher's answers", steps * d.per_device_train_batch_size, base + t["policy"],
+                   new)  # and its forward on them, with the student's forward and backward below
+        s.train("distillation: teacher forward, student update", "sft_cot", train, steps, base + t["policy"] + new,
+                S["overrides"], completion_tokens=new)
+        s.generate("after: no policy and override", 2 * n, base + t["policy"] // 2, S["max_new_tokens"])
     elif name == "08_tool_policies":
         g = _sizes("gta")
         train = round(S["num_instances"] * 0.8)
