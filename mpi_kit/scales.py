@@ -1,7 +1,8 @@
-"""How big each notebook runs on a GPU: a *tutorial* scale that fits a free Colab T4, or the paper's scale.
+"""How big each notebook runs: a *tutorial* scale that fits a free Colab T4, the paper's scale, and `tiny`'s.
 
-Every notebook has `SCALE = "tutorial"` next to `RECIPE`; its GPU branch reads `notebook_scale(<notebook>, SCALE)`.
-On `tiny` (a CPU) the notebooks keep their own few-step settings. "paper" is the paper's data (10 policies x
+Every notebook has `SCALE = "tutorial"` next to `RECIPE` and reads its sizes from
+`notebook_scale(<notebook>, SCALE, recipe)`: on the tiny recipe (a CPU) that is the notebook's "tiny" entry, a few
+steps each, whatever SCALE says; on a GPU recipe, SCALE's. "paper" is the paper's data (10 policies x
 2,000 scenes, paper §5.1) and each recipe's full schedule: hours to days on a T4. `estimate_notebook` adds up the
 estimated wall time of a notebook's stages and generations (`mpi_kit.timing`): an estimate, not a measurement.
 """
@@ -21,31 +22,45 @@ _PAPER_DATA = dict(num_policies=10, num_scenes=2000)
 
 NOTEBOOK_SCALES = {
     "00_quickstart": {
+        "tiny": dict(depths=(2,), num_policies=2, num_scenes=20, cpt_steps=2, sft_steps=6, rl_steps=1, eval_limit=4,
+                     max_new_tokens=48),
         "tutorial": dict(depths=(2,), num_policies=2, num_scenes=40, cpt_steps=8, sft_steps=12, rl_steps=4,
                          eval_limit=8),
         "paper": dict(depths=(2, 4, 6), **_PAPER_DATA, cpt_steps=None, sft_steps=None, rl_steps=None,
                       eval_limit=None)},
     "03_in_context": {
+        "tiny": dict(num_policies=2, num_scenes=20, limit=6, max_new_tokens=None),  # None: each N's CoT budget
         "tutorial": dict(num_policies=2, num_scenes=40, limit=16, max_new_tokens=256),
         "paper": dict(**_PAPER_DATA, limit=None, max_new_tokens=512)},
     "04_vm_cpt": {
+        "tiny": dict(num_policies=1, num_scenes=20, depth=2, steps=24,
+                     overrides={"vm_cpt.per_device_train_batch_size": 4, "vm_cpt.learning_rate": 5e-4}),
         "tutorial": dict(num_policies=1, num_scenes=20, depth=2, steps=24, overrides=_SHORT("vm_cpt")),
         "paper": dict(**_PAPER_DATA, depth=2, steps=None, overrides={})},
     "05_sft": {
+        "tiny": dict(num_policies=2, num_scenes=20, depth=2, steps=24, max_new_tokens=96,
+                     overrides={f"{s}.{k}": v for s in ("sft_cot", "sft_direct")
+                                for k, v in (("per_device_train_batch_size", 4), ("learning_rate", 1e-3))}),
         "tutorial": dict(num_policies=2, num_scenes=20, depth=2, steps=24, max_new_tokens=96,
                          overrides={**_SHORT("sft_cot"), **_SHORT("sft_direct")}),
         "paper": dict(**_PAPER_DATA, depth=2, steps=None, max_new_tokens=512, overrides={})},
     "06_policy_rollout": {
+        # tiny: an N = 2 CoT is ~48 tokens, and the tiny model's CoT falls apart when sampled at temperature 1.0
+        "tiny": dict(num_policies=2, num_scenes=40, depth=2, steps=dict(cpt=6, sft=20, rl=3),
+                     sft={"sft_cot.per_device_train_batch_size": 4, "sft_cot.learning_rate": 1e-3},
+                     rl={"grpo.max_completion_length": 64, "grpo.temperature": 0.7}, eval_limit=16, max_new_tokens=64),
         "tutorial": dict(num_policies=2, num_scenes=40, depth=2, steps=dict(cpt=16, sft=24, rl=6),
                          sft=_SHORT("sft_cot"), rl={"grpo.max_completion_length": 128}, eval_limit=16,
                          max_new_tokens=128),
         "paper": dict(**_PAPER_DATA, depth=4, steps=dict(cpt=None, sft=None, rl=None), sft={}, rl={},
                       eval_limit=None, max_new_tokens=512)},
     "07_evaluate": {
+        "tiny": dict(depth=2, num_policies=2, num_scenes=20, sft_steps=6, eval_limit=4, limit=4, max_new_tokens=48,
+                     pipeline_max_new_tokens=48, n_perception=8),
         "tutorial": dict(depth=2, num_policies=2, num_scenes=40, sft_steps=24, eval_limit=8, limit=16,
-                         max_new_tokens=24 + 24 * 2 + 64, n_perception=16),
+                         max_new_tokens=24 + 24 * 2 + 64, pipeline_max_new_tokens=None, n_perception=16),
         "paper": dict(depth=4, **_PAPER_DATA, sft_steps=None, eval_limit=None, limit=None,
-                      max_new_tokens=24 + 24 * 4 + 256, n_perception=200)},
+                      max_new_tokens=24 + 24 * 4 + 256, pipeline_max_new_tokens=None, n_perception=200)},
     "09_your_policy": {  # "tiny": the built-in model on a CPU, picked by notebook_scale for the tiny recipe
         "tiny": dict(num_scenes=200, steps=60, limit=40, max_new_tokens=80,
                      overrides={"distill.max_completion_length": 80}),
@@ -53,11 +68,15 @@ NOTEBOOK_SCALES = {
                          overrides={"distill.learning_rate": 2e-4, "distill.max_completion_length": 160}),
         "paper": dict(num_scenes=2000, steps=None, limit=None, max_new_tokens=512, overrides={})},
     "08_tool_policies": {
+        "tiny": dict(num_instances=120, methods=("TriMPI w/ PoRo-GRPO",), steps=dict(cpt=1, sft=4, rl=1), eval_limit=3,
+                     overrides={"vm_cpt.per_device_train_batch_size": 1, "sft_cot.per_device_train_batch_size": 4,
+                                "sft_cot.learning_rate": 1e-3, "grpo.per_device_train_batch_size": 4,
+                                "grpo.num_generations": 2}, forgetting=False),
         "tutorial": dict(num_instances=120, methods=("In-Context", "CoT SFT", "TriMPI w/ PoRo-GRPO"),
                          steps=dict(cpt=8, sft=12, rl=4), eval_limit=16,
-                         overrides={"grpo.max_completion_length": 200}),
+                         overrides={"grpo.max_completion_length": 200}, forgetting=True),
         "paper": dict(num_instances=560, methods=("In-Context", "CoT SFT", "CoT SFT + GRPO", "TriMPI w/ PoRo-GRPO"),
-                      steps=dict(cpt=None, sft=None, rl=None), eval_limit=None, overrides={})},
+                      steps=dict(cpt=None, sft=None, rl=None), eval_limit=None, overrides={}, forgetting=True)},
 }
 GPU_NOTEBOOKS = tuple(NOTEBOOK_SCALES)
 
