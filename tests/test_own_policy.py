@@ -77,6 +77,8 @@ def test_custom_data_holds_your_rows_and_policy(tmp_path):
     assert all(policy.text() in message_text(r["prompt"]) for r in ev["in_context"])
     assert len(ev["no_policy"]) == 3 and all(c.startswith("Case") for c in ev["no_policy"]["case"])
     assert build_custom_datasets(cfg)["reused"]
+    scene_image(sample_scenes(1, 99)[0], (96, 64)).save(tmp_path / "img" / "0.png")  # an image edited in place
+    assert not build_custom_datasets(cfg).get("reused")
     from mpi_kit.tasks import task_of
 
     assert task_of(tmp_path / "d").name == "custom"

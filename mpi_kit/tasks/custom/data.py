@@ -101,16 +101,17 @@ def read_rows(cfg: CustomDataConfig) -> list[dict]:
         if not isinstance(image, str) or not image.strip():
             raise DataError(f"{what} has no image; every row needs \"image\": a path relative to {path.parent}")
         rows.append({"id": f"row{n}", "query": query.strip(), "answer": answer.strip() if answer else None,
-                     "image": _image(path.parent / image, cfg.image_size, what)})
+                     "image": _image(path.parent / image, cfg.image_size, what), "path": path.parent / image})
     if not rows:
         raise DataError(f"{path} holds no rows; write one JSON object per line")
     return rows
 
 
-def _digest(cfg: CustomDataConfig) -> str:
-    """What the build depends on, by content: the rows file, the policy, its images (an edit is a new build)."""
+def _digest(cfg: CustomDataConfig, rows: list[dict]) -> str:
+    """What the build depends on, by content: the rows file, every row's image, the policy and its images (an edit
+    to any of them is a new build)."""
     h = hashlib.sha256()
-    for p in (cfg.rows, cfg.policy, *cfg.policy_images):
+    for p in (cfg.rows, *(r["path"] for r in rows), cfg.policy, *cfg.policy_images):
         h.update(Path(p).read_bytes())
     return h.hexdigest()[:16]
 
@@ -125,7 +126,7 @@ def build_custom_datasets(cfg: CustomDataConfig | None = None, progress: bool = 
     t0 = time.time()
     out = writable_dir(Path(cfg.out))
     config = {**asdict(cfg), "image_size": list(cfg.image_size), "policy_images": list(cfg.policy_images),
-              "content": _digest(cfg)}
+              "content": _digest(cfg, rows)}
     config.pop("out")
     entries = ("summary.json", "policy.txt", *KINDS)
     with lock(out, "a data build"):
