@@ -327,3 +327,20 @@ def test_install_cell_keeps_colabs_torch_is_quiet_and_idempotent(monkeypatch, ca
     capsys.readouterr()
     assert run_install_cell(monkeypatch, repo="someone/mpi-kit", kit=True) == []  # rerun: nothing to do
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_colab_python_for_real():
+    """`tools/colab_check.py`: a fresh Python 3.12 (Colab's) environment, the notebooks' install cell run unmocked
+    against this checkout, then notebooks 01 and 00 on the tiny recipe: no error, nothing on stderr."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from colab_check import _python312
+
+    python = _python312()
+    if subprocess.run([python, "--version"], capture_output=True).returncode:
+        pytest.skip("no Python 3.12 on this machine (Colab's version): install one, e.g. `pyenv install 3.12`")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "colab_check.py"), "--python", python],
+                       capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Colab check passed on Python 3.12" in r.stdout
+    assert "01_policies.ipynb" in r.stdout and "00_quickstart.ipynb" in r.stdout
