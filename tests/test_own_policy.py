@@ -135,3 +135,22 @@ def test_distill_your_policy_and_evaluate_it(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "% right (95% interval" in said and "n = 2)" in said  # 12 answered rows, a fifth held out
     assert len(json.loads((tmp_path / "ev.json").read_text())["rows"]) == 2
+
+
+def test_custom_data_never_removes_a_file_it_did_not_write(tmp_path, capsys):
+    """A user's file in --out: the first build refuses the folder; beside a finished build, a rebuild (an edited
+    policy) replaces only the files its manifest lists, and the user's file is left as it was."""
+    _clevr_as_text(tmp_path, n=4, answered=4)
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["custom-data", "--rows", str(tmp_path / "rows.jsonl"), "--policy", str(tmp_path / "policy.txt"),
+            "--out", str(out)]
+    assert main(args) == 2 and "notes.txt" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "summary.json").exists()
+    (out / "notes.txt").unlink()
+    assert main(args) == 0
+    (out / "notes.txt").write_text("mine")
+    (tmp_path / "policy.txt").write_text("an edited policy")
+    assert main(args) == 0 and "an edited policy" in (out / "policy.txt").read_text()
+    assert (out / "notes.txt").read_text() == "mine"

@@ -56,7 +56,7 @@ def main() -> None:
     a = p.parse_args()
     if subprocess.run([a.python, "--version"], capture_output=True).returncode:
         sys.exit(f"no Python 3.12 runs as {a.python}; pass --python /path/to/python3.12")
-    work = Path(tempfile.mkdtemp(prefix="colab-check-"))
+    work = Path(tempfile.mkdtemp(prefix="colab-check-"))  # its own new folder: the only thing it removes
     try:
         src = work / "checkout"
         step("a clean copy of this checkout", ["git", "clone", "-q", str(ROOT), str(src)])
