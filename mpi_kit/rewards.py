@@ -1,9 +1,14 @@
 """What every task's rewards share: RL rewards are plain functions `fn(completions, **kwargs) -> list[float]`, as
 TRL expects, a (format, accuracy) pair weighted `REWARD_WEIGHTS` (the paper does not state its weights; these are
 EasyR1's defaults, which the paper's RL settings match). Here: reading a completion's text, the answer after its
-reasoning, and one gold per completion. Each task's own pair is in its folder (`mpi_kit.tasks.<task>.rewards`).
+reasoning, its last `\\boxed{...}`, and one gold per completion. Each task's own pair is in its folder
+(`mpi_kit.tasks.<task>.rewards`).
 """
 from __future__ import annotations
+
+import re
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")  # linear: each match stops at the next brace
 
 REWARD_WEIGHTS = (0.1, 0.9)
 
@@ -41,3 +46,12 @@ def one_gold_each(fn: str, completions, golds, column: str, what: str) -> tuple[
         raise ValueError(f"{fn} got {len(completions)} completions but {len(golds)} {what}; pass one `{column}` "
                          f"per completion (TRL repeats each row's columns for its G completions)")
     return completions, golds
+
+
+def last_boxed(text) -> str | None:
+    """The content of a completion's last `\\boxed{...}`, stripped; None if there is none (or it is unreadable)."""
+    try:
+        found = _BOXED.findall(completion_text(text))
+    except Exception:
+        return None
+    return found[-1].strip() if found else None

@@ -7,20 +7,12 @@ time linear in its length (string search, no backtracking regex): they run on ev
 """
 from __future__ import annotations
 
-import re
 
-from ...rewards import REWARD_WEIGHTS, after_think, completion_text, one_gold_each
-
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")  # linear: each match stops at the next brace
-
+from ...rewards import REWARD_WEIGHTS, after_think, completion_text, last_boxed, one_gold_each
 
 def parse_answer(text) -> str | None:
-    """The content of the last `\\boxed{...}`, stripped; None if there is none."""
-    try:
-        found = _BOXED.findall(completion_text(text))
-    except Exception:
-        return None
-    return found[-1].strip() if found else None
+    """The case a completion answers: the content of its last `\\boxed{...}`, stripped; None if there is none."""
+    return last_boxed(text)
 
 
 def format_reward(completions, **kwargs) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...rewards import after_think, completion_text, one_gold_each
+from ...rewards import after_think, completion_text, last_boxed, one_gold_each
 from ...stats import wilson_percent
 from ..base import Row, Task
 
@@ -13,11 +13,10 @@ from ..base import Row, Task
 def read_answer(completion) -> str | None:
     """The answer a completion gives: the content of its last `\\boxed{...}`, else its last non-empty line (after
     `</think>` when it reasons first); None when it says nothing."""
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return boxed or None
     text = completion_text(completion)
-    start = text.rfind("\\boxed{")
-    if start >= 0:
-        end = text.find("}", start)
-        return text[start + 7:end if end >= 0 else None].strip() or None
     rest = after_think(text)
     lines = [line.strip() for line in (text if rest is None else rest).splitlines() if line.strip()]
     return lines[-1] if lines else None
