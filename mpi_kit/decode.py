@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
+import typing
 
 import torch
 
@@ -164,6 +165,7 @@ class DecodeLoop:
         self.scaling = attn.scaling
         module = sys.modules[type(attn).__module__]
         self.rotate = module.apply_rotary_pos_emb
+        self.fused = fused_weights(text)
         mask = prefill.mask
         self.prompt_bias = None if bool(mask.all()) else \
             torch.zeros(mask.shape, dtype=prefill.keys[0].dtype, device=mask.device).masked_fill(
@@ -217,9 +219,15 @@ class DecodeLoop:
         for i, layer in enumerate(text.layers):
             attn = layer.self_attn
             h = _norm(layer.input_layernorm, x)
-            q, k = self.rotate(attn.q_proj(h).view(B, H, D), attn.k_proj(h).view(B, Hkv, D), cos, sin,
-                               unsqueeze_dim=1)
-            v = attn.v_proj(h).view(B, Hkv, D)
+            if self.fused is not None:  # q, k, v in one matmul
+                qkv = torch.addmm(self.fused[i].qkv_bias, h, self.fused[i].qkv)
+                q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], -1)
+                q, k = self.rotate(q.view(B, H, D), k.view(B, Hkv, D), cos, sin, unsqueeze_dim=1)
+                v = v.reshape(B, Hkv, D)
+            else:
+                q, k = self.rotate(attn.q_proj(h).view(B, H, D), attn.k_proj(h).view(B, Hkv, D), cos, sin,
+                                   unsqueeze_dim=1)
+                v = attn.v_proj(h).view(B, Hkv, D)
             nk, nv = self.new_keys[i], self.new_values[i]
             nk[..., t].copy_(k.reshape(U, g, Hkv, D).transpose(1, 2))
             nv[:, :, :, t].copy_(v.reshape(U, g, Hkv, D).transpose(1, 2))
@@ -234,9 +242,47 @@ class DecodeLoop:
             P = s_prompt.shape[-1]
             o = torch.matmul(p[..., :P].reshape(U, Hkv, g * r, P), pre.values[i]).view(U, Hkv, g, r, D)
             o = o + torch.matmul(p[..., P:], nv[:, :, :, :t + 1])
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, H * D))
-            x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+            o = o.transpose(1, 2).reshape(B, H * D)
+            if self.fused is not None:  # o_proj; gate and up in one matmul; down
+                w = self.fused[i]
+                x = x + o @ w.o
+                gate, up = (_norm(layer.post_attention_layernorm, x) @ w.gate_up).chunk(2, -1)
+                x = x + (torch.nn.functional.silu(gate) * up) @ w.down
+            else:
+                x = x + attn.o_proj(o)
+                x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
         return self.head(_norm(text.norm, x)).float()
+
+
+class FusedWeights(typing.NamedTuple):
+    """One layer's projections for a decode step, transposed (in, out) and concatenated: x @ W per matmul."""
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor
+    o: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+def fused_weights(text) -> list[FusedWeights] | None:
+    """Per layer, q/k/v as one (hidden, q+k+v) matrix, gate/up as one, all transposed: fewer and larger matmuls per
+    decode step. Copied once per `decode_generate` call (the weights change between RL steps). None unless every
+    projection is a plain `nn.Linear` (q/k/v with bias, the others without) and the MLP is SiLU-gated, as in
+    Qwen2.5-VL: LoRA adapters and quantized layers run as their own modules."""
+    out = []
+    for layer in text.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        lin = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if any(type(m) is not torch.nn.Linear for m in lin) or any(m.bias is None for m in lin[:3]) or \
+                any(m.bias is not None for m in lin[3:]) or getattr(text.config, "hidden_act", None) != "silu":
+            return None
+        with torch.no_grad():
+            out.append(FusedWeights(
+                torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).t().contiguous(),
+                torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+                attn.o_proj.weight.t().contiguous(),
+                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous(),
+                mlp.down_proj.weight.t().contiguous()))
+    return out
 
 
 def sample(scores: torch.Tensor) -> torch.Tensor:
@@ -339,4 +385,4 @@ def rollout_generate(model, path=True, fallback: str = "shared"):
 
 
 __all__ = ["rollout_generate", "ROLLOUT_PATHS", "decode_generate", "supported", "use_decode", "Prefill", "DecodeLoop",
-           "LogitsRecipe", "sample"]
+           "LogitsRecipe", "sample", "fused_weights"]

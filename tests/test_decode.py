@@ -193,3 +193,25 @@ def test_evaluation_uses_the_decode_loop(small_rl_setup, monkeypatch):
     fast = generate_completions(model, proc, rows, max_new_tokens=6, batch_size=3)
     assert calls
     assert fast == generate_completions(model, proc, rows, max_new_tokens=6, batch_size=3, fast=False)
+
+
+def test_fused_projections_on_a_plain_model(tmp_path, lora_model):
+    """A model without adapters decodes with q/k/v and gate/up each in one matmul (`fused_weights`): `generate`'s
+    greedy tokens (two prompts with images, one left-padded, in runs of 3); a LoRA model keeps its own modules."""
+    from mpi_kit.decode import _parts, fused_weights
+    from mpi_kit.models import load_model
+
+    test_rollout._build("qwen2_5_vl", tmp_path / "q")
+    model, proc = load_model(str(tmp_path / "q"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # varied greedy tokens
+    model.eval()
+    assert fused_weights(_parts(model)[1]) is not None
+    assert fused_weights(_parts(lora_model[0])[1]) is None
+    x = _group_inputs(proc, 3)
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    slow = model.generate(**x, **kw)
+    assert torch.equal(slow, decode_generate(model, **x, **kw))
+    assert slow[0, -12:].tolist() != slow[-1, -12:].tolist()
