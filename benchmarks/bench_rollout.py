@@ -1,6 +1,7 @@
 """Rollout speed against the hardware (not a test): new tokens/s of plain `generate`, of the shared-prefill path
 (`mpi_kit.rollout`) and of the decode loop (`mpi_kit.decode`) side by side, the compute floor of each shape, and a
-GRPO (G), a GRPO-2G and a PoRo (G + G) step on the same prompts.
+GRPO (G), a GRPO-2G and a PoRo (G + G) step on the same prompts (PoRo also as the issue found it, shared-prefill
+rollouts and TRL's training forward, and on the decode loop with TRL's training forward: each piece's share).
 
     python benchmarks/bench_rollout.py [--quick] [--json FILE] [--batches 8 32 128] [--depths 2 4 6]
                                        [--new-tokens 48] [--steps 3] [--reps 2]
@@ -209,6 +210,7 @@ def bench_steps(recipe, data, work, T, steps):
     common = {"max_steps": steps + 1, "grpo.per_device_train_batch_size": 2 * G, "grpo.max_completion_length": T}
     specs = {
         "PoRo G+G, shared (before)": (True, G, "shared"),
+        "PoRo G+G, decode, TRL forward": (True, G, "decode"),
         "PoRo G+G, decode": (True, G, "decode"),
         "GRPO-2G, decode": (False, 2 * G, "decode"),
         "GRPO G, decode": (False, G, "decode"),
@@ -220,6 +222,7 @@ def bench_steps(recipe, data, work, T, steps):
             kw["grpo.per_device_train_batch_size"] = G  # one prompt per step, G completions
         trainers[name] = rl_trainer(recipe, data, work / name.replace(" ", "_").replace(",", ""), "grpo", poro,
                                     num_generations=n, fast_rollouts=path, **kw)[0]
+    trainers["PoRo G+G, decode, TRL forward"].shared_prompt_logps = False  # the decode loop alone
     for t in trainers.values():
         t.generation_config.min_new_tokens = T
         t.generation_kwargs["min_new_tokens"] = T
@@ -265,7 +268,7 @@ def main():
     print(f"\nRL steps (tiny, N = 4, one prompt per step, {args.new_tokens} tokens per completion, medians of "
           f"{args.steps} interleaved steps; load {os.getloadavg()[0]:.1f}):")
     for k, v in steps.items():
-        print(f"  {k:28s} {v:6.2f} s")
+        print(f"  {k:42s} {v:6.2f} s")
     key = [r for r in table if r["N"] == 4 and r["B"] in (32, 128)] or table
     ratios = {
         "speedup_vs_generate": min(r["decode"]["decode_tok_s"] / r["generate"]["decode_tok_s"] for r in key),
@@ -275,6 +278,8 @@ def main():
         "step_speedup": steps["PoRo G+G, shared (before)"] / steps["PoRo G+G, decode"],
         "poro_over_grpo2g": steps["PoRo G+G, decode"] / steps["GRPO-2G, decode"],
     }
+    print(f"(of the step speedup, the decode loop alone: "
+          f"{steps['PoRo G+G, shared (before)'] / steps['PoRo G+G, decode, TRL forward']:.2f}x)")
     print("\n" + "  ".join(f"{k} {v:.2f}" for k, v in ratios.items()) +
           "  (targets: >= 5, <= 2.5, <= 2, >= 2.5, <= 1.15; worst of N = 4 at B = 32/128)")
     if args.json:

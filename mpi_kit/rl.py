@@ -66,19 +66,22 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         tokens beyond the first (logged), so a reward that is always 0 cannot stall a step.
     fast_rollouts: how rollouts are decoded: True / "decode" = `mpi_kit.decode`'s loop for small models, "shared" =
         `mpi_kit.rollout`'s shared prefill, False / "generate" = plain `generate`. Greedy tokens are the same on all.
+    shared_prompt_logps: with the decode loop, compute the completions' log-probs with each shared prompt run once
+        (`mpi_kit.logprobs`; the same values as TRL's row-by-row forward). False: TRL's forward (a benchmark baseline).
     task: the `mpi_kit.tasks.Task` whose answers the rollout log records (parsed answer, gold); ClevrPolicy if None.
     Resuming a full fine-tune reloads the checkpoint through `from_pretrained` (`ResumeFix`, transformers#43701).
     """
 
     def __init__(self, *args, policy_rollout: bool = False, policy_microbatch: int | None = None,
                  dynamic_sampling_retries: int = 0, dynamic_sampling_work: float = 4.0,
-                 fast_rollouts: bool | str = False,
+                 fast_rollouts: bool | str = False, shared_prompt_logps: bool = True,
                  task=None, **kwargs):
         from .tasks import get_task
 
         super().__init__(*args, **kwargs)
         self.task = get_task(task)
         self.fast_rollouts = fast_rollouts
+        self.shared_prompt_logps = shared_prompt_logps
         if policy_rollout and self.num_generations % 2:
             raise ValueError(f"PolicyRollout pools G no-policy + G policy-aware rollouts, so num_generations must be "
                              f"even (2G); got {self.num_generations}")
@@ -103,7 +106,7 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         from .decode import ROLLOUT_PATHS
         from .logprobs import shared_prompt_logps, supported
 
-        fast = ROLLOUT_PATHS.get(self.fast_rollouts) == "decode" and not compute_aux_loss
+        fast = self.shared_prompt_logps and ROLLOUT_PATHS.get(self.fast_rollouts) == "decode" and not compute_aux_loss
         if not fast or not supported(self.accelerator.unwrap_model(model), extra_inputs=extra):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,

@@ -101,10 +101,14 @@ def test_shared_prompt_logps_on_a_lora_model(lora_model):
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["shared", False])
+@pytest.mark.parametrize("path", ["shared", False, "decode, switched off"])
 def test_other_rollout_paths_keep_trls_forward(small_rl_setup, tmp_path, path, monkeypatch):
+    """The shared-prefill and plain rollouts, and the decode loop with `shared_prompt_logps=False` (the benchmark's
+    baseline), keep TRL's row-by-row forward."""
     import mpi_kit.logprobs as lp
 
-    t, out = _poro_batch(small_rl_setup, tmp_path, path)
+    t, out = _poro_batch(small_rl_setup, tmp_path, "decode" if path == "decode, switched off" else path)
+    if path == "decode, switched off":
+        t.shared_prompt_logps = False
     monkeypatch.setattr(lp, "shared_prompt_logps", lambda *a, **k: pytest.fail("shared path used"))
     _call(t, t._get_per_token_logps_and_entropies, out)
