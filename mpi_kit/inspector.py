@@ -89,6 +89,8 @@ def diff_html(old: str, new: str) -> str:
 
 
 CARD_FONT_PX = 13  # readable from the back of a room on a projector
+CARD_MIN_PX = 150  # a card never narrower: a half's cards go onto a second row instead
+CARDS_MIN_PX = 420  # the cards' room beside the scene; narrower, they move below it
 
 
 def shown_text(text: str, max_chars: int = 700, tail: int = 160) -> str:
@@ -121,7 +123,7 @@ def completion_card(row, base: str | None = None, dim: bool = False, max_chars: 
             f"{' <i>(why? see the note)</i>' if noted else ''}{bar}"
             f"len {row['length']}{flags}<br>answer <b>{html.escape(answer_text(row['parsed_answer']))}</b> {ok} "
             f"gold {html.escape(answer_text(row['gold'], 'unknown'))}"
-            f"<div style='white-space:pre-wrap;overflow-wrap:anywhere;font-size:{CARD_FONT_PX}px;"
+            f"<div style='white-space:pre-wrap;overflow-wrap:break-word;font-size:{CARD_FONT_PX}px;"
             f"background:#fafafa;margin-top:3px'>{body}</div></div>")
 
 
@@ -192,8 +194,8 @@ def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame 
                  for i, (k, r) in enumerate(half.iterrows())]
         if both:
             lines.append(f"<div style='font-size:13px;color:{SOURCE_COLOR[source]}'>{HALF_WORDS[source]}</div>")
-        lines.append(f"<div style='display:grid;grid-template-columns:repeat({len(cards)}, minmax(0, 1fr));gap:6px;"
-                     f"margin-bottom:6px'>{''.join(cards)}</div>")
+        lines.append(f"<div style='display:grid;grid-template-columns:repeat(auto-fit, minmax({CARD_MIN_PX}px, 1fr));"
+                     f"gap:6px;margin-bottom:6px'>{''.join(cards)}</div>")
     return "".join(lines)
 
 
@@ -258,7 +260,8 @@ class RolloutInspector(_Box):
         self.drift = w.Checkbox(False, description="highlight changes since first step", indent=False)
         self.count = w.HTML()
         self.scene = w.HTML()
-        self.cards = w.HTML(layout=w.Layout(flex="1 1 0%", min_width="0"))  # the room beside the scene
+        # the room beside the scene; below it when that room is under CARDS_MIN_PX (a narrow window)
+        self.cards = w.HTML(layout=w.Layout(flex=f"1 1 {CARDS_MIN_PX}px", min_width="0"))
         self.pick = w.Dropdown(description="completion", layout=w.Layout(width="300px"))
         self.edit = w.Textarea(layout=w.Layout(width="100%", height="90px"))
         self.gold = w.Text(description="gold", placeholder="exact, e.g. Case 13", layout=w.Layout(width="220px"))
@@ -285,7 +288,7 @@ class RolloutInspector(_Box):
                    else [self.zero_std, self.truncated, self.wrong], layout=_wrapping()),
             w.HBox([self.prompt, self.count], layout=_wrapping()),
             w.HBox([self.step, self.drift]),
-            w.HBox([self.scene, self.cards]),
+            w.HBox([self.scene, self.cards], layout=_wrapping()),
             self.arith,
             w.HTML("<b>Reward playground</b>: edit a completion (or the gold answer) and watch it re-scored "
                    "with the kit's reward functions, and the advantage it would get in its group."),

@@ -203,10 +203,13 @@ def load_model(recipe: "Recipe | str | Path" = "tiny", /, backend: str | None = 
             recipe = as_recipe(recipe, precision=resolve_precision("auto", where))
             _announce_precision(where, recipe.precision)
     use_lora = recipe.lora.enabled if lora is None else bool(lora)
-    if recipe.backend == "unsloth":
-        m, processor = _load_unsloth(recipe, device or recipe.device, use_lora, local_files_only)
-    else:
-        m, processor = _load_hf(recipe, resolve_device(device or recipe.device), use_lora, local_files_only)
+    from .progress import library_bars_off
+
+    with library_bars_off():  # no "Loading weights" bar (a download's bar still shows)
+        if recipe.backend == "unsloth":
+            m, processor = _load_unsloth(recipe, device or recipe.device, use_lora, local_files_only)
+        else:
+            m, processor = _load_hf(recipe, resolve_device(device or recipe.device), use_lora, local_files_only)
     m.mpi_recipe = recipe
     return m, apply_pixel_caps(processor, recipe)
 

@@ -21,7 +21,9 @@ def write_page(path: Path, parts: list[str], title: str) -> Path:
     banner = (f"<div id='needs-js' style='background:#fff3cd;border:1px solid #e0b000;padding:8px;margin:8px 0'>"
               f"{html.escape(NEEDS_JS)}</div><script>document.getElementById('needs-js').remove()</script>"
               if "<script" in body else "")
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                    # long lines of a <pre> (the notes under a table) wrap instead of scrolling the page sideways
+                    f"<style>pre{{white-space:pre-wrap;overflow-wrap:break-word}}</style></head>"
                     f"<body style='font-family:sans-serif'>{banner}{body}</body></html>")
     return path
 

@@ -197,12 +197,17 @@ def rescued_group(df):
     return df[df["group"] == key]
 
 
-def test_each_half_sits_in_one_row_of_G_cards(df):
+def test_each_half_sits_in_one_grid_of_cards_that_wraps_rather_than_squeezes(df):
+    """A half's G cards share a row wherever G cards of CARD_MIN_PX fit (a projector at 1,280 px: 4 + 4), and go
+    onto a second row below that width instead of shrinking until their letters overlap (800 px, file browser
+    open: seen in a browser)."""
+    from mpi_kit.inspector import CARD_MIN_PX
+
     g = rescued_group(df)
     page = group_html(g)
-    rows = re.findall(r"grid-template-columns:repeat\((\d+), minmax\(0, 1fr\)\)", page)
-    assert rows == [str((g["source"] == s).sum()) for s in g["source"].unique()] == ["4", "4"]
-    assert "flex-wrap:wrap" not in page and "width:230px" not in page
+    rows = re.findall(r"grid-template-columns:repeat\(auto-fit, minmax\((\d+)px, 1fr\)\)", page)
+    assert rows == [str(CARD_MIN_PX)] * 2 and 120 <= CARD_MIN_PX <= 160  # 4 cards fit 650 px beside the scene
+    assert "minmax(0, 1fr)" not in page and "width:230px" not in page
 
 
 def test_card_text_is_readable_and_whole(df):
@@ -235,7 +240,11 @@ def test_a_rescued_group_says_so_and_what_the_update_does(df):
 def test_the_control_rows_wrap_on_a_narrow_screen():
     ins = RolloutInspector(ASSET_RUN)
     assert ins.children[1].layout.flex_flow == "row wrap" and ins.children[2].layout.flex_flow == "row wrap"
-    assert ins.cards.layout.flex == "1 1 0%"  # the cards take the width beside the scene
+    # the cards take the width beside the scene, and move below it when that is under CARDS_MIN_PX
+    from mpi_kit.inspector import CARDS_MIN_PX
+
+    assert ins.cards.layout.flex == f"1 1 {CARDS_MIN_PX}px" and ins.cards.layout.min_width == "0"
+    assert ins.children[4].children == (ins.scene, ins.cards) and ins.children[4].layout.flex_flow == "row wrap"
 
 
 # ------------------------------------------------------------------------------------------ printed output
@@ -276,3 +285,30 @@ def test_summaries_print_as_sentences_not_reprs():
     assert texts[0].startswith("Tool Acc 1 · Arg Score 1.00") and "why it lost points: the answer" in texts[1]
     assert texts[2] == 'Calculator with expression "9"' and "qa:   144 train, 36 test" in texts[4]
     assert texts[5] == "yes/no (scene misread) 8" and "3,631,616 of 4,933,504 parameters" in texts[6]
+
+
+def test_the_shipped_report_is_what_the_kit_writes_from_the_shipped_results(results, tmp_path):
+    """assets/demo/report.html is rewritten whenever the report changes: its text is the current code's from
+    assets/demo/results.json (a stale copy had its table's columns shifted where the paper has no number), its table
+    lines up, and long lines wrap rather than scroll the page sideways."""
+    shipped = (ROOT / "assets" / "demo" / "report.html").read_text()
+    fresh = pipeline_report(tmp_path, results).read_text()
+    assert visible_text(shipped) == visible_text(fresh)
+    table = re.search(r"<pre>(.*?)</pre>", fresh, flags=re.S).group(1).split("\n")
+    rows = [line for line in table if line.startswith(("In-Context", "CoT SFT", "VM-CPT", "TriMPI"))]
+    assert len(rows) >= 5 and len({len(line) for line in rows}) == 1  # every method's row the same width
+    assert "pre{white-space:pre-wrap" in fresh
+
+
+def test_trees_beside_a_scene_shrink_or_move_below_it_rather_than_clip():
+    """Seen in a browser at 1,280 px: the policy explorer's tree (drawn 936 px wide in an 848 px box) lost its right
+    subtree. The SVG now scales down to its box, and the box moves below the scene where it would be too narrow."""
+    from mpi_kit.tasks.clevr.widgets import policy_explorer, tree_svg
+
+    policy = sample_policy(depth=4, rng=0)
+    scene = sample_scene(3)
+    case, path = policy.evaluate(scene)
+    svg = tree_svg(policy, path, case, width=900, height=300)
+    assert 'viewBox="0 0 900 300"' in svg and "max-width:100%" in svg
+    box = policy_explorer(policy, [scene]).children[1]
+    assert box.layout.flex_flow == "row wrap" and box.children[1].layout.min_width == "0"

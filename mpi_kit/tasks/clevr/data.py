@@ -9,7 +9,6 @@ from the tree path or a forward CoT the base model wrote; `PAPER_REGIME` is the 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
@@ -272,7 +271,7 @@ def _build(cfg: DataConfig, out: Path, config: dict, progress: bool, t0: float, 
             bar.update(len(pairs))
             splits[split] = _dataset(rows)
         dd = datasets.DatasetDict(splits)
-        with contextlib.nullcontext() if progress else library_bars_off():  # no "Saving the dataset" bars
+        with library_bars_off():  # no "Saving the dataset" bar per kind: the build shows its own progress
             dd.save_to_disk(str(out / kind))
         summary["datasets"][kind] = {k: len(v) for k, v in dd.items()}
     bar.close()

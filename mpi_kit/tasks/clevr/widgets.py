@@ -143,7 +143,9 @@ def tree_svg(policy: Policy, path: list[str] | None = None, outcome: str | None 
     def clamp(x_px: float, w: float) -> float:  # keep a centred label inside the picture
         return min(max(x_px, w / 2 + 2), width - w / 2 - 2)
 
-    out = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">']
+    # drawn at width x height, shrunk to fit a narrower box (never clipped at its right edge)
+    out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'style="max-width:100%;height:auto" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">']
     unlabelled = False
     for a, b, yes in edges:
         on = a in hot and b in hot
@@ -213,7 +215,8 @@ def walk_html(policy: Policy, scene: Scene) -> str:
     """Outcome, path and gold CoT of `policy` on `scene`, as HTML: one line per reasoning step."""
     case, path = policy.evaluate(scene)
     steps = "<br>".join(html.escape(s) for s in cot_steps(policy.gold_cot(scene), path))
-    return (f"<b>{policy.name}</b> → <b style='color:{HOT}'>{case}</b> via "
+    keep = "white-space:nowrap"  # "L4-Bozezo" and "Case 8" never split over two lines
+    return (f"<b style='{keep}'>{policy.name}</b> → <b style='color:{HOT};{keep}'>{case}</b> via "
             f"{' → '.join(path)}<div style='font-size:12px;color:#333;font-family:monospace'>{steps}</div>")
 
 
@@ -223,7 +226,8 @@ def policy_explorer(policy: Policy, scenes: list[Scene], image_size=(288, 192)):
 
     pick = w.Dropdown(options=[(f"{s.scene_id} ({len(s.objects)} objects)", i) for i, s in enumerate(scenes)],
                       description="scene")
-    left, tree, walk = w.HTML(), w.HTML(), w.HTML()
+    left, walk = w.HTML(), w.HTML()
+    tree = w.HTML(layout=_beside())
 
     def show(_=None):
         s = scenes[pick.value]
@@ -234,7 +238,14 @@ def policy_explorer(policy: Policy, scenes: list[Scene], image_size=(288, 192)):
 
     pick.observe(show, names="value")
     show()
-    return w.VBox([pick, w.HBox([left, tree]), walk])
+    return w.VBox([pick, w.HBox([left, tree], layout=w.Layout(flex_flow="row wrap")), walk])
+
+
+def _beside():
+    """The layout of what sits right of a scene: the room left over, and below the scene when under 360 px."""
+    import ipywidgets as w
+
+    return w.Layout(flex="1 1 360px", min_width="0")
 
 
 def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
@@ -247,7 +258,7 @@ def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
     scenes = load_scenes(out, split)
     slider = w.IntSlider(0, 0, len(scenes) - 1, description=f"{split} scene")
     pick = w.Dropdown(options=[p.name for p in policies], description="policy")
-    left, right = w.HTML(), w.HTML()
+    left, right = w.HTML(), w.HTML(layout=_beside())
 
     def show(_=None):
         s = scenes[slider.value]
@@ -262,7 +273,8 @@ def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
     slider.observe(show, names="value")
     pick.observe(show, names="value")
     show()
-    return w.VBox([w.HBox([slider, pick]), w.HBox([left, right])])
+    return w.VBox([w.HBox([slider, pick], layout=w.Layout(flex_flow="row wrap")),
+                   w.HBox([left, right], layout=w.Layout(flex_flow="row wrap"))])
 
 
 class SceneView:

@@ -12,7 +12,6 @@ written, so a bad row is named (its line) before any model loads.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
@@ -168,7 +167,7 @@ def _build(cfg: CustomDataConfig, rows: list[dict], policy_imgs: list, out: Path
                "rows": {"total": len(rows), "answered": len(answered), "train": len(train), "test": len(test)}}
     for kind, splits in plan.items():
         dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v, features=FEATURES) for k, v in splits.items()})
-        with contextlib.nullcontext() if progress else library_bars_off():  # no "Saving the dataset" bars
+        with library_bars_off():  # no "Saving the dataset" bar per kind: the build shows its own progress
             dd.save_to_disk(str(out / kind))
         summary["datasets"][kind] = {k: len(v) for k, v in dd.items()}
     write_json(out / "summary.json", summary)  # last: the build is whole

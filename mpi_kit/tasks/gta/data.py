@@ -9,7 +9,6 @@ tool, deterministically from a seed. `build_gta_datasets` writes the same kinds 
 """
 from __future__ import annotations
 
-import contextlib
 
 import json
 import math
@@ -608,7 +607,7 @@ def _build(cfg: GTADataConfig, out: Path, t0: float, progress: bool) -> dict:
             rows = [make_row(i, row_kind, pol, docs, [encoded[id(img)] for img in i.images]) for i in insts]
             splits[split] = datasets.Dataset.from_list(rows, features=GTA_FEATURES)
         dd = datasets.DatasetDict(splits)
-        with contextlib.nullcontext() if progress else library_bars_off():  # no "Saving the dataset" bars
+        with library_bars_off():  # no "Saving the dataset" bar per kind: the build shows its own progress
             dd.save_to_disk(str(out / kind))
         summary["datasets"][kind] = {k: len(v) for k, v in dd.items()}
     tools: dict[str, int] = {}
