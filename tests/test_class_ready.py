@@ -312,3 +312,23 @@ def test_trees_beside_a_scene_shrink_or_move_below_it_rather_than_clip():
     assert 'viewBox="0 0 900 300"' in svg and "max-width:100%" in svg
     box = policy_explorer(policy, [scene]).children[1]
     assert box.layout.flex_flow == "row wrap" and box.children[1].layout.min_width == "0"
+
+
+def test_a_small_trees_legend_and_edge_words_keep_off_its_ids():
+    """Seen in a browser: under the inspector's scene (a 250 x 120 tree of depth 4) the legend sat on the root's id
+    and "yes" / "no" on the children's ids. Now the legend has its own line above the root's id, and levels too
+    close together carry colours only (the legend says which)."""
+    from mpi_kit.tasks.clevr.widgets import tree_svg
+
+    policy = sample_policy(depth=4, rng=0)
+    case, path = policy.evaluate(sample_scene(3))
+    for width, height in ((250, 120), (520, 220), (900, 300)):
+        svg = tree_svg(policy, path, case, width=width, height=height)
+        texts = [(float(x), float(y), t) for x, y, t in re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>',
+                                                                    svg)]
+        legend = [y for _, y, t in texts if "= yes" in t or "leaf numbers" in t]
+        ids = [y for _, y, t in texts if t[:1].isdigit() and ":" in t or re.fullmatch(r"[\d.]+", t)]
+        if legend:
+            assert min(ids) - legend[0] >= 11, (width, height)  # a line of 9 px text apart
+        if height < 200:
+            assert not any(t in ("yes", "no") for _, _, t in texts) and legend  # colours only, and said so

@@ -123,8 +123,16 @@ def tree_svg(policy: Policy, path: list[str] | None = None, outcome: str | None 
     leaf_mode = "full" if gap >= _text_w(longest, 9) + 4 else "short" if gap >= _text_w(
         longest.replace("Case ", ""), 9) + 2 else "rotated"
     bottom = 8 + (8 if leaf_mode != "rotated" else _text_w(longest.replace("Case ", ""), 8) + 6)
+    # a legend line goes above the root's id, never on it: it is needed when a word does not fit (leaf numbers
+    # without "Case", or edges too short or levels too close for "yes" / "no")
     X = lambda x: pad + x * (width - 2 * pad) / max(1, n_leaves - 1)
-    Y = lambda d: 24 + d * (height - 24 - bottom) / max(1, depth)
+    # "yes" / "no" beside an edge, near the parent, where the edge is wide enough and the levels far enough apart
+    # not to touch the child's id; the colours are explained in a legend line otherwise
+    words = (height - 36 - bottom) / max(1, depth) >= 30
+    worded = {(a, b) for a, b, _ in edges if words and abs(X(pos[b][0]) - X(pos[a][0])) >= _text_w("yes", 9) + 4}
+    unlabelled = len(worded) < len(edges)
+    top = 36 if unlabelled or leaf_mode != "full" else 24  # a legend line sits above the root's id, not on it
+    Y = lambda d: top + d * (height - top - bottom) / max(1, depth)
 
     rows: dict = {}  # depth -> sorted x (pixels) of the conditions there, to measure the room beside each
     for k, (x, d, _, is_case) in pos.items():
@@ -146,19 +154,16 @@ def tree_svg(policy: Policy, path: list[str] | None = None, outcome: str | None 
     # drawn at width x height, shrunk to fit a narrower box (never clipped at its right edge)
     out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
            f'style="max-width:100%;height:auto" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">']
-    unlabelled = False
     for a, b, yes in edges:
         on = a in hot and b in hot
         color = YES if yes else NO
         x1, y1, x2, y2 = X(pos[a][0]), Y(pos[a][1]), X(pos[b][0]), Y(pos[b][1])
         out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{HOT if on else color}" '
                    f'stroke-width="{4 if on else 1.2}"/>')
-        if abs(x2 - x1) >= _text_w("yes", 9) + 4:  # room beside the edge for its word (nearer the parent)
+        if (a, b) in worded:
             out.append(f'<text x="{x1 + 0.4 * (x2 - x1) + (-3 if yes else 3):.1f}" y="{y1 + 0.4 * (y2 - y1):.1f}" '
                        f'font-size="9" fill="{color}" text-anchor="{"end" if yes else "start"}">'
                        f'{"yes" if yes else "no"}</text>')
-        else:
-            unlabelled = True
     for k, (x, d, label, is_case) in pos.items():
         fill = HOT if k in hot else ("#555" if is_case else "#3b6fb6")
         shape = (f'<rect x="{X(x) - 4:.1f}" y="{Y(d) - 4:.1f}" width="8" height="8" fill="{fill}">'
