@@ -324,11 +324,33 @@ def test_a_small_trees_legend_and_edge_words_keep_off_its_ids():
     case, path = policy.evaluate(sample_scene(3))
     for width, height in ((250, 120), (520, 220), (900, 300)):
         svg = tree_svg(policy, path, case, width=width, height=height)
-        texts = [(float(x), float(y), t) for x, y, t in re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>',
-                                                                    svg)]
+        found = re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>', svg)
+        texts = [(float(x), float(y), t) for x, y, t in found]
         legend = [y for _, y, t in texts if "= yes" in t or "leaf numbers" in t]
         ids = [y for _, y, t in texts if t[:1].isdigit() and ":" in t or re.fullmatch(r"[\d.]+", t)]
         if legend:
             assert min(ids) - legend[0] >= 11, (width, height)  # a line of 9 px text apart
         if height < 200:
             assert not any(t in ("yes", "no") for _, _, t in texts) and legend  # colours only, and said so
+
+
+def test_the_gta_table_lines_up_where_a_score_is_missing_and_explorer_labels_are_whole():
+    """Seen in a browser (notebook 08): a method without a score shifted its row's columns; "account type" was cut
+    to "account t..."."""
+    from mpi_kit.tasks import get_task
+    from mpi_kit.tasks.gta.report import gta_table
+
+    results = {"paper": get_task("gta").paper_table(), "methods": {
+        "GTA/In-Context": {"method": "In-Context", "tool": 50.0, "args": 40.0, "overall": 30.0},
+        "GTA/CoT SFT": {"method": "CoT SFT", "tool": 10.0, "args": None, "overall": 5.0,
+                        "override": {"overall": 2.5}}}}
+    rows = gta_table(results).split("\n")[:3]
+    assert len({len(r.rstrip()) for r in rows}) == 1, rows
+    explorer = rule_explorer()
+    def walk(w):
+        yield w
+        for c in getattr(w, "children", ()):
+            yield from walk(c)
+    labelled = {c.description: c for c in walk(explorer) if getattr(c, "description", "") in ("account type",
+                                                                                             "credits", "age")}
+    assert len(labelled) == 3 and all(c.style.description_width == "initial" for c in labelled.values())

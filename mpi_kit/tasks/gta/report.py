@@ -68,7 +68,7 @@ def gta_table(results: dict) -> str:
             ref = (paper["gta_override_7b"] if c == "override" else paper["gta_7b"]).get(m)
             p = ref[i] if ref else None
             paper_cell = f"({p:.1f})".rjust(8) if p is not None else " " * 8
-            cells.append(("-" if ours is None else f"{ours:6.1f}") + paper_cell)
+            cells.append(("-".rjust(6) if ours is None else f"{ours:6.1f}") + paper_cell)  # one width: aligned
         lines.append(f"{m:<{w}}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines) + ("\n(GTAPolicy, ours: % with no policy in context; In-Context has it; override: the "
                                "changed rules in context; paper Qwen2.5-VL-7B in brackets, Tables 1-3)")

@@ -15,9 +15,10 @@ def rule_explorer(policy=None, override: dict | None = None):
 
     base = policy or BASE_POLICY
     updated = base.with_override(override or DEFAULT_OVERRIDE)
-    acc = w.Dropdown(options=ACCOUNT_TYPES, value="B", description="account type")
-    credits = w.IntSlider(value=600, min=0, max=1000, description="credits", continuous_update=False)
-    age = w.IntSlider(value=30, min=13, max=90, description="age", continuous_update=False)
+    whole = {"description_width": "initial"}  # labels in full ("account type", not "account t...")
+    acc = w.Dropdown(options=ACCOUNT_TYPES, value="B", description="account type", style=whole)
+    credits = w.IntSlider(value=600, min=0, max=1000, description="credits", continuous_update=False, style=whole)
+    age = w.IntSlider(value=30, min=13, max=90, description="age", continuous_update=False, style=whole)
     math = w.Checkbox(value=False, description="the image shows math")
     out = w.HTML()
 
