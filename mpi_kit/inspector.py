@@ -206,14 +206,15 @@ def arithmetic_html(a: dict) -> str:
     (recomputed by `mpi_kit.advantages`, beside the one the run logged), with the group's mean and std."""
     formula = {"group": "(reward - mean) / (std + 1e-4)", "batch": "(reward - mean) / (batch std + 1e-4)",
                "none": "reward - mean"}[a["scale"]]
-    cells = "".join(f"<tr><td>{k + 1}</td><td>{html.escape(str(r.source))}</td><td>{r.reward:.2f}</td>"
-                    f"<td><b>{r.advantage:+.2f}</b></td><td>{r.logged:+.2f}</td></tr>"
+    td = "<td style='padding:1px 10px'>"  # columns apart: "reward advantage logged", not "rewardadvantagelogged"
+    cells = "".join(f"<tr>{td}{k + 1}</td>{td}{html.escape(str(r.source))}</td>{td}{r.reward:.2f}</td>"
+                    f"{td}<b>{r.advantage:+.2f}</b></td>{td}{r.logged:+.2f}</td></tr>"
                     for k, r in enumerate(a["rows"].itertuples()))
+    head = "".join(f"<th style='padding:1px 10px'>{h}</th>" for h in ("#", "half", "reward", "advantage", "logged"))
     return (f"<div style='font-size:13px'><b>Advantage arithmetic</b> ({html.escape(a['rule'])}, scale "
             f"{html.escape(a['scale'])}): mean reward <b>{a['mean']:.3f}</b>, std <b>{a['std']:.3f}</b>; advantage = "
             f"{formula}, from <code>mpi_kit.advantages</code>."
-            f"<table style='border-collapse:collapse'><tr><th>#</th><th>half</th><th>reward</th><th>advantage</th>"
-            f"<th>logged</th></tr>{cells}</table></div>")
+            f"<table style='border-collapse:collapse'><tr>{head}</tr>{cells}</table></div>")
 
 
 try:

@@ -254,13 +254,16 @@ def column_name(key: str) -> str:
 
 def cell_text(value):
     """One table cell in words: an interval [low, high] as 'low-high', a path of condition ids as '1 → 1.2', a
-    setting in words (`SETTING_NAMES`) and a missing value as 'n/a'; anything else as it is."""
+    setting in words (`SETTING_NAMES`), a fraction to 3 significant digits and a missing value as 'n/a'; anything
+    else as it is."""
     if value is None or value != value:  # None or NaN
         return "n/a"
     if isinstance(value, (list, tuple)):
         if len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
             return f"{value[0]:g}-{value[1]:g}"
         return " → ".join(map(str, value)) or "none"
+    if isinstance(value, float) and value != int(value):  # 3 significant digits (one decimal from 100): 0.679, 12.3
+        return round(value, 1) if abs(value) >= 100 else float(f"{value:.3g}")
     return SETTING_NAMES.get(value, value) if isinstance(value, str) else value
 
 

@@ -354,3 +354,14 @@ def test_the_gta_table_lines_up_where_a_score_is_missing_and_explorer_labels_are
     labelled = {c.description: c for c in walk(explorer) if getattr(c, "description", "") in ("account type",
                                                                                              "credits", "age")}
     assert len(labelled) == 3 and all(c.style.description_width == "initial" for c in labelled.values())
+
+
+def test_tables_show_three_significant_digits_and_the_arithmetic_columns_stand_apart(df):
+    """Seen in a browser: notebook 06's stage table printed 4 decimals; the inspector's arithmetic header ran its
+    words together ("rewardadvantagelogged")."""
+    from mpi_kit.report import frame
+
+    t = frame([{"seconds": 12.3456, "steps_per_second": 0.67871, "steps": 24, "accuracy": 93.5, "loss": 1234.567}])
+    assert t.iloc[0].tolist() == [12.3, 0.679, 24, 93.5, 1234.6]
+    ins = RolloutInspector(ASSET_RUN)
+    assert "padding:1px 10px'>reward</th>" in ins.arith.value
