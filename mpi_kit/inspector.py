@@ -91,6 +91,7 @@ def diff_html(old: str, new: str) -> str:
 CARD_FONT_PX = 13  # readable from the back of a room on a projector
 CARD_MIN_PX = 150  # a card never narrower: a half's cards go onto a second row instead
 CARDS_MIN_PX = 420  # the cards' room beside the scene; narrower, they move below it
+COMPACT_CHARS = 110  # a compact card's text: its end, where the last step and the \boxed{} answer are
 
 
 def shown_text(text: str, max_chars: int = 700, tail: int = 160) -> str:
@@ -102,10 +103,12 @@ def shown_text(text: str, max_chars: int = 700, tail: int = 160) -> str:
 
 
 def completion_card(row, base: str | None = None, dim: bool = False, max_chars: int = 700,
-                    noted: bool = False, badge: str = "") -> str:
+                    noted: bool = False, badge: str = "", compact: bool = False) -> str:
     """One completion as an HTML card: source, rewards, advantage, length, truncation, parsed vs gold, and the
     whole text (no inner scroll: the card grows, so the answer at the end shows). `noted`: the group's note (see
-    `advantage_note`) explains this card's advantage; `badge`: a line saying what the update does with it."""
+    `advantage_note`) explains this card's advantage; `badge`: a line saying what the update does with it.
+    `compact`: the text's last COMPACT_CHARS (the last step and the answer) with the whole completion one click
+    away, so a group of 2G cards fits a projector's screen."""
     color = SOURCE_COLOR.get(row["source"], "#555")
     adv = float(row["advantage"])
     bar = (f"<div style='height:6px;background:#eee'><div style='height:6px;width:{min(abs(adv), 2) * 50:.0f}%;"
@@ -113,6 +116,9 @@ def completion_card(row, base: str | None = None, dim: bool = False, max_chars: 
     ok = "✓" if row["correct"] else "✗"
     text = shown_text(row["text"], max_chars)
     body = diff_html(base, text) if base is not None else html.escape(text)
+    if compact and base is None and len(row["text"]) > COMPACT_CHARS:  # highlighted changes show in full
+        body = (f"[…] {html.escape(row['text'][-COMPACT_CHARS:])}<details><summary style='cursor:pointer;"
+                f"color:#555'>whole completion</summary>{body}</details>")
     flags = " · <b style='color:#c0392b'>truncated</b>" if row["truncated"] else ""
     rewards = " ".join(f"{SHORT.get(c, c)} {row[c]:.2g}" for c in REWARD_COLUMNS if c in row)
     note = f"<div style='background:#e6f4ea;font-weight:bold;margin:2px 0'>{html.escape(badge)}</div>" if badge else ""
@@ -171,7 +177,8 @@ def is_rescued(group: pd.DataFrame) -> bool:
     return all(len(h) for h in halves) and not halves[0].any() and bool(halves[1].any())
 
 
-def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame | None = None) -> str:
+def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame | None = None,
+               compact: bool = False) -> str:
     """A group's completions, each half's G cards in one row (no-policy half first), under a header saying when
     PolicyRollout rescued the group and what the update does with it. Completions not in `keep` (row index) are
     dimmed; with `base` (the same prompt at an earlier step), each card highlights the words changed since."""
@@ -190,7 +197,7 @@ def group_html(group: pd.DataFrame, keep: set | None = None, base: pd.DataFrame 
         cards = [completion_card(r, earlier[i] if i < len(earlier) else None, keep is not None and k not in keep,
                                  noted=bool(note) and not r["correct"] and r["advantage"] > 0,
                                  badge="rescues the group: trained on the no-policy prompt"
-                                 if rescued and source == POLICY_AWARE and r["correct"] else "")
+                                 if rescued and source == POLICY_AWARE and r["correct"] else "", compact=compact)
                  for i, (k, r) in enumerate(half.iterrows())]
         if both:
             lines.append(f"<div style='font-size:13px;color:{SOURCE_COLOR[source]}'>{HALF_WORDS[source]}</div>")
@@ -259,6 +266,7 @@ class RolloutInspector(_Box):
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="420px"))
         self.step = w.SelectionSlider(options=[0], description="step", continuous_update=False)
         self.drift = w.Checkbox(False, description="highlight changes since first step", indent=False)
+        self.compact = w.Checkbox(True, description="compact cards (the whole text one click away)", indent=False)
         self.count = w.HTML()
         self.scene = w.HTML()
         # the room beside the scene; below it when that room is under CARDS_MIN_PX (a narrow window)
@@ -275,7 +283,7 @@ class RolloutInspector(_Box):
         for c in (self.zero_std, self.rescued, self.truncated, self.wrong, self.source):
             c.observe(self._refilter, names="value")
         self.prompt.observe(self._new_prompt, names="value")
-        for c in (self.step, self.drift):
+        for c in (self.step, self.drift, self.compact):
             c.observe(self._show, names="value")
         self.pick.observe(self._load_playground, names="value")
         for c in (self.edit, self.gold):
@@ -288,7 +296,7 @@ class RolloutInspector(_Box):
             w.HBox([self.zero_std, self.rescued, self.truncated, self.wrong, self.source] if self.policy_rollout
                    else [self.zero_std, self.truncated, self.wrong], layout=_wrapping()),
             w.HBox([self.prompt, self.count], layout=_wrapping()),
-            w.HBox([self.step, self.drift]),
+            w.HBox([self.step, self.drift, self.compact], layout=_wrapping()),
             w.HBox([self.scene, self.cards], layout=_wrapping()),
             self.arith,
             w.HTML("<b>Reward playground</b>: edit a completion (or the gold answer) and watch it re-scored "
@@ -355,7 +363,7 @@ class RolloutInspector(_Box):
         if self.drift.value:
             first = self.visible[self.visible["prompt_id"] == self.prompt.value]["group"].iloc[0]
             base = self.df[self.df["group"] == first]
-        self.cards.value = group_html(g, self.kept, base)
+        self.cards.value = group_html(g, self.kept, base, compact=self.compact.value)
         self.pick.options = [(f"#{i} {r['source']} (reward {r['reward']:.2f})", k)
                              for i, (k, r) in enumerate(g.iterrows())]
         self.pick.value = g.index[0]

@@ -365,3 +365,21 @@ def test_tables_show_three_significant_digits_and_the_arithmetic_columns_stand_a
     assert t.iloc[0].tolist() == [12.3, 0.679, 24, 93.5, 1234.6]
     ins = RolloutInspector(ASSET_RUN)
     assert "padding:1px 10px'>reward</th>" in ins.arith.value
+
+
+def test_compact_cards_fit_a_projector_and_keep_the_whole_completion_one_click_away(df):
+    """The inspector's default: each card shows the end of its completion (the last step and the boxed answer) and
+    the whole text in a <details> one click away, so a rescued group of 4 + 4 cards fits a 1,280 x 800 screen (seen
+    in a browser); ticking "highlight changes" shows the texts in full again."""
+    from mpi_kit.inspector import COMPACT_CHARS
+
+    g = rescued_group(df)
+    page = group_html(g, compact=True)
+    assert page.count("<details>") == len(g) == 8 and page.count("\\boxed{") == 2 * len(g)  # the end, and in full
+    for card in page.split("<details>")[:-1]:
+        shown = card.rsplit("[…] ", 1)[1]
+        assert len(shown) <= COMPACT_CHARS + 20 and "\\boxed{" in shown
+    ins = RolloutInspector(ASSET_RUN)
+    assert ins.compact.value and "<details>" in ins.cards.value
+    ins.compact.value = False
+    assert "<details>" not in ins.cards.value

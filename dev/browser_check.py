@@ -1,0 +1,121 @@
+"""What a learner sees, in a real browser: run notebooks in JupyterLab under headless Chromium and screenshot every
+chart and widget they show (not a test: a person reads the screenshots).
+
+    python dev/browser_check.py 00_quickstart 06_policy_rollout [--out /tmp/shots] [--width 1280] [--port 8900]
+
+It starts JupyterLab on a temporary copy of `notebooks/` (outputs and runs land there, never in the checkout; the
+kit imported from this checkout, 1 kernel thread), opens each notebook,
+runs Run > Run All Cells, waits for the kernel to idle, then scrolls to each cell whose output holds a plotly chart,
+a widget, an error or stderr and screenshots it (`<out>/<nb>_cell<i>.png`), and writes each cell's output kinds and
+any output wider than its box (`<out>/<nb>_cells.json`) and the run's seconds.
+
+Getting a browser on a machine that reaches only package registries (2026-12-08): Playwright's own download is
+blocked, npm's is not. Chromium for Linux ships inside an npm package, brotli-compressed:
+    npm pack @sparticuz/chromium && tar xzf sparticuz-chromium-*.tgz
+    node -e "const f=require('fs'),z=require('zlib');for(const n of ['chromium','al2023.tar','fonts.tar',
+      'swiftshader.tar'])f.writeFileSync('package/bin/'+n,z.brotliDecompressSync(f.readFileSync('package/bin/'+n+'.br')))"
+    mkdir -p chr && cp package/bin/chromium chr/ && chmod +x chr/chromium && for t in al2023 fonts swiftshader; do
+      tar xf package/bin/$t.tar -C chr; done
+    python -m venv pw && pw/bin/pip install playwright
+then run this script with pw/bin/python and `--chromium chr/chromium`. Launch it only with `ARGS` below and with
+`LD_LIBRARY_PATH` set to its lib folders (other flags hang; setting FONTCONFIG_PATH to its own fonts.conf renders no
+text).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--no-sandbox", "--disable-gpu", "--single-process", "--no-zygote", "--disable-dev-shm-usage",
+        "--use-angle=swiftshader", "--in-process-gpu", "--headless=shell"]
+STATE = """() => { const pn = jupyterapp.shell.currentWidget; const k = pn.sessionContext.session.kernel;
+  let running = 0; for (const c of pn.content.widgets) if (c.model.type === 'code' &&
+    (c.node.querySelector('.jp-InputPrompt')?.textContent || '').includes('*')) running++;
+  return {status: k.status, running}; }"""
+CELLS = """() => jupyterapp.shell.currentWidget.content.widgets.map((c, i) => {
+  if (c.model.type !== 'code') return null; const kinds = [];
+  for (let j = 0; j < c.model.outputs.length; j++) { const m = c.model.outputs.get(j).toJSON();
+    kinds.push(m.output_type + (m.name ? ':' + m.name : '') + (m.data ? ':' + Object.keys(m.data).join(',') : '')); }
+  const wide = []; c.node.querySelectorAll('.jp-OutputArea-output *').forEach(e => {
+    if (e.scrollWidth > e.clientWidth + 2 && e.clientWidth > 0 && getComputedStyle(e).overflowX !== 'visible')
+      wide.push(e.tagName + ' ' + e.scrollWidth + '>' + e.clientWidth); });
+  return {i, kinds, wide: wide.slice(0, 5)}; }).filter(x => x)"""
+
+
+def run_notebook(page, name: str, out: Path, base: str) -> dict:
+    page.goto(f"{base}/lab/tree/notebooks/{name}.ipynb?reset")
+    page.wait_for_function("window.jupyterapp && jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel"
+                           "?.status == 'idle'", timeout=120000)
+    page.click("li.lm-MenuBar-item:has-text('Run')")
+    page.click("li.lm-Menu-item:has-text('Run All Cells')")
+    t0, idle = time.time(), 0
+    while idle < 4 and time.time() - t0 < 900:  # idle with no cell running, four seconds in a row
+        s = page.evaluate(STATE)
+        idle = idle + 1 if s["status"] == "idle" and not s["running"] else 0
+        time.sleep(1)
+    seconds = round(time.time() - t0 - 4)
+    cells = page.evaluate(CELLS)
+    for c in cells:
+        if any(k in kind for kind in c["kinds"] for k in ("plotly", "widget", "error", "stderr")):
+            page.evaluate(f"async () => {{ const pn = jupyterapp.shell.currentWidget; pn.content.activeCellIndex = "
+                          f"{c['i']}; await pn.content.scrollToItem({c['i']}, 'start'); }}")
+            time.sleep(2)
+            page.mouse.move(5, 790)  # the plotly toolbar hides when the mouse is away
+            page.screenshot(path=str(out / f"{name}_cell{c['i']:02d}.png"))
+    return {"notebook": name, "seconds": seconds, "cells": cells}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("notebooks", nargs="+", help="names without .ipynb, e.g. 06_policy_rollout")
+    ap.add_argument("--out", default="/tmp/shots")
+    ap.add_argument("--chromium", default="/tmp/chr/out/chromium")
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--port", type=int, default=8900)
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chromium = Path(args.chromium).resolve()
+    os.environ["LD_LIBRARY_PATH"] = f"{chromium.parent / 'lib'}:{chromium.parent}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    work = Path(tempfile.mkdtemp(prefix="browser-check-"))
+    shutil.copytree(ROOT / "notebooks", work / "notebooks")
+    lab = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={args.port}",
+                            "--allow-root", "--ServerApp.token=", "--ServerApp.password=",
+                            f"--ServerApp.root_dir={work}"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"JupyterLab on {work} (a copy of notebooks/); screenshots in {out}", flush=True)
+    base = f"http://localhost:{args.port}"
+    try:
+        for _ in range(60):
+            try:
+                urllib.request.urlopen(f"{base}/api", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(chromium), args=ARGS, timeout=60000)
+            page = browser.new_page(viewport={"width": args.width, "height": 800})
+            page.set_default_timeout(60000)
+            for name in args.notebooks:
+                record = run_notebook(page, name, out, base)
+                (out / f"{name}_cells.json").write_text(json.dumps(record, indent=1))
+                print(f"{name}: {record['seconds']} s; stderr in cells "
+                      f"{[c['i'] for c in record['cells'] if any('stderr' in k for k in c['kinds'])]}", flush=True)
+                page.evaluate("jupyterapp.commands.execute('kernelmenu:shutdown')")
+            browser.close()
+    finally:
+        lab.terminate()
+
+
+if __name__ == "__main__":
+    main()
