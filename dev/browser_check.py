@@ -2,6 +2,7 @@
 chart and widget they show (not a test: a person reads the screenshots).
 
     python dev/browser_check.py 00_quickstart 06_policy_rollout [--out /tmp/shots] [--width 1280] [--port 8900]
+                                [--tick "rescued by PoRo"]
 
 It starts JupyterLab on a temporary copy of `notebooks/` (outputs and runs land there, never in the checkout; the
 kit imported from this checkout, 1 kernel thread), opens each notebook,
@@ -17,7 +18,8 @@ blocked, npm's is not. Chromium for Linux ships inside an npm package, brotli-co
     mkdir -p chr && cp package/bin/chromium chr/ && chmod +x chr/chromium && for t in al2023 fonts swiftshader; do
       tar xf package/bin/$t.tar -C chr; done
     python -m venv pw && pw/bin/pip install playwright
-then run this script with pw/bin/python and `--chromium chr/chromium`. Launch it only with `ARGS` below and with
+then run this script with pw/bin/python and `--chromium chr/chromium` (JupyterLab and the kernel come from the kit's
+.venv, `--python`). Launch it only with `ARGS` below and with
 `LD_LIBRARY_PATH` set to its lib folders (other flags hang; setting FONTCONFIG_PATH to its own fonts.conf renders no
 text).
 """
@@ -49,10 +51,14 @@ CELLS = """() => jupyterapp.shell.currentWidget.content.widgets.map((c, i) => {
   return {i, kinds, wide: wide.slice(0, 5)}; }).filter(x => x)"""
 
 
-def run_notebook(page, name: str, out: Path, base: str) -> dict:
+def run_notebook(page, name: str, out: Path, base: str, tick=()) -> dict:
     page.goto(f"{base}/lab/tree/notebooks/{name}.ipynb?reset")
-    page.wait_for_function("window.jupyterapp && jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel"
-                           "?.status == 'idle'", timeout=120000)
+    try:
+        page.wait_for_function("window.jupyterapp && jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel"
+                               "?.status == 'idle'", timeout=120000)
+    except Exception:
+        page.screenshot(path=str(out / f"{name}_no_kernel.png"))
+        raise
     page.click("li.lm-MenuBar-item:has-text('Run')")
     page.click("li.lm-Menu-item:has-text('Run All Cells')")
     t0, idle = time.time(), 0
@@ -62,10 +68,22 @@ def run_notebook(page, name: str, out: Path, base: str) -> dict:
         time.sleep(1)
     seconds = round(time.time() - t0 - 4)
     cells = page.evaluate(CELLS)
+    for label in tick:  # e.g. "rescued by PoRo": every checkbox of that label, ticked
+        page.evaluate("""(label) => document.querySelectorAll('.widget-checkbox').forEach(b => {
+            if (b.textContent.includes(label)) { const i = b.querySelector('input');
+                                                 if (!i.checked) i.click(); } })""",
+                      label)
+        time.sleep(4)
     for c in cells:
         if any(k in kind for kind in c["kinds"] for k in ("plotly", "widget", "error", "stderr")):
             page.evaluate(f"async () => {{ const pn = jupyterapp.shell.currentWidget; pn.content.activeCellIndex = "
                           f"{c['i']}; await pn.content.scrollToItem({c['i']}, 'start'); }}")
+            time.sleep(1)
+            # the last chart or widget of the cell at the top of the screen (a cell prints tables before them)
+            page.evaluate(f"""() => {{ const c = jupyterapp.shell.currentWidget.content.widgets[{c['i']}];
+                const all = c.node.querySelectorAll(
+                    '.js-plotly-plot, .jupyter-widgets.widget-vbox, [data-mime-type*=std]');
+                if (all.length) all[all.length - 1].scrollIntoView({{block: 'start'}}); }}""")
             time.sleep(2)
             page.mouse.move(5, 790)  # the plotly toolbar hides when the mouse is away
             page.screenshot(path=str(out / f"{name}_cell{c['i']:02d}.png"))
@@ -79,6 +97,11 @@ def main():
     ap.add_argument("--chromium", default="/tmp/chr/out/chromium")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--port", type=int, default=8900)
+    ap.add_argument("--tick", nargs="*", default=[], help="after the run, tick every checkbox with this label "
+                    "(e.g. 'rescued by PoRo') before the screenshots")
+    venv = ROOT / ".venv" / "bin" / "python"
+    ap.add_argument("--python", default=str(venv) if venv.exists() else sys.executable,
+                    help="the Python whose JupyterLab and kernel run the notebooks (default: the kit's .venv)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -89,8 +112,9 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     work = Path(tempfile.mkdtemp(prefix="browser-check-"))
     shutil.copytree(ROOT / "notebooks", work / "notebooks")
-    lab = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={args.port}",
+    lab = subprocess.Popen([args.python, "-m", "jupyter", "lab", "--no-browser", f"--port={args.port}",
                             "--allow-root", "--ServerApp.token=", "--ServerApp.password=",
+                            "--ServerApp.disable_check_xsrf=True", "--LabApp.expose_app_in_browser=True",
                             f"--ServerApp.root_dir={work}"],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"JupyterLab on {work} (a copy of notebooks/); screenshots in {out}", flush=True)
@@ -107,7 +131,7 @@ def main():
             page = browser.new_page(viewport={"width": args.width, "height": 800})
             page.set_default_timeout(60000)
             for name in args.notebooks:
-                record = run_notebook(page, name, out, base)
+                record = run_notebook(page, name, out, base, args.tick)
                 (out / f"{name}_cells.json").write_text(json.dumps(record, indent=1))
                 print(f"{name}: {record['seconds']} s; stderr in cells "
                       f"{[c['i'] for c in record['cells'] if any('stderr' in k for k in c['kinds'])]}", flush=True)
@@ -115,6 +139,8 @@ def main():
             browser.close()
     finally:
         lab.terminate()
+        lab.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)  # the copy this run made, and the runs its notebooks wrote there
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def diff_html(old: str, new: str) -> str:
 
 
 CARD_FONT_PX = 13  # readable from the back of a room on a projector
-CARD_MIN_PX = 150  # a card never narrower: a half's cards go onto a second row instead
+CARD_MIN_PX = 130  # a card never narrower: a half's cards go onto a second row instead
 CARDS_MIN_PX = 420  # the cards' room beside the scene; narrower, they move below it
 COMPACT_CHARS = 110  # a compact card's text: its end, where the last step and the \boxed{} answer are
 
@@ -119,6 +119,7 @@ def completion_card(row, base: str | None = None, dim: bool = False, max_chars: 
     if compact and base is None and len(row["text"]) > COMPACT_CHARS:  # highlighted changes show in full
         body = (f"[…] {html.escape(row['text'][-COMPACT_CHARS:])}<details><summary style='cursor:pointer;"
                 f"color:#555'>whole completion</summary>{body}</details>")
+    body = body.replace("&lt;/think&gt;", "&lt;/think&gt;<wbr>")  # a narrow card breaks before \boxed{, not in it
     flags = " · <b style='color:#c0392b'>truncated</b>" if row["truncated"] else ""
     rewards = " ".join(f"{SHORT.get(c, c)} {row[c]:.2g}" for c in REWARD_COLUMNS if c in row)
     note = f"<div style='background:#e6f4ea;font-weight:bold;margin:2px 0'>{html.escape(badge)}</div>" if badge else ""
@@ -266,7 +267,8 @@ class RolloutInspector(_Box):
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="420px"))
         self.step = w.SelectionSlider(options=[0], description="step", continuous_update=False)
         self.drift = w.Checkbox(False, description="highlight changes since first step", indent=False)
-        self.compact = w.Checkbox(True, description="compact cards (the whole text one click away)", indent=False)
+        self.compact = w.Checkbox(True, description="compact cards (each card's end; click for the whole text)",
+                                  indent=False, layout=w.Layout(width="auto"))
         self.count = w.HTML()
         self.scene = w.HTML()
         # the room beside the scene; below it when that room is under CARDS_MIN_PX (a narrow window)
