@@ -274,7 +274,7 @@ class RolloutInspector(_Box):
         # the room beside the scene; below it when that room is under CARDS_MIN_PX (a narrow window)
         self.cards = w.HTML(layout=w.Layout(flex=f"1 1 {CARDS_MIN_PX}px", min_width="0"))
         self.pick = w.Dropdown(description="completion", layout=w.Layout(width="300px"))
-        self.edit = w.Textarea(layout=w.Layout(width="100%", height="90px"))
+        self.edit = w.Textarea(layout=w.Layout(width="calc(100% - 4px)", height="90px"))  # its margins inside the box
         self.gold = w.Text(description="gold", placeholder="exact, e.g. Case 13", layout=w.Layout(width="220px"))
         self.score = w.HTML()
         self.arith = w.HTML()

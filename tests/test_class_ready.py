@@ -245,6 +245,8 @@ def test_the_control_rows_wrap_on_a_narrow_screen():
 
     assert ins.cards.layout.flex == f"1 1 {CARDS_MIN_PX}px" and ins.cards.layout.min_width == "0"
     assert ins.children[4].children == (ins.scene, ins.cards) and ins.children[4].layout.flex_flow == "row wrap"
+    # the playground's box keeps its 2 px margins inside the widget (at 100% it stuck out 4 px: a scrollbar)
+    assert ins.edit.layout.width == "calc(100% - 4px)"
 
 
 # ------------------------------------------------------------------------------------------ printed output
