@@ -91,7 +91,7 @@ def diff_html(old: str, new: str) -> str:
 CARD_FONT_PX = 13  # readable from the back of a room on a projector
 CARD_MIN_PX = 130  # a card never narrower: a half's cards go onto a second row instead
 CARDS_MIN_PX = 420  # the cards' room beside the scene; narrower, they move below it
-COMPACT_CHARS = 110  # a compact card's text: its end, where the last step and the \boxed{} answer are
+COMPACT_CHARS = 80  # a compact card's text: its end, where the last step and the \boxed{} answer are
 
 
 def shown_text(text: str, max_chars: int = 700, tail: int = 160) -> str:
