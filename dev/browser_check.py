@@ -29,12 +29,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from mpi_kit.folders import scratch_folder  # noqa: E402  (stdlib only: runs under Playwright's Python too)
 ARGS = ["--no-sandbox", "--disable-gpu", "--single-process", "--no-zygote", "--disable-dev-shm-usage",
         "--use-angle=swiftshader", "--in-process-gpu", "--headless=shell"]
 STATE = """() => { const pn = jupyterapp.shell.currentWidget; const k = pn.sessionContext.session.kernel;
@@ -110,37 +111,36 @@ def main():
     chromium = Path(args.chromium).resolve()
     os.environ["LD_LIBRARY_PATH"] = f"{chromium.parent / 'lib'}:{chromium.parent}"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    work = Path(tempfile.mkdtemp(prefix="browser-check-"))
-    shutil.copytree(ROOT / "notebooks", work / "notebooks")
-    lab = subprocess.Popen([args.python, "-m", "jupyter", "lab", "--no-browser", f"--port={args.port}",
-                            "--allow-root", "--ServerApp.token=", "--ServerApp.password=",
-                            "--ServerApp.disable_check_xsrf=True", "--LabApp.expose_app_in_browser=True",
-                            f"--ServerApp.root_dir={work}"],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"JupyterLab on {work} (a copy of notebooks/); screenshots in {out}", flush=True)
-    base = f"http://localhost:{args.port}"
-    try:
-        for _ in range(60):
-            try:
-                urllib.request.urlopen(f"{base}/api", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(chromium), args=ARGS, timeout=60000)
-            page = browser.new_page(viewport={"width": args.width, "height": 800})
-            page.set_default_timeout(60000)
-            for name in args.notebooks:
-                record = run_notebook(page, name, out, base, args.tick)
-                (out / f"{name}_cells.json").write_text(json.dumps(record, indent=1))
-                print(f"{name}: {record['seconds']} s; stderr in cells "
-                      f"{[c['i'] for c in record['cells'] if any('stderr' in k for k in c['kinds'])]}", flush=True)
-                page.evaluate("jupyterapp.commands.execute('kernelmenu:shutdown')")
-            browser.close()
-    finally:
-        lab.terminate()
-        lab.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)  # the copy this run made, and the runs its notebooks wrote there
+    with scratch_folder("browser-check-") as work:  # the copy this run makes, and the runs its notebooks write
+        shutil.copytree(ROOT / "notebooks", work / "notebooks")
+        lab = subprocess.Popen([args.python, "-m", "jupyter", "lab", "--no-browser", f"--port={args.port}",
+                                "--allow-root", "--ServerApp.token=", "--ServerApp.password=",
+                                "--ServerApp.disable_check_xsrf=True", "--LabApp.expose_app_in_browser=True",
+                                f"--ServerApp.root_dir={work}"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"JupyterLab on {work} (a copy of notebooks/); screenshots in {out}", flush=True)
+        base = f"http://localhost:{args.port}"
+        try:
+            for _ in range(60):
+                try:
+                    urllib.request.urlopen(f"{base}/api", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(1)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(chromium), args=ARGS, timeout=60000)
+                page = browser.new_page(viewport={"width": args.width, "height": 800})
+                page.set_default_timeout(60000)
+                for name in args.notebooks:
+                    record = run_notebook(page, name, out, base, args.tick)
+                    (out / f"{name}_cells.json").write_text(json.dumps(record, indent=1))
+                    print(f"{name}: {record['seconds']} s; stderr in cells "
+                          f"{[c['i'] for c in record['cells'] if any('stderr' in k for k in c['kinds'])]}", flush=True)
+                    page.evaluate("jupyterapp.commands.execute('kernelmenu:shutdown')")
+                browser.close()
+        finally:
+            lab.terminate()
+            lab.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 - **Manifests**: a build (data, a recorded run) lists what it writes in `.mpi_manifest.json`; rebuilding removes
   only what that list names, and a folder holding files no such build wrote is refused, never emptied.
 - **Locks**: one process writes a run folder at a time (`.mpi.lock`); a lock left by a dead process is taken over.
+- **Scratch folders**: a tool's throwaway work goes into a folder made for it (`scratch_folder`), the only thing
+  such a tool removes.
 """
 from __future__ import annotations
 
@@ -222,6 +224,19 @@ def lock(out, what: str = "a run"):
         os.close(fd)
 
 
+@contextmanager
+def scratch_folder(prefix: str, keep: bool = False):
+    """A new, empty temporary folder for one run's work (a tool's copy of a checkout, a throwaway environment),
+    removed when the run ends, an error or an interruption included. The folder is made here, with a fresh name, so
+    everything in it is the run's own; nothing outside it is read or removed. keep: leave it for a look."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 try:
     import fcntl
 
@@ -247,4 +262,4 @@ except ImportError:  # no flock (Windows): the pid in the file decides, a dead h
 
 
 __all__ = ["StateError", "write_text", "write_json", "read_json", "claim", "start_manifest", "finish_manifest",
-           "remove_listed", "lock", "MANIFEST", "LOCK"]
+           "remove_listed", "lock", "scratch_folder", "MANIFEST", "LOCK"]

@@ -1,6 +1,7 @@
 """Colab for real: the wheel carries the assets, precision fits the card, stages say how long they will take, and
 every notebook's badge and install cell name the one repository constant (tools/nb.py: REPO)."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -330,7 +331,7 @@ def test_install_cell_keeps_colabs_torch_is_quiet_and_idempotent(monkeypatch, ca
 
 
 @pytest.mark.slow
-def test_colab_python_for_real():
+def test_colab_python_for_real(tmp_path):
     """`tools/colab_check.py`: a fresh Python 3.12 (Colab's) environment, the notebooks' install cell run unmocked
     against this checkout, then notebooks 01 and 00 on the tiny recipe: no error, nothing on stderr."""
     sys.path.insert(0, str(ROOT / "tools"))
@@ -339,8 +340,13 @@ def test_colab_python_for_real():
     python = _python312()
     if subprocess.run([python, "--version"], capture_output=True).returncode:
         pytest.skip("no Python 3.12 on this machine (Colab's version): install one, e.g. `pyenv install 3.12`")
+    (tmp_path / "notes.txt").write_text("mine")  # a user's file in the check's temporary directory
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "colab_check.py"), "--python", python],
-                       capture_output=True, text=True, timeout=1500)
+                       capture_output=True, text=True, timeout=1500, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Colab check passed on Python 3.12" in r.stdout
     assert "01_policies.ipynb" in r.stdout and "00_quickstart.ipynb" in r.stdout
+    # it removed only the folder it made: the user's file stays, the checkout is as it was
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("colab-check-*"))
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout == status

@@ -268,3 +268,32 @@ def test_state_files_get_a_plain_file_s_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_scratch_folder_removes_only_itself(tmp_path, monkeypatch):
+    """`scratch_folder` (what tools/colab_check.py and dev/browser_check.py work in): a user's file and folder
+    beside it in the temporary directory stay; the scratch folder goes after the run, after a failed run too, and
+    stays when asked to."""
+    import tempfile
+
+    from mpi_kit.folders import scratch_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "colab-check-mine").mkdir()  # a user's folder with the tool's prefix
+    (tmp_path / "colab-check-mine" / "a.txt").write_text("mine too")
+    with scratch_folder("colab-check-") as work:
+        assert work.parent == tmp_path and work.name != "colab-check-mine" and not any(work.iterdir())
+        (work / "venv").mkdir()
+        (work / "venv" / "python").write_text("the run's")
+    assert not work.exists()
+    with pytest.raises(RuntimeError):
+        with scratch_folder("colab-check-") as failed:
+            (failed / "half.txt").write_text("the run's")
+            raise RuntimeError("interrupted")
+    assert not failed.exists()
+    with scratch_folder("colab-check-", keep=True) as kept:
+        (kept / "x").write_text("the run's")
+    assert (kept / "x").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "colab-check-mine" / "a.txt").read_text() == "mine too"

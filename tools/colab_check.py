@@ -10,11 +10,12 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from mpi_kit.folders import scratch_folder  # noqa: E402
 NOTEBOOKS = ("01_policies.ipynb", "00_quickstart.ipynb")
 COLAB_PREINSTALLED = ("numpy", "pandas", "pillow", "plotly", "ipywidgets", "ipykernel", "nbclient", "nbformat",
                       "pyyaml", "tqdm")  # what a Colab runtime already has; the install cell keeps them
@@ -56,8 +57,9 @@ def main() -> None:
     a = p.parse_args()
     if subprocess.run([a.python, "--version"], capture_output=True).returncode:
         sys.exit(f"no Python 3.12 runs as {a.python}; pass --python /path/to/python3.12")
-    work = Path(tempfile.mkdtemp(prefix="colab-check-"))  # its own new folder: the only thing it removes
-    try:
+    with scratch_folder("colab-check-", keep=a.keep) as work:  # its own new folder: the only thing it removes
+        if a.keep:
+            print("keeping", work)
         src = work / "checkout"
         step("a clean copy of this checkout", ["git", "clone", "-q", str(ROOT), str(src)])
         py = work / "venv" / "bin" / "python"
@@ -73,11 +75,6 @@ def main() -> None:
         step("notebooks on the tiny recipe", [str(py), str(work / "run.py"), str(src), *NOTEBOOKS], cwd=work)
         version = subprocess.run([str(py), "--version"], capture_output=True, text=True).stdout.strip()
         print(f"Colab check passed on {version}")
-    finally:
-        if a.keep:
-            print("kept", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
