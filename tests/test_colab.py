@@ -349,4 +349,5 @@ def test_colab_python_for_real(tmp_path):
     assert "01_policies.ipynb" in r.stdout and "00_quickstart.ipynb" in r.stdout
     # it removed only the folder it made: the user's file stays, the checkout is as it was
     assert (tmp_path / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("colab-check-*"))
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout == status
+    after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert after == status, f"the checkout changed while the check ran (edits made meanwhile show here too): {after}"
