@@ -108,8 +108,6 @@ class Prefill:
             merge = config.vision_config.spatial_merge_size
             row_pixels, row_grids = _split_images(input_ids, pixel_values, image_grid_thw, config.image_token_id,
                                                   merge)
-            if mm_types is None:
-                mm_types = (input_ids == config.image_token_id).long()
         starts, counts = prompt_groups(input_ids, attention_mask, row_pixels)
         real = int(attention_mask[starts].sum())
         per_prompt = len(starts) > 1 and real < 0.75 * len(starts) * P  # padding a batched prefill would compute
@@ -123,13 +121,8 @@ class Prefill:
             if row_pixels is not None:
                 inputs["pixel_values"] = torch.cat([row_pixels[i] for i in rows])
                 inputs["image_grid_thw"] = torch.cat([row_grids[i] for i in rows])
-                types = mm_types[idx][:, keep]
-                pos, deltas = base.model.get_rope_index(ids, mm_token_type_ids=types,
-                                                        image_grid_thw=inputs["image_grid_thw"], attention_mask=mask)
-                nxt = mask.sum(1) + deltas.reshape(-1)  # first new token: after the prompt's last position
-            else:
-                pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[None].expand(3, -1, -1)
-                nxt = mask.sum(1)
+            pos, nxt = rope_positions(base, ids, mask, inputs.get("image_grid_thw"),
+                                      mm_types[idx][:, keep] if mm_types is not None else None)
             cache = DynamicCache(config=config.get_text_config(decoder=True))
             out = base(**inputs, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
             pad = P - ids.shape[1]
@@ -152,6 +145,19 @@ class Prefill:
             self.logits, self.positions, self.mask = self.logits[rows], self.positions[rows], self.mask[rows]
         self.batch = B
         self.device = input_ids.device
+
+
+def rope_positions(base, ids: torch.Tensor, mask: torch.Tensor, image_grid_thw=None, types=None):
+    """(position ids (3, B, P), each row's first new position) of left-padded prompts: Qwen2.5-VL's multimodal
+    rope index when the prompts hold images (`types`: their token types, image tokens by default), else text
+    positions counted over the mask."""
+    if image_grid_thw is not None:
+        if types is None:
+            types = (ids == base.config.image_token_id).long()
+        pos, deltas = base.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=image_grid_thw,
+                                                attention_mask=mask)
+        return pos, mask.sum(1) + deltas.reshape(-1)  # first new token: after the prompt's last position
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[None].expand(3, -1, -1), mask.sum(1)
 
 
 class DecodeLoop:
@@ -268,12 +274,14 @@ def fused_weights(text) -> list[FusedWeights] | None:
     decode step. Copied once per `decode_generate` call (the weights change between RL steps). None unless every
     projection is a plain `nn.Linear` (q/k/v with bias, the others without) and the MLP is SiLU-gated, as in
     Qwen2.5-VL: LoRA adapters and quantized layers run as their own modules."""
+    if getattr(text.config, "hidden_act", None) != "silu":
+        return None
     out = []
     for layer in text.layers:
         attn, mlp = layer.self_attn, layer.mlp
         lin = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
         if any(type(m) is not torch.nn.Linear for m in lin) or any(m.bias is None for m in lin[:3]) or \
-                any(m.bias is not None for m in lin[3:]) or getattr(text.config, "hidden_act", None) != "silu":
+                any(m.bias is not None for m in lin[3:]):
             return None
         with torch.no_grad():
             out.append(FusedWeights(
@@ -385,4 +393,4 @@ def rollout_generate(model, path=True, fallback: str = "shared"):
 
 
 __all__ = ["rollout_generate", "ROLLOUT_PATHS", "decode_generate", "supported", "use_decode", "Prefill", "DecodeLoop",
-           "LogitsRecipe", "sample", "fused_weights"]
+           "LogitsRecipe", "sample", "fused_weights", "rope_positions"]

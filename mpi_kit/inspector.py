@@ -18,6 +18,7 @@ from .recorded_run import ASSET_RUN, CHECKOUT, DEMO, pack_run, portable, record_
 from .rollout_log import (NO_POLICY, OUTCOMES, POLICY_AWARE, REWARD_COLUMNS, answer_text, filter_groups,  # noqa: F401
                           filter_rows, find_data_dir, group_outcomes, group_table, load_rollouts, policy_rescues,
                           group_arithmetic, rescore, run_summary, step_stats, summary_table)
+from .widgets import beside, wrapping
 
 SOURCE_COLOR = {NO_POLICY: "#3b6fb6", POLICY_AWARE: "#b5651d"}
 SHORT = {"format_reward": "fmt", "accuracy_reward": "acc"}
@@ -232,11 +233,6 @@ except ImportError:  # pragma: no cover - the pure functions above still work
     _w, _Box = None, object
 
 
-def _wrapping():
-    """A row layout that wraps its controls onto a second line on a narrow screen instead of clipping them."""
-    return _w.Layout(flex_flow="row wrap")
-
-
 class RolloutInspector(_Box):
     """One group at a time: its scene image (and policy path), its 2G completions side by side, a step slider
     to watch the same prompt drift, filters, and a reward playground that re-scores an edited completion.
@@ -272,7 +268,7 @@ class RolloutInspector(_Box):
         self.count = w.HTML()
         self.scene = w.HTML()
         # the room beside the scene; below it when that room is under CARDS_MIN_PX (a narrow window)
-        self.cards = w.HTML(layout=w.Layout(flex=f"1 1 {CARDS_MIN_PX}px", min_width="0"))
+        self.cards = w.HTML(layout=beside(CARDS_MIN_PX))
         self.pick = w.Dropdown(description="completion", layout=w.Layout(width="300px"))
         self.edit = w.Textarea(layout=w.Layout(width="calc(100% - 4px)", height="90px"))  # its margins inside the box
         self.gold = w.Text(description="gold", placeholder="exact, e.g. Case 13", layout=w.Layout(width="220px"))
@@ -296,10 +292,10 @@ class RolloutInspector(_Box):
             w.HTML(head),
             # PolicyRollout's controls only for a run that has a policy-aware half
             w.HBox([self.zero_std, self.rescued, self.truncated, self.wrong, self.source] if self.policy_rollout
-                   else [self.zero_std, self.truncated, self.wrong], layout=_wrapping()),
-            w.HBox([self.prompt, self.count], layout=_wrapping()),
-            w.HBox([self.step, self.drift, self.compact], layout=_wrapping()),
-            w.HBox([self.scene, self.cards], layout=_wrapping()),
+                   else [self.zero_std, self.truncated, self.wrong], layout=wrapping()),
+            w.HBox([self.prompt, self.count], layout=wrapping()),
+            w.HBox([self.step, self.drift, self.compact], layout=wrapping()),
+            w.HBox([self.scene, self.cards], layout=wrapping()),
             self.arith,
             w.HTML("<b>Reward playground</b>: edit a completion (or the gold answer) and watch it re-scored "
                    "with the kit's reward functions, and the advantage it would get in its group."),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .decode import _parts
+from .decode import _parts, rope_positions
 from .rollout import _split_images, prompt_groups
 
 
@@ -52,14 +52,8 @@ def shared_prompt_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     if row_pixels is not None:
         inputs["pixel_values"] = torch.cat([row_pixels[i] for i in starts])
         inputs["image_grid_thw"] = torch.cat([row_grids[i] for i in starts])
-        types = mm_token_type_ids[first, :-C][:, keep] if mm_token_type_ids is not None else \
-            (ids == config.image_token_id).long()
-        pos, deltas = base.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=inputs["image_grid_thw"],
-                                                attention_mask=mask)
-        nxt = mask.sum(1) + deltas.reshape(-1)
-    else:
-        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[None].expand(3, -1, -1)
-        nxt = mask.sum(1)
+    types = mm_token_type_ids[first, :-C][:, keep] if mm_token_type_ids is not None else None
+    pos, nxt = rope_positions(base, ids, mask, inputs.get("image_grid_thw"), types)
     cache = DynamicCache(config=config.get_text_config(decoder=True))
     prompt_out = base.model(**inputs, position_ids=pos, past_key_values=cache, use_cache=True)
     rows = torch.repeat_interleave(torch.arange(len(starts), device=dev), torch.tensor(counts, device=dev))

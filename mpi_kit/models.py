@@ -11,6 +11,7 @@ import resource
 import sys
 from pathlib import Path
 
+from .progress import library_bars_off
 from .recipes import BACKENDS, RECIPES, TINY_MODEL_DIR, Recipe, RecipeError, as_recipe, get_recipe, recipe_for_model  # noqa: F401
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -203,8 +204,6 @@ def load_model(recipe: "Recipe | str | Path" = "tiny", /, backend: str | None = 
             recipe = as_recipe(recipe, precision=resolve_precision("auto", where))
             _announce_precision(where, recipe.precision)
     use_lora = recipe.lora.enabled if lora is None else bool(lora)
-    from .progress import library_bars_off
-
     with library_bars_off():  # no "Loading weights" bar (a download's bar still shows)
         if recipe.backend == "unsloth":
             m, processor = _load_unsloth(recipe, device or recipe.device, use_lora, local_files_only)

@@ -107,25 +107,27 @@ class PolicyRolloutTrainer(ResumeFix, GRPOTrainer):
         from .logprobs import shared_prompt_logps, supported
 
         fast = self.shared_prompt_logps and ROLLOUT_PATHS.get(self.fast_rollouts) == "decode" and not compute_aux_loss
-        if not fast or not supported(self.accelerator.unwrap_model(model), extra_inputs=extra):
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not fast or not supported(unwrapped, extra_inputs=extra):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
                 pixel_values=pixel_values, image_grid_thw=image_grid_thw, num_images=num_images,
                 mm_token_type_ids=mm_token_type_ids, **extra)
         batch_size = batch_size or input_ids.size(0)
         logps, entropies = [], []
-        cum_images = [0, *torch.tensor(num_images or [0] * input_ids.size(0)).cumsum(0).tolist()]
-        patches = image_grid_thw.prod(-1).cumsum(0).tolist() if image_grid_thw is not None else None
+        # rows are chunked as TRL chunks them; a chunk's images are its rows' images, its patches theirs
+        image_at = [0, *torch.tensor(num_images or [0] * input_ids.size(0)).cumsum(0).tolist()]
+        patch_at = [0, *image_grid_thw.prod(-1).cumsum(0).tolist()] if image_grid_thw is not None else None
         for start in range(0, input_ids.size(0), batch_size):
             end = min(start + batch_size, input_ids.size(0))
             images = {}
             if pixel_values is not None and image_grid_thw is not None:
-                i0, i1 = cum_images[start], cum_images[end]
-                p0, p1 = ([0, *patches][i0], [0, *patches][i1])
-                images = {"pixel_values": pixel_values[p0:p1], "image_grid_thw": image_grid_thw[i0:i1]}
+                i0, i1 = image_at[start], image_at[end]
+                images = {"pixel_values": pixel_values[patch_at[i0]:patch_at[i1]],
+                          "image_grid_thw": image_grid_thw[i0:i1]}
             with self.accelerator.autocast():
                 lp, ent = shared_prompt_logps(
-                    self.accelerator.unwrap_model(model), input_ids[start:end], attention_mask[start:end],
+                    unwrapped, input_ids[start:end], attention_mask[start:end],
                     logits_to_keep, temperature=self.temperature, compute_entropy=compute_entropy,
                     mm_token_type_ids=None if mm_token_type_ids is None else mm_token_type_ids[start:end], **images)
             logps.append(lp)

@@ -1,6 +1,7 @@
 """Display pieces every task's widgets and pages share: an image as an inline <img>, a long text cut between
-lines. Each task's own widgets are in its folder (`tasks/clevr/widgets.py`: the decision tree, a scene's path, the
-data browser; `tasks/gta/widgets.py`: the rule explorer)."""
+lines, the layouts that let a row of widgets wrap on a narrow screen. Each task's own widgets are in its folder
+(`tasks/clevr/widgets.py`: the decision tree, a scene's path, the data browser; `tasks/gta/widgets.py`: the rule
+explorer)."""
 from __future__ import annotations
 
 import base64
@@ -34,3 +35,19 @@ def excerpt(text: str, max_chars: int = 800) -> str:
         used += len(line) + 1
     rest = len(lines) - len(kept)
     return "\n".join(kept) + f"\n... ({rest} more line{'s' if rest != 1 else ''} of {len(lines)})"
+
+
+def wrapping():
+    """An ipywidgets row layout that wraps its children onto the next line on a narrow screen instead of clipping
+    or squeezing them."""
+    import ipywidgets as w
+
+    return w.Layout(flex_flow="row wrap")
+
+
+def beside(min_px: int):
+    """The layout of what sits right of a picture in a `wrapping()` row: the room left over, and the whole row
+    below the picture when that room is under `min_px`."""
+    import ipywidgets as w
+
+    return w.Layout(flex=f"1 1 {min_px}px", min_width="0")

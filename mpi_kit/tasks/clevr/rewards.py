@@ -7,8 +7,8 @@ time linear in its length (string search, no backtracking regex): they run on ev
 """
 from __future__ import annotations
 
-
 from ...rewards import REWARD_WEIGHTS, after_think, completion_text, last_boxed, one_gold_each
+
 
 def parse_answer(text) -> str | None:
     """The case a completion answers: the content of its last `\\boxed{...}`, stripped; None if there is none."""

@@ -11,7 +11,7 @@ import html
 import re
 from pathlib import Path
 
-from ...widgets import image_html
+from ...widgets import beside, image_html, wrapping
 from .policy import Policy
 from .scenes import Scene, scene_image
 
@@ -123,8 +123,6 @@ def tree_svg(policy: Policy, path: list[str] | None = None, outcome: str | None 
     leaf_mode = "full" if gap >= _text_w(longest, 9) + 4 else "short" if gap >= _text_w(
         longest.replace("Case ", ""), 9) + 2 else "rotated"
     bottom = 8 + (8 if leaf_mode != "rotated" else _text_w(longest.replace("Case ", ""), 8) + 6)
-    # a legend line goes above the root's id, never on it: it is needed when a word does not fit (leaf numbers
-    # without "Case", or edges too short or levels too close for "yes" / "no")
     X = lambda x: pad + x * (width - 2 * pad) / max(1, n_leaves - 1)
     # "yes" / "no" beside an edge, near the parent, where the edge is wide enough and the levels far enough apart
     # not to touch the child's id; the colours are explained in a legend line otherwise
@@ -232,7 +230,7 @@ def policy_explorer(policy: Policy, scenes: list[Scene], image_size=(288, 192)):
     pick = w.Dropdown(options=[(f"{s.scene_id} ({len(s.objects)} objects)", i) for i, s in enumerate(scenes)],
                       description="scene")
     left, walk = w.HTML(), w.HTML()
-    tree = w.HTML(layout=_beside())
+    tree = w.HTML(layout=beside(360))
 
     def show(_=None):
         s = scenes[pick.value]
@@ -243,14 +241,8 @@ def policy_explorer(policy: Policy, scenes: list[Scene], image_size=(288, 192)):
 
     pick.observe(show, names="value")
     show()
-    return w.VBox([pick, w.HBox([left, tree], layout=w.Layout(flex_flow="row wrap")), walk])
+    return w.VBox([pick, w.HBox([left, tree], layout=wrapping()), walk])
 
-
-def _beside():
-    """The layout of what sits right of a scene: the room left over, and below the scene when under 360 px."""
-    import ipywidgets as w
-
-    return w.Layout(flex="1 1 360px", min_width="0")
 
 
 def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
@@ -263,7 +255,7 @@ def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
     scenes = load_scenes(out, split)
     slider = w.IntSlider(0, 0, len(scenes) - 1, description=f"{split} scene")
     pick = w.Dropdown(options=[p.name for p in policies], description="policy")
-    left, right = w.HTML(), w.HTML(layout=_beside())
+    left, right = w.HTML(), w.HTML(layout=beside(360))
 
     def show(_=None):
         s = scenes[slider.value]
@@ -278,8 +270,7 @@ def data_browser(out: str | Path, split: str = "test", image_size=(288, 192)):
     slider.observe(show, names="value")
     pick.observe(show, names="value")
     show()
-    return w.VBox([w.HBox([slider, pick], layout=w.Layout(flex_flow="row wrap")),
-                   w.HBox([left, right], layout=w.Layout(flex_flow="row wrap"))])
+    return w.VBox([w.HBox([slider, pick], layout=wrapping()), w.HBox([left, right], layout=wrapping())])
 
 
 class SceneView:

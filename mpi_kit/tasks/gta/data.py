@@ -9,7 +9,6 @@ tool, deterministically from a seed. `build_gta_datasets` writes the same kinds 
 """
 from __future__ import annotations
 
-
 import json
 import math
 import random
